@@ -1,0 +1,4 @@
+DROP TABLE IF EXISTS shard_leases;
+DROP TABLE IF EXISTS replicas;
+DROP TABLE IF EXISTS outbox;
+DROP TABLE IF EXISTS schemas;

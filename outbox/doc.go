@@ -1,0 +1,43 @@
+// Package outbox is relaybox's embedded writer: it records events in the same
+// Postgres transaction as the business rows they describe, so that an event exists if
+// and only if the business change committed. Nothing on this path talks to Kafka or a
+// schema registry; the relay (package relay) publishes the rows later.
+//
+// # Writing
+//
+//	w, err := outbox.New(pool, &outbox.Config{})
+//	err = pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+//		if _, err := tx.Exec(ctx, `INSERT INTO orders ...`); err != nil {
+//			return err
+//		}
+//		return outbox.Publish(ctx, w, tx, "orders", order.ID, "OrderCreated", created)
+//	})
+//
+// [Writer.Write] takes any number of events and writes them in one round trip
+// (one INSERT ... SELECT FROM unnest(...) sent in a single pipeline with the schema
+// upsert and the NOTIFY), so hundreds of events cost about what one does.
+//
+// # Avro
+//
+// Each value is encoded with hamba/avro at write time. Its schema is, in order of
+// preference: [Event.Schema] (the text of an .avsc), the value type's AvroSchema()
+// string method, or a record derived from the type's exported fields and `avro:"name"`
+// tags (cached per type). The schema text is stored once per fingerprint (SHA-256 of the
+// text) in the schemas table; the row references it and names the registry subject
+// (see [SubjectStrategy]).
+//
+// # Table contract
+//
+// A service in another language writes rows the relay accepts with plain SQL; see
+// docs/table-contract.md. In short, inside the business transaction:
+//
+//	INSERT INTO relaybox.schemas (fingerprint, schema)
+//	     VALUES (sha256(convert_to($1, 'UTF8')), $1) ON CONFLICT DO NOTHING;
+//	INSERT INTO relaybox.outbox (event_id, topic, key, event_type, subject,
+//	                             schema_fingerprint, payload)
+//	     VALUES ($2, $3, $4, $5, $3 || '-value', sha256(convert_to($1, 'UTF8')), $6);
+//	SELECT pg_notify('relaybox_outbox', '');
+//
+// The shard is computed by the database (a generated column): the first four bytes of
+// md5(key), big-endian, modulo 64. [Shard] computes the same in Go.
+package outbox

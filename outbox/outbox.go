@@ -1,0 +1,441 @@
+package outbox
+
+import (
+	"context"
+	"crypto/md5"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"reflect"
+	"regexp"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	"github.com/google/uuid"
+	"github.com/hamba/avro/v2"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"go.opentelemetry.io/otel/propagation"
+
+	"github.com/relaybox/relaybox/internal/avrotype"
+	"github.com/relaybox/relaybox/internal/envelope"
+	"github.com/relaybox/relaybox/internal/wire"
+	"github.com/relaybox/relaybox/migrations"
+)
+
+const (
+	// Shards is the number of shards, fixed by migration 001.
+	Shards = 64
+	// MaxKeyBytes is the longest key (in UTF-8 bytes) the table accepts.
+	MaxKeyBytes = 1024
+	// DefaultChannel is the NOTIFY channel the writer signals and the relay listens on.
+	DefaultChannel = "relaybox_outbox"
+	// DefaultMaxPayloadBytes is Kafka's default 1 MiB message limit less the 5 bytes of
+	// wire framing and 8 KiB kept for the key, headers and record batch overhead.
+	DefaultMaxPayloadBytes = 1<<20 - wire.HeaderLen - 8<<10
+)
+
+// SubjectStrategy names the registry subject an event's schema is registered under,
+// as Confluent's serializers do.
+type SubjectStrategy int
+
+const (
+	// TopicName: "<topic>-value" (the default).
+	TopicName SubjectStrategy = iota
+	// RecordName: the record's full name, e.g. "shop.v1.OrderCreated".
+	RecordName
+	// TopicRecordName: "<topic>-<record full name>".
+	TopicRecordName
+)
+
+// Subject returns the subject for topic and schema under the strategy.
+func (s SubjectStrategy) Subject(topic string, schema avro.Schema) string {
+	name := ""
+	if n, ok := schema.(avro.NamedSchema); ok {
+		name = n.FullName()
+	}
+	switch {
+	case s == RecordName && name != "":
+		return name
+	case s == TopicRecordName && name != "":
+		return topic + "-" + name
+	}
+	return topic + "-value"
+}
+
+// Config configures a [Writer]. The zero value is usable.
+type Config struct {
+	// Schema is the Postgres schema holding relaybox's tables. Defaults to "relaybox".
+	Schema string
+	// Channel is the NOTIFY channel. Defaults to DefaultChannel.
+	Channel string
+	// DisableNotify skips pg_notify; the relay then finds rows by polling only.
+	DisableNotify bool
+	// MaxPayloadBytes bounds the Avro-encoded value. Defaults to DefaultMaxPayloadBytes.
+	MaxPayloadBytes int
+	// Source fills the envelope's source (e.g. the service name) when an event has none.
+	Source string
+	// SubjectStrategy is the default naming strategy. Defaults to TopicName.
+	SubjectStrategy SubjectStrategy
+	// TopicSubjectStrategies overrides SubjectStrategy per topic.
+	TopicSubjectStrategies map[string]SubjectStrategy
+	// Propagator extracts trace context from ctx. Defaults to W3C TraceContext.
+	Propagator propagation.TextMapPropagator
+}
+
+// Event is one event to record.
+type Event struct {
+	// ID is the event id; a UUIDv7 is assigned when zero.
+	ID uuid.UUID
+	// Topic is the Kafka topic. Required.
+	Topic string
+	// Key is the aggregate id: the Kafka record key and the unit of ordering. Required,
+	// at most MaxKeyBytes.
+	Key string
+	// Type is the event type, e.g. "OrderCreated". Required.
+	Type string
+	// AggregateType is e.g. "Order". Optional.
+	AggregateType string
+	// Value is encoded to Avro. Required.
+	Value any
+	// Schema optionally gives the Avro schema text for Value, overriding the type's.
+	Schema string
+	// OccurredAt defaults to the time of the write.
+	OccurredAt time.Time
+	// CorrelationID and CausationID are optional.
+	CorrelationID string
+	CausationID   string
+	// Source overrides Config.Source.
+	Source string
+	// Headers are extra Kafka headers. Names used by relaybox itself are refused.
+	Headers map[string]string
+}
+
+// Errors returned for bad input. Write wraps them with the event's position.
+var (
+	ErrInvalidEvent = errors.New("invalid event")
+	ErrTooLarge     = errors.New("payload too large")
+	ErrEncoding     = errors.New("value does not encode with its Avro schema")
+)
+
+// Writer writes events into the outbox. It is safe for concurrent use.
+type Writer struct {
+	cfg       Config
+	pool      *pgxpool.Pool
+	insertSQL string
+	schemaSQL string
+	notifySQL string
+
+	mu      sync.Mutex
+	parsed  map[string]*schemaInfo // by schema text given in Event.Schema
+	stored  map[[32]byte]bool      // fingerprints known committed (via pool)
+	storing map[[32]byte]*sync.Mutex
+}
+
+type schemaInfo struct {
+	schema      avro.Schema
+	text        string
+	fingerprint [32]byte
+}
+
+var typeSchemas sync.Map // reflect.Type -> *schemaInfo
+
+var topicRE = regexp.MustCompile(`^[a-zA-Z0-9._-]{1,249}$`)
+
+// New returns a Writer. pool is optional: with a pool, each schema is stored once
+// (committed on its own, outside the caller's transaction) and skipped afterwards;
+// without one, every Write upserts its schemas inside the caller's transaction.
+func New(pool *pgxpool.Pool, cfg *Config) (*Writer, error) {
+	c := Config{}
+	if cfg != nil {
+		c = *cfg
+	}
+	if c.Schema == "" {
+		c.Schema = migrations.DefaultSchema
+	}
+	if c.Channel == "" {
+		c.Channel = DefaultChannel
+	}
+	if c.MaxPayloadBytes == 0 {
+		c.MaxPayloadBytes = DefaultMaxPayloadBytes
+	}
+	if c.MaxPayloadBytes < 0 {
+		return nil, fmt.Errorf("outbox: Config.MaxPayloadBytes must be positive, got %d", c.MaxPayloadBytes)
+	}
+	if c.Propagator == nil {
+		c.Propagator = propagation.TraceContext{}
+	}
+	outboxT := pgx.Identifier{c.Schema, "outbox"}.Sanitize()
+	schemasT := pgx.Identifier{c.Schema, "schemas"}.Sanitize()
+	return &Writer{
+		cfg:  c,
+		pool: pool,
+		insertSQL: `INSERT INTO ` + outboxT + ` (event_id, topic, key, event_type, aggregate_type, subject,
+			schema_fingerprint, payload, headers, occurred_at, correlation_id, causation_id, source, traceparent, tracestate)
+			SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+			$7::bytea[], $8::bytea[], $9::jsonb[], $10::timestamptz[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[])`,
+		schemaSQL: `INSERT INTO ` + schemasT + ` (fingerprint, schema) SELECT * FROM unnest($1::bytea[], $2::text[]) ON CONFLICT DO NOTHING`,
+		notifySQL: `SELECT pg_notify($1, '')`,
+		parsed:    map[string]*schemaInfo{},
+		stored:    map[[32]byte]bool{},
+		storing:   map[[32]byte]*sync.Mutex{},
+	}, nil
+}
+
+// Shard returns the shard of key, as the outbox table's generated column computes it:
+// the first four bytes of md5(key) as a big-endian uint32, modulo Shards.
+func Shard(key string) int {
+	sum := md5.Sum([]byte(key))
+	return int(binary.BigEndian.Uint32(sum[:4]) % Shards)
+}
+
+// Fingerprint is the schema store's key for a schema text: its SHA-256.
+func Fingerprint(schemaText string) [32]byte { return sha256.Sum256([]byte(schemaText)) }
+
+type row struct {
+	id                                                      uuid.UUID
+	topic, key, typ, aggType, subject                       string
+	fp                                                      [32]byte
+	payload                                                 []byte
+	headers                                                 string
+	occurred                                                time.Time
+	corr, caus, source, traceparent, tracestate, schemaText string
+}
+
+// Write records events in tx. The rows exist if and only if tx commits: a rollback
+// (of tx, or of the savepoint tx stands for) leaves nothing behind. All events are
+// validated and encoded before tx is touched: on bad input Write returns an error
+// wrapping ErrInvalidEvent, ErrTooLarge or ErrEncoding and tx is left as it was.
+// Write works with any pgx.Tx: from a pool, a conn, or a nested (savepoint) Begin.
+func (w *Writer) Write(ctx context.Context, tx pgx.Tx, events ...Event) error {
+	if len(events) == 0 {
+		return nil
+	}
+	if tx == nil {
+		return fmt.Errorf("outbox: %w: nil transaction", ErrInvalidEvent)
+	}
+	rows := make([]row, len(events))
+	carrier := propagation.MapCarrier{}
+	w.cfg.Propagator.Inject(ctx, carrier)
+	now := time.Now().UTC()
+	for i := range events {
+		r, err := w.prepare(&events[i], now)
+		if err != nil {
+			if len(events) > 1 {
+				return fmt.Errorf("outbox: event %d of %d: %w", i+1, len(events), err)
+			}
+			return fmt.Errorf("outbox: %w", err)
+		}
+		r.traceparent, r.tracestate = carrier["traceparent"], carrier["tracestate"]
+		rows[i] = r
+	}
+	return w.insert(ctx, tx, rows)
+}
+
+func (w *Writer) prepare(e *Event, now time.Time) (row, error) {
+	var r row
+	switch {
+	case !topicRE.MatchString(e.Topic):
+		return r, fmt.Errorf("%w: topic %q must be 1-249 characters of [a-zA-Z0-9._-]", ErrInvalidEvent, e.Topic)
+	case e.Key == "":
+		return r, fmt.Errorf("%w: empty key", ErrInvalidEvent)
+	case len(e.Key) > MaxKeyBytes:
+		return r, fmt.Errorf("%w: key is %d bytes, limit %d", ErrInvalidEvent, len(e.Key), MaxKeyBytes)
+	case !utf8.ValidString(e.Key):
+		return r, fmt.Errorf("%w: key is not valid UTF-8", ErrInvalidEvent)
+	case e.Type == "":
+		return r, fmt.Errorf("%w: empty event type", ErrInvalidEvent)
+	case e.Value == nil:
+		return r, fmt.Errorf("%w: nil value", ErrInvalidEvent)
+	}
+	for k := range e.Headers {
+		if envelope.Reserved(k) || k == "" {
+			return r, fmt.Errorf("%w: header name %q is reserved or empty", ErrInvalidEvent, k)
+		}
+	}
+	si, err := w.schemaFor(e)
+	if err != nil {
+		return r, err
+	}
+	payload, err := avro.Marshal(si.schema, e.Value)
+	if err != nil {
+		return r, fmt.Errorf("%w: %T: %v", ErrEncoding, e.Value, err)
+	}
+	if len(payload) > w.cfg.MaxPayloadBytes {
+		return r, fmt.Errorf("%w: %d bytes encoded, limit %d (Config.MaxPayloadBytes)", ErrTooLarge, len(payload), w.cfg.MaxPayloadBytes)
+	}
+	headers := "{}"
+	if len(e.Headers) > 0 {
+		b, err := json.Marshal(e.Headers)
+		if err != nil {
+			return r, fmt.Errorf("%w: headers: %v", ErrInvalidEvent, err)
+		}
+		headers = string(b)
+	}
+	id := e.ID
+	if id == uuid.Nil {
+		if id, err = uuid.NewV7(); err != nil {
+			return r, err
+		}
+	}
+	occurred := e.OccurredAt
+	if occurred.IsZero() {
+		occurred = now
+	}
+	source := e.Source
+	if source == "" {
+		source = w.cfg.Source
+	}
+	strategy := w.cfg.SubjectStrategy
+	if s, ok := w.cfg.TopicSubjectStrategies[e.Topic]; ok {
+		strategy = s
+	}
+	return row{
+		id: id, topic: e.Topic, key: e.Key, typ: e.Type, aggType: e.AggregateType,
+		subject: strategy.Subject(e.Topic, si.schema), fp: si.fingerprint, payload: payload,
+		headers: headers, occurred: occurred, corr: e.CorrelationID, caus: e.CausationID,
+		source: source, schemaText: si.text,
+	}, nil
+}
+
+func (w *Writer) schemaFor(e *Event) (*schemaInfo, error) {
+	if e.Schema != "" {
+		w.mu.Lock()
+		si := w.parsed[e.Schema]
+		w.mu.Unlock()
+		if si != nil {
+			return si, nil
+		}
+		s, err := avro.Parse(e.Schema)
+		if err != nil {
+			return nil, fmt.Errorf("%w: Event.Schema does not parse: %v", ErrInvalidEvent, err)
+		}
+		si = newSchemaInfo(s)
+		w.mu.Lock()
+		w.parsed[e.Schema] = si
+		w.mu.Unlock()
+		return si, nil
+	}
+	t := reflect.TypeOf(e.Value)
+	if si, ok := typeSchemas.Load(t); ok {
+		return si.(*schemaInfo), nil
+	}
+	st := t
+	for st.Kind() == reflect.Pointer {
+		st = st.Elem()
+	}
+	s, err := avrotype.Of(st)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalidEvent, err)
+	}
+	si := newSchemaInfo(s)
+	typeSchemas.Store(t, si)
+	return si, nil
+}
+
+func newSchemaInfo(s avro.Schema) *schemaInfo {
+	text := s.String()
+	return &schemaInfo{schema: s, text: text, fingerprint: Fingerprint(text)}
+}
+
+func (w *Writer) insert(ctx context.Context, tx pgx.Tx, rows []row) error {
+	n := len(rows)
+	var (
+		ids                                          = make([]uuid.UUID, n)
+		topics, keys, types, aggs, subjects, headers = make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+		fps, payloads                                = make([][]byte, n), make([][]byte, n)
+		occurred                                     = make([]time.Time, n)
+		corrs, causes, sources, parents, states      = make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+		schemaFPs                                    [][]byte
+		schemaTexts                                  []string
+		seen                                         = map[[32]byte]bool{}
+	)
+	for i, r := range rows {
+		ids[i], topics[i], keys[i], types[i], aggs[i], subjects[i], headers[i] = r.id, r.topic, r.key, r.typ, r.aggType, r.subject, r.headers
+		fps[i], payloads[i], occurred[i] = r.fp[:], r.payload, r.occurred
+		corrs[i], causes[i], sources[i], parents[i], states[i] = r.corr, r.caus, r.source, r.traceparent, r.tracestate
+		if !seen[r.fp] {
+			seen[r.fp] = true
+			if !w.storeOutside(ctx, r.fp, r.schemaText) {
+				schemaFPs = append(schemaFPs, fps[i])
+				schemaTexts = append(schemaTexts, r.schemaText)
+			}
+		}
+	}
+	b := &pgx.Batch{}
+	if len(schemaFPs) > 0 {
+		b.Queue(w.schemaSQL, schemaFPs, schemaTexts)
+	}
+	b.Queue(w.insertSQL, ids, topics, keys, types, aggs, subjects, fps, payloads, headers, occurred, corrs, causes, sources, parents, states)
+	if !w.cfg.DisableNotify {
+		b.Queue(w.notifySQL, w.cfg.Channel)
+	}
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return fmt.Errorf("outbox: writing %d event(s): %w", n, explain(err))
+	}
+	return nil
+}
+
+// storeOutside stores the schema through the pool (committed on its own) the first
+// time this process sees it. It reports whether the schema is known to be committed.
+func (w *Writer) storeOutside(ctx context.Context, fp [32]byte, text string) bool {
+	if w.pool == nil {
+		return false
+	}
+	w.mu.Lock()
+	if w.stored[fp] {
+		w.mu.Unlock()
+		return true
+	}
+	m := w.storing[fp]
+	if m == nil {
+		m = &sync.Mutex{}
+		w.storing[fp] = m
+	}
+	w.mu.Unlock()
+	m.Lock()
+	defer m.Unlock()
+	w.mu.Lock()
+	done := w.stored[fp]
+	w.mu.Unlock()
+	if done {
+		return true
+	}
+	// The caller's transactions may hold every pooled connection: never wait long for
+	// one here; the in-transaction upsert is always a correct fallback.
+	sctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	defer cancel()
+	_, err := w.pool.Exec(sctx, w.schemaSQL, [][]byte{fp[:]}, []string{text})
+	if err != nil {
+		return false // fall back to the in-transaction upsert
+	}
+	w.mu.Lock()
+	w.stored[fp] = true
+	w.mu.Unlock()
+	return true
+}
+
+func explain(err error) error {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		switch pgErr.Code {
+		case "25P02":
+			return fmt.Errorf("transaction is aborted by an earlier error; roll it back: %w", err)
+		case "42P01":
+			return fmt.Errorf("outbox table missing (run `relaybox migrate up`): %w", err)
+		}
+	}
+	if errors.Is(err, pgx.ErrTxClosed) {
+		return fmt.Errorf("transaction already committed or rolled back: %w", err)
+	}
+	return err
+}
+
+// Publish records one event whose value is v, in tx. It is Write for the common case.
+func Publish[T any](ctx context.Context, w *Writer, tx pgx.Tx, topic, key, eventType string, v T) error {
+	return w.Write(ctx, tx, Event{Topic: topic, Key: key, Type: eventType, Value: v})
+}

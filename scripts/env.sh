@@ -1,0 +1,218 @@
+#!/usr/bin/env bash
+# relaybox's real environment: PostgreSQL (Debian packages), Apache Kafka (KRaft, jars
+# from Maven Central via mvn) and Apicurio Registry (from Maven Central), on 127.0.0.1.
+#
+#   scripts/env.sh up     install what is missing, start what is not running, print exports
+#   scripts/env.sh down   stop what this script started
+#   scripts/env.sh print  print the exports only
+#
+# Idempotent: a second `up` with everything running returns in seconds.
+# Settings (environment variables, with defaults):
+#   RELAYBOX_ENV_DIR        <repo>/.relaybox-env   data, jars and logs (git-ignored)
+#   RELAYBOX_PG_PORT        55432
+#   RELAYBOX_PG_PASSWORD    relaybox
+#   RELAYBOX_KAFKA_PORT     19092    (controller on RELAYBOX_KAFKA_PORT+1)
+#   RELAYBOX_REGISTRY_PORT  18081
+#   RELAYBOX_KAFKA_VERSION  see scripts/kafka/pom.xml
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(cd "$here/.." && pwd)"
+ENV_DIR="${RELAYBOX_ENV_DIR:-$repo/.relaybox-env}"
+PG_PORT="${RELAYBOX_PG_PORT:-55432}"
+PG_PASSWORD="${RELAYBOX_PG_PASSWORD:-relaybox}"
+PG_VERSION="${RELAYBOX_PG_VERSION:-}"
+PG_CLUSTER="${RELAYBOX_PG_CLUSTER:-relaybox${PG_PORT}}"
+KAFKA_PORT="${RELAYBOX_KAFKA_PORT:-19092}"
+KAFKA_CONTROLLER_PORT="$((KAFKA_PORT + 1))"
+REGISTRY_PORT="${RELAYBOX_REGISTRY_PORT:-18081}"
+LOG_DIR="$ENV_DIR/logs"
+
+log() { echo "env: $*" >&2; }
+die() { echo "env: error: $*" >&2; exit 1; }
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_port() { # port seconds what logfile
+	local i
+	for ((i = 0; i < $2 * 4; i++)); do
+		port_open "$1" && return 0
+		sleep 0.25
+	done
+	[ -n "${4:-}" ] && [ -f "$4" ] && tail -n 30 "$4" >&2
+	die "$3 did not open 127.0.0.1:$1 within $2 s (log: ${4:-none})"
+}
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+apt_updated=
+apt_install() {
+	if [ -z "$apt_updated" ]; then
+		log "apt-get update"
+		as_root apt-get update -qq >"$LOG_DIR/apt.log" 2>&1 || die "apt-get update failed (see $LOG_DIR/apt.log)"
+		apt_updated=1
+	fi
+	log "apt-get install $*"
+	as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >>"$LOG_DIR/apt.log" 2>&1 ||
+		die "apt-get install $* failed (see $LOG_DIR/apt.log)"
+}
+
+database_url() { echo "postgres://postgres:${PG_PASSWORD}@127.0.0.1:${PG_PORT}/postgres?sslmode=disable"; }
+
+# ---------------------------------------------------------------- PostgreSQL
+pg_up() {
+	if port_open "$PG_PORT"; then
+		log "postgres already listening on 127.0.0.1:$PG_PORT"
+		return
+	fi
+	if ! command -v pg_createcluster >/dev/null || ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
+		apt_install postgresql
+	fi
+	[ -n "$PG_VERSION" ] || PG_VERSION="$(ls /usr/lib/postgresql | sort -n | tail -n 1)"
+	local datadir="$ENV_DIR/postgres"
+	if ! pg_lsclusters -h | awk '{print $1" "$2}' | grep -qx "$PG_VERSION $PG_CLUSTER"; then
+		log "creating cluster $PG_VERSION/$PG_CLUSTER in $datadir"
+		mkdir -p "$datadir"
+		as_root chown postgres:postgres "$datadir"
+		chmod o+x "$ENV_DIR" 2>/dev/null || true
+		as_root pg_createcluster "$PG_VERSION" "$PG_CLUSTER" -p "$PG_PORT" -d "$datadir/data" \
+			-l "$LOG_DIR/postgres.log" -- --auth-host=scram-sha-256 --auth-local=peer >"$LOG_DIR/pg_createcluster.log" 2>&1 ||
+			die "pg_createcluster failed (see $LOG_DIR/pg_createcluster.log)"
+		local conf="/etc/postgresql/$PG_VERSION/$PG_CLUSTER/conf.d/relaybox.conf"
+		as_root tee "$conf" >/dev/null <<CONF
+listen_addresses = '127.0.0.1'
+port = $PG_PORT
+wal_level = logical
+max_wal_senders = 10
+max_replication_slots = 10
+max_connections = 300
+shared_buffers = 512MB
+CONF
+		touch "$ENV_DIR/.pg-new"
+	fi
+	log "starting postgres $PG_VERSION/$PG_CLUSTER on 127.0.0.1:$PG_PORT"
+	as_root pg_ctlcluster "$PG_VERSION" "$PG_CLUSTER" start || die "pg_ctlcluster start failed (see $LOG_DIR/postgres.log)"
+	wait_port "$PG_PORT" 30 postgres "$LOG_DIR/postgres.log"
+	if [ -f "$ENV_DIR/.pg-new" ]; then
+		as_root runuser -u postgres -- psql -q -p "$PG_PORT" -c "ALTER USER postgres PASSWORD '$PG_PASSWORD'" >/dev/null
+		rm -f "$ENV_DIR/.pg-new"
+	fi
+}
+
+pg_down() {
+	command -v pg_lsclusters >/dev/null || return 0
+	pg_lsclusters -h 2>/dev/null | awk -v c="$PG_CLUSTER" '$2 == c {print $1}' | while read -r v; do
+		log "stopping postgres $v/$PG_CLUSTER"
+		as_root pg_ctlcluster "$v" "$PG_CLUSTER" stop -m fast || true
+	done
+}
+
+# ---------------------------------------------------------------- Kafka (KRaft)
+need_java_mvn() {
+	command -v java >/dev/null || apt_install openjdk-17-jre-headless
+	command -v mvn >/dev/null || apt_install maven
+}
+
+# mvn_libs POMDIR LIBDIR: resolve the pom's runtime jars into LIBDIR (cached in ~/.m2).
+mvn_libs() {
+	local pomdir="$1" lib="$2" stamp="$2/.pom.sha"
+	local sum
+	sum="$(sha256sum "$pomdir/pom.xml" | cut -d' ' -f1)"
+	if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$sum" ]; then return; fi
+	need_java_mvn
+	rm -rf "$lib"
+	mkdir -p "$lib"
+	log "resolving $(basename "$pomdir") jars from Maven Central (mvn)"
+	mvn -q -B -f "$pomdir/pom.xml" dependency:copy-dependencies -DoutputDirectory="$lib" -DincludeScope=runtime \
+		>"$LOG_DIR/mvn-$(basename "$pomdir").log" 2>&1 || die "mvn could not resolve $pomdir/pom.xml (see $LOG_DIR/mvn-$(basename "$pomdir").log)"
+	echo "$sum" >"$stamp"
+}
+
+kafka_up() {
+	if port_open "$KAFKA_PORT"; then
+		log "kafka already listening on 127.0.0.1:$KAFKA_PORT"
+		return
+	fi
+	local kdir="$ENV_DIR/kafka"
+	mkdir -p "$kdir"
+	mvn_libs "$here/kafka" "$kdir/lib"
+	cat >"$kdir/server.properties" <<PROPS
+process.roles=broker,controller
+node.id=1
+controller.quorum.bootstrap.servers=127.0.0.1:$KAFKA_CONTROLLER_PORT
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
+inter.broker.listener.name=PLAINTEXT
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs=$kdir/data
+num.partitions=1
+auto.create.topics.enable=false
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=10
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=4
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+log.flush.interval.messages=9223372036854775807
+PROPS
+	if [ ! -f "$kdir/data/meta.properties" ]; then
+		log "formatting kafka storage in $kdir/data"
+		local cid
+		cid="$(java -cp "$kdir/lib/*" kafka.tools.StorageTool random-uuid 2>/dev/null)"
+		java -Dlog4j2.configurationFile="$here/kafka/tools-log4j2.xml" -cp "$kdir/lib/*" kafka.tools.StorageTool \
+			format --standalone -t "$cid" -c "$kdir/server.properties" >"$LOG_DIR/kafka-format.log" 2>&1 ||
+			die "kafka storage format failed (see $LOG_DIR/kafka-format.log)"
+	fi
+	log "starting kafka on 127.0.0.1:$KAFKA_PORT"
+	nohup java -Xmx768m -Xms256m -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true \
+		-Dlog4j2.configurationFile="$here/kafka/log4j2.xml" \
+		-cp "$kdir/lib/*" kafka.Kafka "$kdir/server.properties" >"$LOG_DIR/kafka.log" 2>&1 </dev/null &
+	echo $! >"$kdir/kafka.pid"
+	wait_port "$KAFKA_PORT" 90 kafka "$LOG_DIR/kafka.log"
+}
+
+stop_pidfile() { # pidfile name
+	[ -f "$1" ] || return 0
+	local pid
+	pid="$(cat "$1")"
+	if kill -0 "$pid" 2>/dev/null; then
+		log "stopping $2 (pid $pid)"
+		kill "$pid" 2>/dev/null || true
+		for _ in $(seq 1 120); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+		kill -9 "$pid" 2>/dev/null || true
+	fi
+	rm -f "$1"
+}
+
+kafka_down() { stop_pidfile "$ENV_DIR/kafka/kafka.pid" kafka; }
+
+# ---------------------------------------------------------------- main
+print_exports() {
+	echo "export DATABASE_URL='$(database_url)' KAFKA_BROKERS='127.0.0.1:$KAFKA_PORT' SCHEMA_REGISTRY_URL='http://127.0.0.1:$REGISTRY_PORT/apis/ccompat/v7'"
+}
+
+cmd="${1:-up}"
+mkdir -p "$LOG_DIR"
+case "$cmd" in
+up)
+	start=$(date +%s)
+	pg_up
+	kafka_up
+	registry_up
+	log "ready in $(($(date +%s) - start)) s; logs in $LOG_DIR"
+	print_exports
+	;;
+down)
+	registry_down
+	kafka_down
+	pg_down
+	;;
+print) print_exports ;;
+pg) pg_up ;;
+kafka) kafka_up ;;
+registry) registry_up ;;
+*) die "usage: $0 up|down|print" ;;
+esac
