@@ -189,6 +189,45 @@ stop_pidfile() { # pidfile name
 
 kafka_down() { stop_pidfile "$ENV_DIR/kafka/kafka.pid" kafka; }
 
+# ---------------------------------------------------------------- Apicurio Registry
+# Apicurio publishes only the thin Quarkus app jar to Maven Central; scripts/registry/pom.xml
+# runs the Quarkus build step over it to produce a runnable uber-jar (cached by pom hash).
+registry_up() {
+	if port_open "$REGISTRY_PORT"; then
+		log "registry already listening on 127.0.0.1:$REGISTRY_PORT"
+		return
+	fi
+	local rdir="$ENV_DIR/registry" sum
+	sum="$(cat "$here/registry/pom.xml" "$here/registry/settings.xml" | sha256sum | cut -d' ' -f1)"
+	if [ ! -f "$rdir/registry.jar" ] || [ "$(cat "$rdir/.pom.sha" 2>/dev/null)" != "$sum" ]; then
+		need_java_mvn
+		rm -rf "$rdir/build"
+		mkdir -p "$rdir/build"
+		cp "$here/registry/pom.xml" "$here/registry/settings.xml" "$rdir/build/"
+		log "building Apicurio Registry from Maven Central artifacts (first time: about a minute)"
+		(cd "$rdir/build" && mvn -q -B -s settings.xml package -DskipTests -Dquarkus.package.type=uber-jar) \
+			>"$LOG_DIR/mvn-registry.log" 2>&1 || die "Apicurio build failed (see $LOG_DIR/mvn-registry.log)"
+		cp "$rdir/build/target/"*-runner.jar "$rdir/registry.jar"
+		rm -rf "$rdir/build"
+		echo "$sum" >"$rdir/.pom.sha"
+	fi
+	log "starting Apicurio Registry on 127.0.0.1:$REGISTRY_PORT (global compatibility BACKWARD)"
+	nohup java -Xmx384m -Dquarkus.http.host=127.0.0.1 -Dquarkus.http.port="$REGISTRY_PORT" \
+		-Dregistry.rules.global.compatibility=BACKWARD \
+		-Dquarkus.datasource.jdbc.url="jdbc:h2:file:$rdir/data/registry" \
+		-jar "$rdir/registry.jar" >"$LOG_DIR/registry.log" 2>&1 </dev/null &
+	echo $! >"$rdir/registry.pid"
+	wait_port "$REGISTRY_PORT" 120 registry "$LOG_DIR/registry.log"
+	local i
+	for ((i = 0; i < 120; i++)); do
+		curl -fsS -o /dev/null "http://127.0.0.1:$REGISTRY_PORT/apis/ccompat/v7/subjects" 2>/dev/null && return 0
+		sleep 0.5
+	done
+	die "registry on 127.0.0.1:$REGISTRY_PORT does not answer /apis/ccompat/v7/subjects (log: $LOG_DIR/registry.log)"
+}
+
+registry_down() { stop_pidfile "$ENV_DIR/registry/registry.pid" registry; }
+
 # ---------------------------------------------------------------- main
 print_exports() {
 	echo "export DATABASE_URL='$(database_url)' KAFKA_BROKERS='127.0.0.1:$KAFKA_PORT' SCHEMA_REGISTRY_URL='http://127.0.0.1:$REGISTRY_PORT/apis/ccompat/v7'"

@@ -1,0 +1,40 @@
+# relaybox — see README.md.
+SHELL := /bin/bash
+GO ?= go
+ENV := bash scripts/env.sh
+
+.PHONY: env env-down test unit lint fmt-check build demo bench chaos fuzz
+
+## env: install what is missing, start Postgres, Kafka and Apicurio on 127.0.0.1, print exports
+env:
+	@$(ENV) up
+
+## env-down: stop them
+env-down:
+	@$(ENV) down
+
+## test: the project's test command (what .ci/run calls): env, vet, format check, all tests
+test:
+	@exports="$$($(ENV) up)" && eval "$$exports" && echo "$$exports" && \
+	$(MAKE) --no-print-directory fmt-check && \
+	$(GO) vet ./... && \
+	RELAYBOX_REQUIRE_SERVICES=1 $(GO) test -timeout 25m ./... && \
+	RELAYBOX_REQUIRE_SERVICES=1 RELAYBOX_SERIAL=1 $(GO) test -timeout 15m -p 1 -count=1 -run 'Serial' ./...
+
+## unit: tests without services (integration tests skip, naming the missing variable)
+unit:
+	env -u DATABASE_URL -u KAFKA_BROKERS -u SCHEMA_REGISTRY_URL $(GO) test ./...
+
+fmt-check:
+	@out="$$(gofmt -l $$(git ls-files '*.go'))"; if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+## lint: go vet and staticcheck
+lint: fmt-check
+	$(GO) vet ./...
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@2025.1.1 ./...
+
+build:
+	$(GO) build -o relaybox ./cmd/relaybox
+
+demo:
+	$(GO) run ./cmd/relaybox demo
