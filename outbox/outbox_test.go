@@ -93,14 +93,14 @@ func TestWrite_CommitStoresEveryEnvelopeField(t *testing.T) {
 		t.Fatal(err)
 	}
 	var (
-		gotID                                                                 uuid.UUID
-		topic, key, typ, agg, subject, corr, caus, src, tp, ts, schemaText    string
-		shard                                                                 int
-		payload                                                               []byte
-		headers                                                               map[string]string
-		occ, created                                                          time.Time
-		attempts                                                              int
-		parked, published                                                     *time.Time
+		gotID                                                              uuid.UUID
+		topic, key, typ, agg, subject, corr, caus, src, tp, ts, schemaText string
+		shard                                                              int
+		payload                                                            []byte
+		headers                                                            map[string]string
+		occ, created                                                       time.Time
+		attempts                                                           int
+		parked, published                                                  *time.Time
 	)
 	err = s.pool.QueryRow(ctx, `SELECT o.event_id, o.topic, o.key, o.shard, o.event_type, o.aggregate_type, o.subject,
 		o.payload, o.headers, o.occurred_at, o.created_at, o.correlation_id, o.causation_id, o.source, o.traceparent,

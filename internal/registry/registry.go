@@ -18,6 +18,7 @@ import (
 
 	"github.com/hamba/avro/v2"
 	"github.com/riferrei/srclient"
+	"golang.org/x/sync/singleflight"
 )
 
 // Options configures a Client.
@@ -35,6 +36,7 @@ type Client struct {
 	url string
 	sr  *srclient.SchemaRegistryClient
 
+	flight  singleflight.Group
 	mu      sync.RWMutex
 	ids     map[string]int
 	schemas map[int]avro.Schema
@@ -85,6 +87,9 @@ func IsIncompatible(err error) bool {
 	if !errors.As(err, &e) {
 		return false
 	}
+	if strings.Contains(e.Message, "already exists") {
+		return false
+	}
 	return e.Code == 409 || e.Code == 422 || e.Code/100 == 422 || strings.Contains(e.Message, "ncompatible")
 }
 
@@ -118,23 +123,35 @@ func (c *Client) ID(_ context.Context, subject, schema string, register bool) (i
 	if ok {
 		return id, nil
 	}
-	var s *srclient.Schema
-	var err error
-	if register {
-		s, err = c.sr.CreateSchema(subject, schema, srclient.Avro)
-		if err != nil {
-			return 0, classify("register", subject, err)
+	// One call per subject and schema at a time: concurrent first registrations of
+	// the same subject race inside some registries (Apicurio answers "already exists").
+	v, err, _ := c.flight.Do(fmt.Sprint(register)+k, func() (any, error) {
+		if register {
+			s, err := c.sr.CreateSchema(subject, schema, srclient.Avro)
+			if err == nil {
+				return s.ID(), nil
+			}
+			cerr := classify("register", subject, err)
+			var e *Error
+			if !errors.As(cerr, &e) || !strings.Contains(e.Message, "already exists") {
+				return 0, cerr
+			}
+			// Registered by a concurrent client: look it up.
 		}
-	} else {
-		s, err = c.sr.LookupSchema(subject, schema, srclient.Avro)
+		s, err := c.sr.LookupSchema(subject, schema, srclient.Avro)
 		if err != nil {
 			return 0, classify("lookup", subject, err)
 		}
+		return s.ID(), nil
+	})
+	if err != nil {
+		return 0, err
 	}
+	id = v.(int)
 	c.mu.Lock()
-	c.ids[k] = s.ID()
+	c.ids[k] = id
 	c.mu.Unlock()
-	return s.ID(), nil
+	return id, nil
 }
 
 // Schema returns the parsed schema with the given id, cached.

@@ -1,0 +1,159 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/relaybox/relaybox/internal/registry"
+	"github.com/relaybox/relaybox/migrations"
+	"github.com/relaybox/relaybox/outbox"
+)
+
+// Registry resolves a schema to its registry id. *registry.Client (from NewRegistry)
+// implements it.
+type Registry interface {
+	ID(ctx context.Context, subject, schema string, register bool) (int, error)
+}
+
+// Hooks observe the relay (for metrics). Any may be nil. They must not block.
+type Hooks struct {
+	// OnBatch: a batch of shard finished: read rows read, published rows acked and
+	// removed, in d from read to delete.
+	OnBatch func(shard, read, published int, d time.Duration)
+	// OnPublished: one record acked, latency from its commit to the ack.
+	OnPublished func(latency time.Duration)
+	// OnError: a failure of kind "kafka", "registry", "postgres" or "lease".
+	OnError func(kind string, err error)
+	// OnParked: an event parked with reason kind ("incompatible_schema",
+	// "schema_not_registered", "too_large", "topic_missing", "invalid").
+	OnParked func(kind string)
+	// OnShards: the set of shards this replica owns changed.
+	OnShards func(owned []int)
+}
+
+// Config configures a Relay.
+type Config struct {
+	// Schema holds relaybox's tables. Defaults to "relaybox".
+	Schema string
+	// Channel is the LISTEN channel. Defaults to outbox.DefaultChannel.
+	Channel string
+	// Brokers are the Kafka seed brokers. Required unless KafkaOpts sets them.
+	Brokers []string
+	// KafkaOpts are appended to the relay's producer options (TLS, SASL, linger, ...).
+	KafkaOpts []kgo.Opt
+	// RegistryURL is the schema registry's Confluent-compatible base URL, e.g.
+	// http://localhost:8081 or Apicurio's http://localhost:8080/apis/ccompat/v7.
+	// Required unless Registry is set.
+	RegistryURL string
+	// RegistryUsername and RegistryPassword enable HTTP basic auth. Never logged.
+	RegistryUsername, RegistryPassword string
+	// RegistryTimeout bounds each registry call. Defaults to 10s.
+	RegistryTimeout time.Duration
+	// Registry overrides the client built from RegistryURL.
+	Registry Registry
+	// AutoRegister registers schemas not yet under their subject. When false, a schema
+	// missing from the registry parks its event. Defaults to false; set it explicitly.
+	AutoRegister bool
+	// ReplicaID names this replica. Defaults to hostname-pid-random.
+	ReplicaID string
+	// BatchSize is the most rows read per shard per batch. Defaults to 1000.
+	BatchSize int
+	// PollInterval is how often idle shards are polled without a NOTIFY. Defaults to 1s.
+	PollInterval time.Duration
+	// LeaseTTL is how long a shard lease lasts without renewal. Defaults to 15s.
+	LeaseTTL time.Duration
+	// HeartbeatInterval is how often leases are renewed. Defaults to LeaseTTL/5.
+	HeartbeatInterval time.Duration
+	// MaxRecordBytes bounds a framed record (key, value, headers). Larger events park.
+	// Defaults to 1 MiB, Kafka's default message.max.bytes.
+	MaxRecordBytes int
+	// DeliveryTimeout bounds how long a record may wait for Kafka before it counts as
+	// failed (and is retried in a later batch). Defaults to 30s.
+	DeliveryTimeout time.Duration
+	// Retention, when non-zero, switches to retention mode: published rows are marked
+	// (published_at) instead of deleted, and purged once older than Retention.
+	Retention time.Duration
+	// AutoCreateTopics creates a missing topic (TopicPartitions partitions) instead of
+	// parking its events.
+	AutoCreateTopics bool
+	// TopicPartitions for auto-created topics. Defaults to 12.
+	TopicPartitions int32
+	// UnreadyAfter: Ready reports an error once publishing has failed continuously for
+	// this long. Defaults to 30s.
+	UnreadyAfter time.Duration
+	// MaxBackoff caps the exponential backoff after failures. Defaults to 30s.
+	MaxBackoff time.Duration
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+	// Hooks for metrics.
+	Hooks Hooks
+}
+
+func (c *Config) withDefaults() (Config, error) {
+	r := Config{}
+	if c != nil {
+		r = *c
+	}
+	if r.Schema == "" {
+		r.Schema = migrations.DefaultSchema
+	}
+	if r.Channel == "" {
+		r.Channel = outbox.DefaultChannel
+	}
+	if r.ReplicaID == "" {
+		h, _ := os.Hostname()
+		r.ReplicaID = fmt.Sprintf("%s-%d-%04x", h, os.Getpid(), time.Now().UnixNano()&0xffff)
+	}
+	if r.BatchSize == 0 {
+		r.BatchSize = 1000
+	}
+	if r.PollInterval == 0 {
+		r.PollInterval = time.Second
+	}
+	if r.LeaseTTL == 0 {
+		r.LeaseTTL = 15 * time.Second
+	}
+	if r.HeartbeatInterval == 0 {
+		r.HeartbeatInterval = r.LeaseTTL / 5
+	}
+	if r.MaxRecordBytes == 0 {
+		r.MaxRecordBytes = 1 << 20
+	}
+	if r.DeliveryTimeout == 0 {
+		r.DeliveryTimeout = 30 * time.Second
+	}
+	if r.TopicPartitions == 0 {
+		r.TopicPartitions = 12
+	}
+	if r.UnreadyAfter == 0 {
+		r.UnreadyAfter = 30 * time.Second
+	}
+	if r.MaxBackoff == 0 {
+		r.MaxBackoff = 30 * time.Second
+	}
+	if r.Logger == nil {
+		r.Logger = slog.Default()
+	}
+	if r.Registry == nil && r.RegistryURL != "" {
+		r.Registry = registry.New(r.RegistryURL, registry.Options{Username: r.RegistryUsername, Password: r.RegistryPassword, Timeout: r.RegistryTimeout})
+	}
+	switch {
+	case r.Registry == nil:
+		return r, errors.New("relay: Config.RegistryURL is required")
+	case len(r.Brokers) == 0 && len(r.KafkaOpts) == 0:
+		return r, errors.New("relay: Config.Brokers is required")
+	case r.BatchSize < 0 || r.BatchSize > 100000:
+		return r, fmt.Errorf("relay: Config.BatchSize must be 1..100000, got %d", r.BatchSize)
+	case r.HeartbeatInterval*2 >= r.LeaseTTL:
+		return r, fmt.Errorf("relay: Config.HeartbeatInterval (%s) must be under half of LeaseTTL (%s)", r.HeartbeatInterval, r.LeaseTTL)
+	case r.PollInterval < 0 || r.Retention < 0:
+		return r, errors.New("relay: Config.PollInterval and Retention must not be negative")
+	}
+	return r, nil
+}

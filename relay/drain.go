@@ -1,0 +1,409 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/relaybox/relaybox/internal/envelope"
+	"github.com/relaybox/relaybox/internal/registry"
+	"github.com/relaybox/relaybox/internal/wire"
+)
+
+type outboxRow struct {
+	id                                          int64
+	eventID                                     uuid.UUID
+	topic, key, typ, aggType, subject           string
+	fp                                          []byte
+	payload                                     []byte
+	headers                                     map[string]string
+	occurred, created                           time.Time
+	corr, caus, source, traceparent, tracestate string
+}
+
+// Park reasons (the prefix of last_error, and the OnParked kind).
+const (
+	ParkIncompatible  = "incompatible_schema"
+	ParkNotRegistered = "schema_not_registered"
+	ParkTooLarge      = "too_large"
+	ParkTopicMissing  = "topic_missing"
+	ParkInvalid       = "invalid"
+)
+
+type batchResult struct {
+	read, published, parked, retry int
+}
+
+func (r *Relay) drainLoop(s *shardRun) {
+	defer close(s.done)
+	poll := time.NewTimer(0)
+	defer poll.Stop()
+	failures := 0
+	for {
+		select {
+		case <-s.stop:
+			return
+		default:
+		}
+		deadline := s.leaseDeadline()
+		if !time.Now().Before(deadline) {
+			r.log.Warn("lease not renewed in time; shard drain stops until it is", "shard", s.shard)
+			return
+		}
+		ctx, cancel := context.WithDeadline(context.Background(), deadline)
+		start := time.Now()
+		res, err := r.drainOnce(ctx, s.shard)
+		cancel()
+		if r.cfg.Hooks.OnBatch != nil && res.read > 0 {
+			r.cfg.Hooks.OnBatch(s.shard, res.read, res.published, time.Since(start))
+		}
+		var wait time.Duration
+		switch {
+		case err != nil:
+			failures++
+			wait = r.backoff(failures)
+			r.log.Debug("batch failed; backing off", "shard", s.shard, "err", err, "backoff", wait)
+		case res.read >= r.cfg.BatchSize && res.retry == 0:
+			failures = 0
+			continue // more waiting
+		case res.retry > 0:
+			failures++
+			wait = r.backoff(failures)
+		default:
+			failures = 0
+			wait = r.cfg.PollInterval
+		}
+		poll.Reset(wait)
+		select {
+		case <-s.stop:
+			return
+		case <-s.wake:
+			if err != nil || res.retry > 0 { // a failure's backoff is not cut short by a NOTIFY
+				select {
+				case <-s.stop:
+					return
+				case <-poll.C:
+				}
+			}
+		case <-poll.C:
+		}
+		if !poll.Stop() {
+			select {
+			case <-poll.C:
+			default:
+			}
+		}
+	}
+}
+
+type pending struct {
+	row    *outboxRow
+	rec    *kgo.Record
+	err    error
+	parked string // reason kind if parked before producing
+	reason string
+}
+
+// drainOnce publishes one batch of shard. It returns an error when the batch could not
+// run at all (Postgres) or a dependency failed (Kafka, registry) so the caller backs off.
+func (r *Relay) drainOnce(ctx context.Context, shard int) (batchResult, error) {
+	var res batchResult
+	rows, err := r.read(ctx, shard)
+	if err != nil {
+		r.fail("postgres", err)
+		return res, err
+	}
+	res.read = len(rows)
+	if len(rows) == 0 {
+		r.ok("postgres")
+		return res, nil
+	}
+	if err := r.loadSchemas(ctx, rows); err != nil {
+		r.fail("postgres", err)
+		return res, err
+	}
+
+	blocked := map[string]bool{} // keys with an earlier row not published in this batch
+	items := make([]*pending, 0, len(rows))
+	var depErr error
+	for i := range rows {
+		row := &rows[i]
+		if blocked[row.key] {
+			continue
+		}
+		if depErr != nil { // a dependency is down: leave the rest for the next attempt
+			break
+		}
+		p := &pending{row: row}
+		items = append(items, p)
+		rec, kind, reason, err := r.build(ctx, row)
+		switch {
+		case err != nil:
+			depErr = err
+			p.err = err
+			blocked[row.key] = true
+		case kind != "":
+			p.parked, p.reason = kind, reason
+			blocked[row.key] = true
+		default:
+			p.rec = rec
+		}
+	}
+	if depErr != nil {
+		r.fail("registry", depErr)
+	} else {
+		r.ok("registry")
+	}
+
+	var wg sync.WaitGroup
+	for _, p := range items {
+		if p.rec == nil {
+			continue
+		}
+		wg.Add(1)
+		p := p
+		r.kc.Produce(context.Background(), p.rec, func(_ *kgo.Record, err error) {
+			p.err = err
+			wg.Done()
+		})
+	}
+	wg.Wait()
+
+	// Decide per row: publish (delete), park, or retry later. A failure blocks the
+	// later rows of its key even if Kafka acked them: they are published again, in
+	// order, after the failed one.
+	var done []int64
+	var parkIDs, retryIDs []int64
+	var parkReasons, retryReasons []string
+	var kafkaErr error
+	failedKey := map[string]bool{}
+	now := time.Now()
+	for _, p := range items {
+		switch {
+		case failedKey[p.row.key]:
+			// stays
+		case p.parked != "":
+			parkIDs, parkReasons = append(parkIDs, p.row.id), append(parkReasons, p.parked+": "+p.reason)
+			failedKey[p.row.key] = true
+		case p.rec == nil: // dependency error before producing
+			retryIDs, retryReasons = append(retryIDs, p.row.id), append(retryReasons, p.err.Error())
+			failedKey[p.row.key] = true
+		case p.err != nil:
+			failedKey[p.row.key] = true
+			if kind, reason := r.classifyProduce(ctx, p.row, p.err); kind != "" {
+				parkIDs, parkReasons = append(parkIDs, p.row.id), append(parkReasons, kind+": "+reason)
+				continue
+			}
+			kafkaErr = p.err
+			retryIDs, retryReasons = append(retryIDs, p.row.id), append(retryReasons, "kafka: "+p.err.Error())
+		default:
+			done = append(done, p.row.id)
+			if r.cfg.Hooks.OnPublished != nil {
+				r.cfg.Hooks.OnPublished(now.Sub(p.row.created))
+			}
+		}
+	}
+	if kafkaErr != nil {
+		r.fail("kafka", kafkaErr)
+	}
+
+	// Record the outcome with a fresh context: acked rows must be removed even if the
+	// lease deadline passed while waiting for Kafka (removing them is always safe).
+	fctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	b := &pgx.Batch{}
+	if len(done) > 0 {
+		if r.cfg.Retention > 0 {
+			b.Queue(r.sql.markPublished, done)
+		} else {
+			b.Queue(r.sql.delete, done)
+		}
+	}
+	if len(parkIDs) > 0 {
+		b.Queue(r.sql.park, parkIDs, parkReasons)
+	}
+	if len(retryIDs) > 0 {
+		b.Queue(r.sql.attempt, retryIDs, retryReasons)
+	}
+	if b.Len() > 0 {
+		if err := r.pool.SendBatch(fctx, b).Close(); err != nil {
+			err = fmt.Errorf("recording batch outcome: %w", err)
+			r.fail("postgres", err)
+			return res, err // acked rows stay: they are published again (duplicates, in order)
+		}
+	}
+	r.ok("postgres")
+	for i, id := range parkIDs {
+		kind, _, _ := strings.Cut(parkReasons[i], ":")
+		r.log.Warn("event parked", "shard", shard, "id", id, "reason", parkReasons[i])
+		if r.cfg.Hooks.OnParked != nil {
+			r.cfg.Hooks.OnParked(kind)
+		}
+	}
+	res.published, res.parked, res.retry = len(done), len(parkIDs), len(retryIDs)
+	if kafkaErr == nil && len(done) > 0 {
+		r.ok("kafka")
+	}
+	if depErr != nil {
+		return res, depErr
+	}
+	if kafkaErr != nil {
+		return res, kafkaErr
+	}
+	return res, nil
+}
+
+func (r *Relay) read(ctx context.Context, shard int) ([]outboxRow, error) {
+	rows, err := r.pool.Query(ctx, r.sql.read, shard, r.cfg.BatchSize)
+	if err != nil {
+		return nil, fmt.Errorf("reading shard %d: %w", shard, err)
+	}
+	defer rows.Close()
+	var out []outboxRow
+	for rows.Next() {
+		var o outboxRow
+		if err := rows.Scan(&o.id, &o.eventID, &o.topic, &o.key, &o.typ, &o.aggType, &o.subject, &o.fp, &o.payload,
+			&o.headers, &o.occurred, &o.created, &o.corr, &o.caus, &o.source, &o.traceparent, &o.tracestate); err != nil {
+			return nil, fmt.Errorf("reading shard %d: %w", shard, err)
+		}
+		out = append(out, o)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("reading shard %d: %w", shard, err)
+	}
+	return out, nil
+}
+
+func (r *Relay) loadSchemas(ctx context.Context, rows []outboxRow) error {
+	var missing [][]byte
+	seen := map[[32]byte]bool{}
+	r.schemaMu.RLock()
+	for _, o := range rows {
+		var k [32]byte
+		copy(k[:], o.fp)
+		if _, ok := r.schemas[k]; !ok && !seen[k] {
+			seen[k] = true
+			missing = append(missing, o.fp)
+		}
+	}
+	r.schemaMu.RUnlock()
+	if len(missing) == 0 {
+		return nil
+	}
+	qr, err := r.pool.Query(ctx, r.sql.schemas, missing)
+	if err != nil {
+		return fmt.Errorf("reading schemas: %w", err)
+	}
+	defer qr.Close()
+	r.schemaMu.Lock()
+	defer r.schemaMu.Unlock()
+	for qr.Next() {
+		var fp []byte
+		var text string
+		if err := qr.Scan(&fp, &text); err != nil {
+			return err
+		}
+		var k [32]byte
+		copy(k[:], fp)
+		r.schemas[k] = text
+	}
+	return qr.Err()
+}
+
+// build frames one row into a Kafka record. It returns a park kind and reason for
+// events that cannot be published as they are, or an error when the registry is
+// unavailable.
+func (r *Relay) build(ctx context.Context, o *outboxRow) (*kgo.Record, string, string, error) {
+	var k [32]byte
+	copy(k[:], o.fp)
+	r.schemaMu.RLock()
+	text, ok := r.schemas[k]
+	r.schemaMu.RUnlock()
+	if !ok {
+		return nil, ParkInvalid, "schema fingerprint not in the schema store", nil
+	}
+	id, err := r.cfg.Registry.ID(ctx, o.subject, text, r.cfg.AutoRegister)
+	switch {
+	case err == nil:
+	case registry.IsIncompatible(err):
+		return nil, ParkIncompatible, err.Error(), nil
+	case registry.IsNotFound(err) && !r.cfg.AutoRegister:
+		return nil, ParkNotRegistered, err.Error(), nil
+	default:
+		return nil, "", "", err
+	}
+	value := wire.Frame(uint32(id), o.payload)
+	hs := make([]kgo.RecordHeader, 0, 10+len(o.headers))
+	add := func(k, v string) {
+		if v != "" {
+			hs = append(hs, kgo.RecordHeader{Key: k, Value: []byte(v)})
+		}
+	}
+	add(envelope.EventID, o.eventID.String())
+	add(envelope.EventType, o.typ)
+	add(envelope.AggregateType, o.aggType)
+	add(envelope.OccurredAt, o.occurred.UTC().Format(time.RFC3339Nano))
+	add(envelope.CorrelationID, o.corr)
+	add(envelope.CausationID, o.caus)
+	add(envelope.Source, o.source)
+	add(envelope.Subject, o.subject)
+	add(envelope.TraceParent, o.traceparent)
+	add(envelope.TraceState, o.tracestate)
+	size := len(o.key) + len(value) + 64
+	for hk, hv := range o.headers {
+		if envelope.Reserved(hk) {
+			continue
+		}
+		add(hk, hv)
+	}
+	for _, h := range hs {
+		size += len(h.Key) + len(h.Value) + 4
+	}
+	if size > r.cfg.MaxRecordBytes {
+		return nil, ParkTooLarge, fmt.Sprintf("record is %d bytes, limit %d (MaxRecordBytes)", size, r.cfg.MaxRecordBytes), nil
+	}
+	return &kgo.Record{Topic: o.topic, Key: []byte(o.key), Value: value, Headers: hs}, "", "", nil
+}
+
+// classifyProduce returns a park kind for produce errors that retrying cannot fix.
+func (r *Relay) classifyProduce(ctx context.Context, o *outboxRow, err error) (string, string) {
+	switch {
+	case errors.Is(err, kerr.MessageTooLarge), errors.Is(err, kerr.RecordListTooLarge):
+		return ParkTooLarge, err.Error()
+	case errors.Is(err, kerr.InvalidRecord), errors.Is(err, kerr.InvalidTopicException):
+		return ParkInvalid, err.Error()
+	case errors.Is(err, kerr.UnknownTopicOrPartition):
+		if r.cfg.AutoCreateTopics {
+			r.createTopic(ctx, o.topic)
+			return "", ""
+		}
+		return ParkTopicMissing, fmt.Sprintf("topic %q does not exist (create it, or run the relay with auto-create topics)", o.topic)
+	}
+	return "", ""
+}
+
+func (r *Relay) createTopic(ctx context.Context, topic string) {
+	if _, done := r.topicsMade.Load(topic); done {
+		return
+	}
+	cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := r.adm.CreateTopic(cctx, r.cfg.TopicPartitions, -1, nil, topic)
+	if err == nil {
+		err = resp.Err
+	}
+	if err != nil && !errors.Is(err, kerr.TopicAlreadyExists) {
+		r.log.Warn("auto-creating topic failed", "topic", topic, "err", err)
+		return
+	}
+	r.topicsMade.Store(topic, true)
+	r.log.Info("auto-created topic", "topic", topic, "partitions", r.cfg.TopicPartitions)
+}

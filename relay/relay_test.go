@@ -1,0 +1,273 @@
+package relay_test
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hamba/avro/v2"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/relaybox/relaybox/internal/envelope"
+	"github.com/relaybox/relaybox/internal/registry"
+	"github.com/relaybox/relaybox/internal/testenv"
+	"github.com/relaybox/relaybox/internal/wire"
+	"github.com/relaybox/relaybox/outbox"
+	"github.com/relaybox/relaybox/relay"
+)
+
+type Seq struct {
+	Key string `avro:"key"`
+	Seq int64  `avro:"seq"`
+	Pad string `avro:"pad"`
+}
+
+type env struct {
+	pool     *pgxpool.Pool
+	schema   string
+	w        *outbox.Writer
+	brokers  []string
+	registry string
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	pool := testenv.PoolWith(t, func(c *pgxpool.Config) { c.MaxConns = 20 })
+	e := &env{pool: pool, schema: testenv.Schema(t, pool), brokers: testenv.Brokers(t), registry: testenv.RegistryURL(t)}
+	var err error
+	e.w, err = outbox.New(pool, &outbox.Config{Schema: e.schema})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+func testLogger(t *testing.T) *slog.Logger {
+	if os.Getenv("RELAYBOX_TEST_LOG") == "1" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) { w.t.Log(string(p)); return len(p), nil }
+
+func (e *env) relay(t *testing.T, mod func(*relay.Config)) (*relay.Relay, context.CancelFunc, <-chan error) {
+	t.Helper()
+	cfg := &relay.Config{
+		Schema: e.schema, Brokers: e.brokers, RegistryURL: e.registry, AutoRegister: true,
+		PollInterval: 200 * time.Millisecond, LeaseTTL: 3 * time.Second, HeartbeatInterval: 500 * time.Millisecond,
+		Logger: testLogger(t), BatchSize: 500,
+	}
+	if mod != nil {
+		mod(cfg)
+	}
+	r, err := relay.New(e.pool, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Errorf("relay.Run: %v", err)
+				}
+			case <-time.After(30 * time.Second):
+				t.Errorf("relay did not stop within 30s")
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return r, stop, done
+}
+
+// write commits n events per key for keys, seq 1..n, in per-key order.
+func (e *env) write(t *testing.T, topic string, keys, n int, pad int) {
+	t.Helper()
+	ctx := context.Background()
+	padding := string(make([]byte, pad))
+	for s := 1; s <= n; s++ {
+		evs := make([]outbox.Event, 0, keys)
+		for k := 0; k < keys; k++ {
+			key := "key-" + strconv.Itoa(k)
+			evs = append(evs, outbox.Event{Topic: topic, Key: key, Type: "Seq", Value: Seq{Key: key, Seq: int64(s), Pad: padding}})
+		}
+		if err := pgx.BeginFunc(ctx, e.pool, func(tx pgx.Tx) error { return e.w.Write(ctx, tx, evs...) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func (e *env) backlog(t *testing.T) (pending, parked int) {
+	t.Helper()
+	err := e.pool.QueryRow(context.Background(), `SELECT count(*) FILTER (WHERE parked_at IS NULL), count(*) FILTER (WHERE parked_at IS NOT NULL) FROM `+
+		pgx.Identifier{e.schema, "outbox"}.Sanitize()).Scan(&pending, &parked)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return
+}
+
+// readBack consumes topic from the start until want distinct (key, seq) pairs are seen
+// or timeout, returning every record in partition order.
+type seen struct {
+	records    []*kgo.Record
+	distinct   int
+	duplicates int
+	violations int
+	byKey      map[string][]int64
+}
+
+func readBack(t *testing.T, topic string, want int, timeout time.Duration) *seen {
+	t.Helper()
+	cl := testenv.Client(t, kgo.ConsumeTopics(topic), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	s := &seen{byKey: map[string][]int64{}}
+	first := map[string]bool{}
+	last := map[string]int64{}
+	reg := registry.New(testenv.RegistryURL(t), registry.Options{})
+	for s.distinct < want {
+		fs := cl.PollFetches(ctx)
+		if ctx.Err() != nil {
+			break
+		}
+		fs.EachRecord(func(rec *kgo.Record) {
+			s.records = append(s.records, rec)
+			id, body, err := wire.Parse(rec.Value)
+			if err != nil {
+				t.Fatalf("record not in wire format: %v", err)
+			}
+			sch, err := reg.Schema(ctx, int(id))
+			if err != nil {
+				t.Fatalf("schema id %d: %v", id, err)
+			}
+			var v Seq
+			if err := avro.Unmarshal(sch, body, &v); err != nil {
+				t.Fatal(err)
+			}
+			if v.Key != string(rec.Key) {
+				t.Fatalf("record key %q carries value key %q", rec.Key, v.Key)
+			}
+			k := fmt.Sprintf("%s/%d", v.Key, v.Seq)
+			if first[k] {
+				s.duplicates++
+				return
+			}
+			first[k] = true
+			s.distinct++
+			if v.Seq <= last[v.Key] {
+				s.violations++
+			}
+			last[v.Key] = v.Seq
+			s.byKey[v.Key] = append(s.byKey[v.Key], v.Seq)
+		})
+	}
+	return s
+}
+
+func header(rec *kgo.Record, k string) string {
+	for _, h := range rec.Headers {
+		if h.Key == k {
+			return string(h.Value)
+		}
+	}
+	return ""
+}
+
+func TestRelay_PublishesEverythingInKeyOrderAndEmptiesOutbox(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	topic := testenv.Topic(t, 6)
+	e.write(t, topic, 50, 40, 100) // 2000 events
+	r, _, _ := e.relay(t, nil)
+	got := readBack(t, topic, 2000, 60*time.Second)
+	if got.distinct != 2000 || got.violations != 0 {
+		t.Fatalf("distinct %d (want 2000), order violations %d, duplicates %d", got.distinct, got.violations, got.duplicates)
+	}
+	if got.duplicates != 0 {
+		t.Fatalf("duplicates without any fault: %d", got.duplicates)
+	}
+	rec := got.records[0]
+	for _, h := range []string{envelope.EventID, envelope.EventType, envelope.OccurredAt, envelope.Subject} {
+		if header(rec, h) == "" {
+			t.Errorf("header %s missing: %v", h, rec.Headers)
+		}
+	}
+	if header(rec, envelope.EventType) != "Seq" || header(rec, envelope.Subject) != topic+"-value" {
+		t.Errorf("headers %v", rec.Headers)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		p, parked := e.backlog(t)
+		if p == 0 && parked == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("outbox not emptied: %d pending %d parked", p, parked)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if n := len(r.Owned()); n != 64 {
+		t.Fatalf("a lone replica owns %d shards, want 64", n)
+	}
+	if err := r.Ready(); err != nil {
+		t.Fatalf("Ready: %v", err)
+	}
+}
+
+func TestRelay_RetentionModeMarksThenPurges(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	topic := testenv.Topic(t, 1)
+	e.write(t, topic, 3, 3, 0)
+	e.relay(t, func(c *relay.Config) { c.Retention = time.Hour })
+	readBack(t, topic, 9, 30*time.Second)
+	var published, total int
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		e.pool.QueryRow(context.Background(), `SELECT count(*) FILTER (WHERE published_at IS NOT NULL), count(*) FROM `+
+			pgx.Identifier{e.schema, "outbox"}.Sanitize()).Scan(&published, &total)
+		if published == 9 {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if published != 9 || total != 9 {
+		t.Fatalf("retention mode: %d marked of %d rows, want 9 of 9", published, total)
+	}
+}
+
+func TestRelay_NotifyWakesIdleRelayDespiteLongPoll(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	topic := testenv.Topic(t, 1)
+	r, _, _ := e.relay(t, func(c *relay.Config) { c.PollInterval = 30 * time.Second })
+	// Wait until the relay holds its shards and its first (empty) polls are done.
+	deadline := time.Now().Add(10 * time.Second)
+	for len(r.Owned()) < 64 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(time.Second)
+	start := time.Now()
+	e.write(t, topic, 1, 1, 0)
+	got := readBack(t, topic, 1, 10*time.Second)
+	if got.distinct != 1 {
+		t.Fatalf("event committed on an idle relay (poll 30s) not on Kafka within 10s")
+	}
+	t.Logf("idle wake-up to Kafka: %s (poll interval 30s)", time.Since(start).Round(time.Millisecond))
+}
