@@ -1,0 +1,166 @@
+package relay_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/relaybox/relaybox/internal/registry"
+	"github.com/relaybox/relaybox/internal/testenv"
+	"github.com/relaybox/relaybox/outbox"
+	"github.com/relaybox/relaybox/relay"
+)
+
+const (
+	seqV1       = `{"type":"record","name":"Seq","fields":[{"name":"key","type":"string"},{"name":"seq","type":"long"},{"name":"pad","type":"string"}]}`
+	seqBreaking = `{"type":"record","name":"Seq","fields":[{"name":"key","type":"string"},{"name":"seq","type":"long"},{"name":"pad","type":"string"},{"name":"must","type":"int"}]}`
+)
+
+func (e *env) writeOne(t *testing.T, topic, key string, seq int64, pad int, schema string) {
+	t.Helper()
+	ctx := context.Background()
+	var v any = Seq{Key: key, Seq: seq, Pad: strings.Repeat("p", pad)}
+	if schema == seqBreaking {
+		v = map[string]any{"key": key, "seq": seq, "pad": strings.Repeat("p", pad), "must": 1}
+	}
+	err := pgx.BeginFunc(ctx, e.pool, func(tx pgx.Tx) error {
+		return e.w.Write(ctx, tx, outbox.Event{Topic: topic, Key: key, Type: "Seq", Value: v, Schema: schema})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func waitParked(t *testing.T, e *env, f relay.ParkedFilter, n int) []relay.ParkedEvent {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		got, err := relay.ListParked(context.Background(), e.pool, e.schema, f, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) >= n {
+			return got
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("parked %d events, want %d", len(got), n)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func TestRelay_ParksIncompatibleSchemaBlocksItsKeyOnlyAndRetryPublishesInOrder(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	topic := testenv.Topic(t, 3)
+	reg := registry.New(e.registry, registry.Options{})
+	subject := topic + "-value"
+	if err := reg.SetCompatibility(subject, "BACKWARD"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := reg.ID(context.Background(), subject, seqV1, true); err != nil {
+		t.Fatal(err)
+	}
+	e.writeOne(t, topic, "bad", 1, 0, "")          // v1: fine
+	e.writeOne(t, topic, "bad", 2, 0, seqBreaking) // breaks BACKWARD: parks
+	e.writeOne(t, topic, "bad", 3, 0, "")          // waits behind 2
+	for s := int64(1); s <= 5; s++ {
+		e.writeOne(t, topic, "good", s, 0, "")
+	}
+	e.relay(t, nil)
+	got := readBack(t, topic, 6, 30*time.Second)
+	parked := waitParked(t, e, relay.ParkedFilter{Reason: relay.ParkIncompatible}, 1)
+	if len(parked) != 1 || parked[0].Key != "bad" || !strings.HasPrefix(parked[0].Reason, relay.ParkIncompatible) {
+		t.Fatalf("parked = %+v", parked)
+	}
+	if len(got.byKey["good"]) != 5 || len(got.byKey["bad"]) != 1 {
+		t.Fatalf("published %v; want good 1..5 and bad 1 only", got.byKey)
+	}
+	time.Sleep(time.Second) // the key stays blocked: seq 3 must not overtake 2
+	st, err := relay.ReadStatus(context.Background(), e.pool, e.schema)
+	if err != nil || st.Parked != 1 || st.ParkedByReason[relay.ParkIncompatible] != 1 || st.Backlog != 1 {
+		t.Fatalf("status %+v %v", st, err)
+	}
+	// The fix: the subject gets a rule the new schema meets (FORWARD: old readers
+	// ignore the added field); Apicurio treats NONE as "no subject rule", so the global
+	// BACKWARD rule would still apply. Then retry by key.
+	if err := reg.SetCompatibility(subject, "FORWARD"); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := relay.RetryParked(context.Background(), e.pool, e.schema, relay.ParkedFilter{Key: "bad"}); err != nil || n != 1 {
+		t.Fatalf("retry: %d %v", n, err)
+	}
+	got = readBack(t, topic, 8, 30*time.Second)
+	if b := got.byKey["bad"]; len(b) != 3 || b[0] != 1 || b[1] != 2 || b[2] != 3 || got.violations != 0 {
+		t.Fatalf("after retry bad = %v, violations %d", b, got.violations)
+	}
+}
+
+func TestRelay_ParksOversizedAndMissingTopicThenRetryAndSkip(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	topic := testenv.Topic(t, 2)
+	missing := testenv.Name(t, "missing")
+	e.writeOne(t, topic, "big", 1, 5000, "") // over the 4 KiB limit below
+	e.writeOne(t, topic, "big", 2, 10, "")
+	e.writeOne(t, missing, "lost", 1, 10, "")
+	e.writeOne(t, topic, "small", 1, 10, "")
+	_, stop, _ := e.relay(t, func(c *relay.Config) { c.MaxRecordBytes = 4096 })
+	got := readBack(t, topic, 1, 20*time.Second)
+	if len(got.byKey["small"]) != 1 {
+		t.Fatalf("small not published: %v", got.byKey)
+	}
+	big := waitParked(t, e, relay.ParkedFilter{Reason: relay.ParkTooLarge}, 1)
+	if big[0].Key != "big" {
+		t.Fatalf("parked too large: %+v", big)
+	}
+	lost := waitParked(t, e, relay.ParkedFilter{Reason: relay.ParkTopicMissing}, 1)
+	if lost[0].Key != "lost" || !strings.Contains(lost[0].Reason, missing) {
+		t.Fatalf("parked topic missing: %+v", lost)
+	}
+	if _, err := relay.RetryParked(context.Background(), e.pool, e.schema, relay.ParkedFilter{}); err == nil {
+		t.Fatal("an empty filter must be refused")
+	}
+	// Fix: a relay with the broker's real limit; the missing topic's event is skipped.
+	stop()
+	e.relay(t, nil)
+	if n, _ := relay.SkipParked(context.Background(), e.pool, e.schema, relay.ParkedFilter{Key: "lost"}); n != 1 {
+		t.Fatalf("skip removed %d", n)
+	}
+	if n, _ := relay.RetryParked(context.Background(), e.pool, e.schema, relay.ParkedFilter{Reason: relay.ParkTooLarge}); n != 1 {
+		t.Fatalf("retry unparked %d", n)
+	}
+	got = readBack(t, topic, 3, 30*time.Second)
+	if b := got.byKey["big"]; len(b) != 2 || b[0] != 1 || b[1] != 2 {
+		t.Fatalf("big after retry = %v", b)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if p, parked := e.backlog(t); p == 0 && parked == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("outbox not empty after retry and skip")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func TestRelay_AutoCreatesMissingTopicWhenConfigured(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	topic := testenv.Name(t, "auto")
+	t.Cleanup(func() { testenv.TopicNamed(t, topic+"-cleanup-probe", 1) })
+	e.writeOne(t, topic, "k", 1, 0, "")
+	e.relay(t, func(c *relay.Config) { c.AutoCreateTopics = true; c.TopicPartitions = 2 })
+	got := readBack(t, topic, 1, 40*time.Second)
+	if got.distinct != 1 {
+		t.Fatal("event to a missing topic not published with AutoCreateTopics")
+	}
+	if _, parked := e.backlog(t); parked != 0 {
+		t.Fatalf("parked %d with AutoCreateTopics", parked)
+	}
+}
