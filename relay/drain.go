@@ -126,6 +126,7 @@ func (r *Relay) drainOnce(ctx context.Context, shard int) (batchResult, error) {
 		r.ok("postgres")
 		return res, nil
 	}
+	r.log.Debug("batch start", "shard", shard, "rows", len(rows), "first_id", rows[0].id)
 	if err := r.loadSchemas(ctx, rows); err != nil {
 		r.fail("postgres", err)
 		return res, err

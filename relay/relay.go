@@ -126,7 +126,7 @@ func New(pool *pgxpool.Pool, cfg *Config) (*Relay, error) {
 		kgo.ProducerLinger(2 * time.Millisecond),
 		kgo.ProducerBatchMaxBytes(int32(max(c.MaxRecordBytes, 1<<20))),
 		kgo.MaxBufferedRecords(max(10000, 4*c.BatchSize)),
-		kgo.WithLogger(kslog.New(c.Logger.With("component", "kafka"))),
+		kgo.WithLogger(kslog.New(slog.New(minLevel{c.Logger.Handler(), slog.LevelInfo}).With("component", "kafka"))),
 		kgo.ClientID("relaybox-relay"),
 	}
 	if len(c.Brokers) > 0 {
@@ -540,3 +540,16 @@ func (r *Relay) Ready() error {
 	}
 	return nil
 }
+
+// minLevel keeps the Kafka client's debug chatter out of the relay's debug logs.
+type minLevel struct {
+	slog.Handler
+	min slog.Level
+}
+
+func (h minLevel) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= h.min && h.Handler.Enabled(ctx, l)
+}
+
+func (h minLevel) WithAttrs(a []slog.Attr) slog.Handler { return minLevel{h.Handler.WithAttrs(a), h.min} }
+func (h minLevel) WithGroup(n string) slog.Handler      { return minLevel{h.Handler.WithGroup(n), h.min} }

@@ -1,0 +1,225 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/relaybox/relaybox/migrations"
+	"github.com/relaybox/relaybox/relay"
+)
+
+type adminOpts struct {
+	common
+	json bool
+}
+
+func defineAdmin(f *flags) *adminOpts {
+	o := &adminOpts{}
+	f.common(&o.common)
+	f.BoolVar(&o.json, "json", false, "print JSON")
+	return o
+}
+
+func runMigrate(ctx context.Context, args []string, out io.Writer) error {
+	f := newFlags("migrate")
+	o := defineAdmin(f)
+	target := f.Int("target", 0, "up: last version to apply (0: latest); down: version to roll back to (0: all)")
+	f.Usage = func() {
+		fmt.Fprintln(f.Output(), "usage: relaybox migrate up|down|status [flags]")
+		f.PrintDefaults()
+	}
+	if len(args) == 0 {
+		f.Usage()
+		return errors.New("migrate: say up, down or status")
+	}
+	sub := args[0]
+	if err := f.parse(args[1:]); err != nil {
+		return err
+	}
+	pool, err := o.pool(ctx, 2)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	switch sub {
+	case "up", "down":
+		dir := migrations.Up
+		if sub == "down" {
+			dir = migrations.Down
+		}
+		res, err := migrations.Migrate(ctx, pool, &migrations.Options{Schema: o.schema, Direction: dir, TargetVersion: *target})
+		if err != nil {
+			return err
+		}
+		if o.json {
+			return json.NewEncoder(out).Encode(res)
+		}
+		if len(res.Versions) == 0 {
+			fmt.Fprintf(out, "schema %q: nothing to do\n", o.schema)
+		}
+		for _, v := range res.Versions {
+			fmt.Fprintf(out, "schema %q: %s %03d\n", o.schema, map[bool]string{true: "applied", false: "rolled back"}[dir == migrations.Up], v)
+		}
+		return nil
+	case "status":
+		st, err := migrations.Status(ctx, pool, &migrations.Options{Schema: o.schema})
+		if err != nil {
+			return err
+		}
+		if o.json {
+			return json.NewEncoder(out).Encode(st)
+		}
+		tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "VERSION\tNAME\tAPPLIED")
+		for _, s := range st {
+			at := "no"
+			if s.Applied {
+				at = s.AppliedAt.UTC().Format(time.RFC3339)
+			}
+			fmt.Fprintf(tw, "%03d\t%s\t%s\n", s.Version, s.Name, at)
+		}
+		return tw.Flush()
+	}
+	return fmt.Errorf("migrate %q: say up, down or status", sub)
+}
+
+func runStatus(ctx context.Context, args []string, out io.Writer) error {
+	f := newFlags("status")
+	o := defineAdmin(f)
+	if err := f.parse(args); err != nil {
+		return err
+	}
+	pool, err := o.pool(ctx, 2)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	if err := migrations.Check(ctx, pool, o.schema); err != nil {
+		return err
+	}
+	st, err := relay.ReadStatus(ctx, pool, o.schema)
+	if err != nil {
+		return err
+	}
+	if o.json {
+		return json.NewEncoder(out).Encode(st)
+	}
+	fmt.Fprintf(out, "backlog %d, oldest unpublished %s, parked %d, live replicas %d\n",
+		st.Backlog, st.OldestAge.Round(time.Millisecond), st.Parked, len(st.Replicas))
+	for reason, n := range st.ParkedByReason {
+		fmt.Fprintf(out, "  parked %-22s %d\n", reason, n)
+	}
+	owners := map[string][]string{}
+	for _, s := range st.Shards {
+		if s.Owner != "" && s.LeaseExpires.After(time.Now()) {
+			owners[s.Owner] = append(owners[s.Owner], strconv.Itoa(s.Shard))
+		}
+	}
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "REPLICA\tSHARDS\tHELD")
+	for _, r := range st.Replicas {
+		fmt.Fprintf(tw, "%s\t%d\t%s\n", r, len(owners[r]), strings.Join(owners[r], ","))
+	}
+	tw.Flush()
+	tw = tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "SHARD\tBACKLOG\tOLDEST\tOWNER")
+	for _, s := range st.Shards {
+		if s.Backlog > 0 {
+			fmt.Fprintf(tw, "%d\t%d\t%s\t%s\n", s.Shard, s.Backlog, s.OldestAge.Round(time.Millisecond), s.Owner)
+		}
+	}
+	return tw.Flush()
+}
+
+func runParked(ctx context.Context, args []string, out io.Writer) error {
+	f := newFlags("parked")
+	o := defineAdmin(f)
+	ids := f.String("id", "", "outbox row ids, comma-separated")
+	eventIDs := f.String("event-id", "", "event ids (UUID), comma-separated")
+	key := f.String("key", "", "event key")
+	reason := f.String("reason", "", "substring of the parking reason, e.g. too_large")
+	all := f.Bool("all", false, "every parked event (retry/skip need this or a filter)")
+	limit := f.Int("limit", 100, "list: most rows shown")
+	f.Usage = func() {
+		fmt.Fprintln(f.Output(), "usage: relaybox parked list|retry|skip [--id N,..|--event-id U,..|--key K|--reason R|--all]")
+		f.PrintDefaults()
+	}
+	if len(args) == 0 {
+		f.Usage()
+		return errors.New("parked: say list, retry or skip")
+	}
+	sub := args[0]
+	if err := f.parse(args[1:]); err != nil {
+		return err
+	}
+	filter := relay.ParkedFilter{Key: *key, Reason: *reason, All: *all}
+	for _, s := range splitList(*ids) {
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			return fmt.Errorf("--id %q: not a number", s)
+		}
+		filter.IDs = append(filter.IDs, n)
+	}
+	for _, s := range splitList(*eventIDs) {
+		u, err := uuid.Parse(s)
+		if err != nil {
+			return fmt.Errorf("--event-id %q: not a UUID", s)
+		}
+		filter.EventIDs = append(filter.EventIDs, u)
+	}
+	pool, err := o.pool(ctx, 2)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	switch sub {
+	case "list":
+		got, err := relay.ListParked(ctx, pool, o.schema, filter, *limit)
+		if err != nil {
+			return err
+		}
+		if o.json {
+			return json.NewEncoder(out).Encode(got)
+		}
+		tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "ID\tEVENT ID\tTOPIC\tKEY\tTYPE\tPARKED AT\tREASON")
+		for _, p := range got {
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\n", p.ID, p.EventID, p.Topic, p.Key, p.Type, p.ParkedAt.UTC().Format(time.RFC3339), p.Reason)
+		}
+		return tw.Flush()
+	case "retry":
+		n, err := relay.RetryParked(ctx, pool, o.schema, filter)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "unparked %d event(s); the relay publishes them next, in key order\n", n)
+		return nil
+	case "skip":
+		n, err := relay.SkipParked(ctx, pool, o.schema, filter)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "skipped (deleted) %d parked event(s); their keys flow again\n", n)
+		return nil
+	}
+	return fmt.Errorf("parked %q: say list, retry or skip", sub)
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}

@@ -1,0 +1,200 @@
+package cli
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/sasl/plain"
+	"github.com/twmb/franz-go/pkg/sasl/scram"
+
+	"github.com/relaybox/relaybox/relay"
+)
+
+// kafkaOpts are the Kafka connection settings every Kafka-using command shares.
+type kafkaOpts struct {
+	brokers, tlsCA, saslMechanism, saslUser, saslPassword string
+	tls, tlsInsecure                                      bool
+}
+
+func (f *flags) kafka(k *kafkaOpts) {
+	f.str(&k.brokers, "brokers", "KAFKA_BROKERS", "", "Kafka seed brokers, comma-separated")
+	f.boolean(&k.tls, "kafka-tls", "KAFKA_TLS", false, "connect to Kafka over TLS")
+	f.str(&k.tlsCA, "kafka-tls-ca", "KAFKA_TLS_CA", "", "PEM file of the CA that signed the brokers' certificates (implies TLS)")
+	f.boolean(&k.tlsInsecure, "kafka-tls-insecure", "KAFKA_TLS_INSECURE", false, "skip broker certificate verification (testing only)")
+	f.str(&k.saslMechanism, "kafka-sasl-mechanism", "KAFKA_SASL_MECHANISM", "", "SASL mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512")
+	f.str(&k.saslUser, "kafka-sasl-username", "KAFKA_SASL_USERNAME", "", "SASL username")
+	f.secret(&k.saslPassword, "kafka-sasl-password", "KAFKA_SASL_PASSWORD", "SASL password")
+}
+
+func (k *kafkaOpts) opts() ([]kgo.Opt, error) {
+	if k.brokers == "" {
+		return nil, errors.New("no Kafka brokers: set KAFKA_BROKERS or --brokers")
+	}
+	opts := []kgo.Opt{kgo.SeedBrokers(strings.Split(k.brokers, ",")...)}
+	if k.tls || k.tlsCA != "" || k.tlsInsecure {
+		cfg := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: k.tlsInsecure} //nolint:gosec // opt-in for tests
+		if k.tlsCA != "" {
+			pem, err := os.ReadFile(k.tlsCA)
+			if err != nil {
+				return nil, fmt.Errorf("KAFKA_TLS_CA: %w", err)
+			}
+			pool := x509.NewCertPool()
+			if !pool.AppendCertsFromPEM(pem) {
+				return nil, fmt.Errorf("KAFKA_TLS_CA: no PEM certificate in %s", k.tlsCA)
+			}
+			cfg.RootCAs = pool
+		}
+		opts = append(opts, kgo.DialTLSConfig(cfg))
+	}
+	switch strings.ToUpper(k.saslMechanism) {
+	case "":
+	case "PLAIN":
+		opts = append(opts, kgo.SASL(plain.Auth{User: k.saslUser, Pass: k.saslPassword}.AsMechanism()))
+	case "SCRAM-SHA-256":
+		opts = append(opts, kgo.SASL(scram.Auth{User: k.saslUser, Pass: k.saslPassword}.AsSha256Mechanism()))
+	case "SCRAM-SHA-512":
+		opts = append(opts, kgo.SASL(scram.Auth{User: k.saslUser, Pass: k.saslPassword}.AsSha512Mechanism()))
+	default:
+		return nil, fmt.Errorf("KAFKA_SASL_MECHANISM %q: want PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512", k.saslMechanism)
+	}
+	return opts, nil
+}
+
+type registryOpts struct {
+	url, user, password string
+	timeout             time.Duration
+}
+
+func (f *flags) registry(r *registryOpts) {
+	f.str(&r.url, "registry-url", "SCHEMA_REGISTRY_URL", "", "Confluent-compatible schema registry URL (Apicurio: http://host:8080/apis/ccompat/v7)")
+	f.str(&r.user, "registry-username", "SCHEMA_REGISTRY_USERNAME", "", "registry basic-auth username")
+	f.secret(&r.password, "registry-password", "SCHEMA_REGISTRY_PASSWORD", "registry basic-auth password")
+	f.dur(&r.timeout, "registry-timeout", "SCHEMA_REGISTRY_TIMEOUT", 10*time.Second, "timeout of each registry call")
+}
+
+type relayOpts struct {
+	common
+	kafka      kafkaOpts
+	registry   registryOpts
+	cfg        relay.Config
+	metrics    string
+	poolSize   int
+	checkOnly  bool
+	partitions int
+}
+
+func defineRelay(f *flags) *relayOpts {
+	o := &relayOpts{}
+	f.common(&o.common)
+	f.kafka(&o.kafka)
+	f.registry(&o.registry)
+	c := &o.cfg
+	f.boolean(&c.AutoRegister, "auto-register", "RELAYBOX_AUTO_REGISTER", true, "register schemas missing from the registry (else such events park)")
+	f.str(&c.ReplicaID, "replica-id", "RELAYBOX_REPLICA_ID", "", "this replica's name (default hostname-pid-random)")
+	f.num(&c.BatchSize, "batch-size", "RELAYBOX_BATCH_SIZE", 1000, "rows read per shard per batch")
+	f.dur(&c.PollInterval, "poll-interval", "RELAYBOX_POLL_INTERVAL", time.Second, "poll interval when no NOTIFY arrives")
+	f.dur(&c.LeaseTTL, "lease-ttl", "RELAYBOX_LEASE_TTL", 15*time.Second, "shard lease time to live")
+	f.dur(&c.HeartbeatInterval, "heartbeat-interval", "RELAYBOX_HEARTBEAT_INTERVAL", 0, "lease renewal interval (default lease-ttl/5)")
+	f.num(&c.MaxRecordBytes, "max-record-bytes", "RELAYBOX_MAX_RECORD_BYTES", 1<<20, "largest record to produce; larger events park")
+	f.dur(&c.DeliveryTimeout, "delivery-timeout", "RELAYBOX_DELIVERY_TIMEOUT", 30*time.Second, "how long a record may wait for Kafka before the batch is retried")
+	f.dur(&c.Retention, "retention", "RELAYBOX_RETENTION", 0, "keep published rows this long (0: delete at once)")
+	f.boolean(&c.AutoCreateTopics, "auto-create-topics", "RELAYBOX_AUTO_CREATE_TOPICS", false, "create missing topics instead of parking their events")
+	f.num(&o.partitions, "topic-partitions", "RELAYBOX_TOPIC_PARTITIONS", 12, "partitions of auto-created topics")
+	f.dur(&c.UnreadyAfter, "unready-after", "RELAYBOX_UNREADY_AFTER", 30*time.Second, "/readyz fails once a dependency has failed this long")
+	f.str(&c.Channel, "channel", "RELAYBOX_CHANNEL", "relaybox_outbox", "LISTEN channel")
+	f.str(&o.metrics, "metrics-addr", "RELAYBOX_METRICS_ADDR", ":9090", "address for /metrics, /healthz, /readyz (empty: off)")
+	f.num(&o.poolSize, "pool-size", "RELAYBOX_POOL_SIZE", 16, "Postgres connections")
+	f.BoolVar(&o.checkOnly, "check", false, "check Postgres, Kafka and the registry, then exit")
+	return o
+}
+
+func registerAll() {
+	defineRelay(newFlags("relay"))
+	defineAdmin(newFlags("admin"))
+	defineDLQ(newFlags("dlq"))
+	defineDemo(newFlags("demo"))
+}
+
+func runRelay(ctx context.Context, args []string, out io.Writer) error {
+	f := newFlags("relay")
+	o := defineRelay(f)
+	if err := f.parse(args); err != nil {
+		return err
+	}
+	o.cfg.TopicPartitions = int32(o.partitions)
+	log, err := o.logger(os.Stderr)
+	if err != nil {
+		return err
+	}
+	if o.registry.url == "" {
+		return errors.New("no schema registry: set SCHEMA_REGISTRY_URL or --registry-url")
+	}
+	kopts, err := o.kafka.opts()
+	if err != nil {
+		return err
+	}
+	pool, err := o.pool(ctx, int32(o.poolSize))
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	cfg := o.cfg
+	cfg.Schema = o.schema
+	cfg.KafkaOpts = kopts
+	cfg.RegistryURL, cfg.RegistryUsername, cfg.RegistryPassword, cfg.RegistryTimeout = o.registry.url, o.registry.user, o.registry.password, o.registry.timeout
+	cfg.Logger = log
+	m := newRelayMetrics(pool, o.schema)
+	cfg.Hooks = m.hooks()
+	r, err := relay.New(pool, &cfg)
+	if err != nil {
+		return err
+	}
+	if err := r.Check(ctx); err != nil {
+		return err
+	}
+	if o.checkOnly {
+		fmt.Fprintln(out, "ok: postgres, kafka and the schema registry answer; schema is migrated")
+		return nil
+	}
+	if o.metrics != "" {
+		srv, err := serveOps(o.metrics, m.registry, r.Ready)
+		if err != nil {
+			return err
+		}
+		defer srv.Close()
+		log.Info("serving /metrics, /healthz, /readyz", "addr", srv.Addr)
+	}
+	return r.Run(ctx)
+}
+
+func serveOps(addr string, reg *prometheus.Registry, ready func() error) (*http.Server, error) {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if err := ready(); err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ready")
+	})
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("metrics address %s: %w", addr, err)
+	}
+	srv := &http.Server{Addr: ln.Addr().String(), Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	return srv, nil
+}
