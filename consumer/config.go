@@ -1,0 +1,293 @@
+package consumer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"time"
+
+	"github.com/hamba/avro/v2"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/relaybox/relaybox/internal/registry"
+	"github.com/relaybox/relaybox/migrations"
+)
+
+// Registry returns the writer schema registered under a schema id. The client built
+// from Config.RegistryURL implements it (and caches).
+//
+// An implementation reports a schema id the registry does not know with an error
+// matching [ErrSchemaNotFound] (errors.Is), and a schema that cannot be used (does
+// not parse) with one matching [ErrSchemaInvalid]; such records are dead-lettered.
+// Any other error counts as the registry being unavailable: the record is retried,
+// without limit, until the registry answers.
+type Registry interface {
+	Schema(ctx context.Context, id int) (avro.Schema, error)
+}
+
+// UnknownPolicy says what happens to a record whose event type has no handler.
+type UnknownPolicy int
+
+const (
+	// SkipUnknown records the event in processed_events (so it is never looked at
+	// again by this group) and moves on. The default: a consumer subscribes to a
+	// topic that carries more event types than it cares about.
+	SkipUnknown UnknownPolicy = iota
+	// DeadLetterUnknown sends the record to the dead-letter topic with reason
+	// "unknown_type", for consumers that must handle every type on their topics.
+	DeadLetterUnknown
+)
+
+func (p UnknownPolicy) String() string {
+	switch p {
+	case SkipUnknown:
+		return "skip"
+	case DeadLetterUnknown:
+		return "dead-letter"
+	}
+	return "UnknownPolicy(" + strconv.Itoa(int(p)) + ")"
+}
+
+// Hooks observe the consumer, for metrics. Any may be nil. They are called from the
+// partition goroutines and must not block. topic is the record's topic, eventType
+// its event type (possibly empty for undecodable records).
+type Hooks struct {
+	// OnProcessed: a handler ran and its transaction committed.
+	OnProcessed func(topic, eventType string)
+	// OnDuplicate: the event id was already in processed_events for this group; the
+	// handler did not run.
+	OnDuplicate func(topic, eventType string)
+	// OnSkipped: no handler for the event type; recorded and skipped (SkipUnknown).
+	OnSkipped func(topic, eventType string)
+	// OnRetry: attempt (1-based) of a handler failed with err and will be retried
+	// after a backoff.
+	OnRetry func(topic, eventType string, attempt int, err error)
+	// OnDeadLetter: the record was produced to the dead-letter topic. reason is one
+	// of the Reason* constants.
+	OnDeadLetter func(topic, eventType, reason string)
+	// OnHandlerLatency: how long one handler call took (successful or not).
+	OnHandlerLatency func(topic, eventType string, d time.Duration)
+	// OnLag: after a partition's record (or batch) is done: the records of the
+	// partition not yet processed by this consumer, from the last fetch's high
+	// watermark.
+	OnLag func(topic string, partition int32, lag int64)
+	// OnError: an infrastructure failure that is retried without limit, of kind
+	// "postgres", "registry", "kafka" (dead-letter produce) or "commit" (offset
+	// commit).
+	OnError func(kind string, err error)
+}
+
+// Config configures a [Consumer]. Only Group, Topics, a Kafka address and a registry
+// are required.
+type Config struct {
+	// Group is the Kafka consumer group, and the consumer_group column of
+	// processed_events: two groups each apply every event once. Required.
+	Group string
+	// Topics to consume. Required.
+	Topics []string
+	// Brokers are the Kafka seed brokers. Required unless KafkaOpts sets them.
+	Brokers []string
+	// KafkaOpts are appended to the consumer's franz-go options (TLS, SASL, fetch
+	// sizes, kgo.ConsumeResetOffset, ...). The group, topics, commit and rebalance
+	// options are the consumer's own; do not override them.
+	KafkaOpts []kgo.Opt
+
+	// RegistryURL is the schema registry's Confluent-compatible base URL, e.g.
+	// http://localhost:8081 or Apicurio's http://localhost:8080/apis/ccompat/v7.
+	// Required unless Registry is set.
+	RegistryURL string
+	// RegistryUsername and RegistryPassword enable HTTP basic auth. Never logged.
+	RegistryUsername, RegistryPassword string
+	// RegistryTimeout bounds each registry call. Defaults to 10s.
+	RegistryTimeout time.Duration
+	// Registry overrides the client built from RegistryURL.
+	Registry Registry
+
+	// Schema is the Postgres schema holding processed_events. Defaults to "relaybox".
+	Schema string
+	// Logger defaults to slog.Default(). franz-go logs through it at warn level and
+	// above, with component=kafka.
+	Logger *slog.Logger
+
+	// MaxAttempts is how many times a handler runs for one record before the record
+	// is dead-lettered. 1 means no retry. Defaults to 5.
+	MaxAttempts int
+	// RetryBackoff is the wait after the first failed attempt; it doubles with each
+	// further attempt (with ±20% jitter) up to MaxRetryBackoff. Defaults to 100ms.
+	RetryBackoff time.Duration
+	// MaxRetryBackoff caps the backoff between attempts, and between retries of
+	// infrastructure failures (Postgres, registry or Kafka down), which are retried
+	// without limit. Defaults to 10s.
+	MaxRetryBackoff time.Duration
+
+	// DeadLetterTopic names the dead-letter topic of a topic. Defaults to
+	// topic + DeadLetterSuffix. The topic must exist (or the brokers must
+	// auto-create topics): a dead-letter produce that fails is retried without limit,
+	// and holds up its partition, rather than drop the record.
+	DeadLetterTopic func(topic string) string
+	// DeadLetterSuffix is used by the default DeadLetterTopic. Defaults to ".dlq".
+	DeadLetterSuffix string
+	// UnknownType is the policy for event types without a handler. Defaults to
+	// SkipUnknown.
+	UnknownType UnknownPolicy
+
+	// BatchMode runs the records of one partition taken together (up to MaxBatch)
+	// in one transaction, with a savepoint per record. Faster; a failing record is
+	// rolled back to its savepoint, retried and dead-lettered inside the batch
+	// without undoing the others. Defaults to false (one transaction per record).
+	BatchMode bool
+	// MaxBatch bounds the records of one batch-mode transaction. Defaults to 500.
+	MaxBatch int
+
+	// DedupKey gives the dedup key of a record that has no relaybox.event_id
+	// header (one not published by the relay). Defaults to "topic/partition/offset",
+	// which dedups redeliveries of the same record but not a copy produced again
+	// (such as a dead letter redriven).
+	DedupKey func(rec *kgo.Record) string
+	// DisableDedup skips processed_events entirely: handlers run in a transaction
+	// but every redelivery is applied again. For benchmarks measuring the cost of
+	// dedup only; never in production.
+	DisableDedup bool
+
+	// CommitInterval is how often the offsets of processed records are committed to
+	// Kafka (they are also committed on revoke and on shutdown). Redeliveries after
+	// a crash are at most about this much work, all deduplicated. Defaults to 1s.
+	CommitInterval time.Duration
+	// MaxPollRecords bounds the records taken from franz-go per poll. Defaults to 1000.
+	MaxPollRecords int
+	// MaxBufferedPerPartition is the number of fetched records a partition may have
+	// waiting; past it, fetching that partition pauses until its goroutine catches
+	// up. Bounds memory, and keeps a slow partition from holding up the others.
+	// Defaults to 2000.
+	MaxBufferedPerPartition int
+
+	// CleanAfter, when non-zero, runs a cleaner in Run that deletes this group's
+	// processed_events rows older than CleanAfter, every CleanInterval, in batches
+	// of CleanBatch. See "Retention" in the package doc for the duplicate window
+	// this opens. Defaults to 0 (never delete).
+	CleanAfter time.Duration
+	// CleanInterval defaults to 1h.
+	CleanInterval time.Duration
+	// CleanBatch defaults to 10000.
+	CleanBatch int
+
+	// Hooks for metrics.
+	Hooks Hooks
+}
+
+// DefaultDedupKey is the dedup key of records without an event id:
+// "topic/partition/offset".
+func DefaultDedupKey(rec *kgo.Record) string {
+	return rec.Topic + "/" + strconv.Itoa(int(rec.Partition)) + "/" + strconv.FormatInt(rec.Offset, 10)
+}
+
+// WithDefaults returns a copy of cfg (nil means the zero Config) with every unset
+// field given its default.
+func (cfg *Config) WithDefaults() *Config {
+	c := Config{}
+	if cfg != nil {
+		c = *cfg
+	}
+	if c.Schema == "" {
+		c.Schema = migrations.DefaultSchema
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.RegistryTimeout == 0 {
+		c.RegistryTimeout = 10 * time.Second
+	}
+	if c.MaxAttempts == 0 {
+		c.MaxAttempts = 5
+	}
+	if c.RetryBackoff == 0 {
+		c.RetryBackoff = 100 * time.Millisecond
+	}
+	if c.MaxRetryBackoff == 0 {
+		c.MaxRetryBackoff = 10 * time.Second
+	}
+	if c.DeadLetterSuffix == "" {
+		c.DeadLetterSuffix = ".dlq"
+	}
+	if c.DeadLetterTopic == nil {
+		suffix := c.DeadLetterSuffix
+		c.DeadLetterTopic = func(topic string) string { return topic + suffix }
+	}
+	if c.MaxBatch == 0 {
+		c.MaxBatch = 500
+	}
+	if c.DedupKey == nil {
+		c.DedupKey = DefaultDedupKey
+	}
+	if c.CommitInterval == 0 {
+		c.CommitInterval = time.Second
+	}
+	if c.MaxPollRecords == 0 {
+		c.MaxPollRecords = 1000
+	}
+	if c.MaxBufferedPerPartition == 0 {
+		c.MaxBufferedPerPartition = 2000
+	}
+	if c.CleanInterval == 0 {
+		c.CleanInterval = time.Hour
+	}
+	if c.CleanBatch == 0 {
+		c.CleanBatch = 10000
+	}
+	return &c
+}
+
+func (c *Config) validate() error {
+	switch {
+	case c.Group == "":
+		return errors.New("consumer: Config.Group is required")
+	case len(c.Topics) == 0:
+		return errors.New("consumer: Config.Topics is required")
+	case len(c.Brokers) == 0 && len(c.KafkaOpts) == 0:
+		return errors.New("consumer: Config.Brokers is required")
+	case c.Registry == nil && c.RegistryURL == "":
+		return errors.New("consumer: Config.RegistryURL is required")
+	case c.MaxAttempts < 1:
+		return fmt.Errorf("consumer: Config.MaxAttempts must be at least 1, got %d", c.MaxAttempts)
+	case c.RetryBackoff < 0 || c.MaxRetryBackoff < c.RetryBackoff:
+		return fmt.Errorf("consumer: Config.RetryBackoff (%s) must be between 0 and Config.MaxRetryBackoff (%s)", c.RetryBackoff, c.MaxRetryBackoff)
+	case c.UnknownType != SkipUnknown && c.UnknownType != DeadLetterUnknown:
+		return fmt.Errorf("consumer: Config.UnknownType is not a known policy: %v", c.UnknownType)
+	case c.MaxBatch < 1:
+		return fmt.Errorf("consumer: Config.MaxBatch must be positive, got %d", c.MaxBatch)
+	case c.CommitInterval < 0:
+		return errors.New("consumer: Config.CommitInterval must not be negative")
+	case c.MaxPollRecords < 1 || c.MaxBufferedPerPartition < 1:
+		return errors.New("consumer: Config.MaxPollRecords and Config.MaxBufferedPerPartition must be positive")
+	case c.CleanAfter < 0 || c.CleanInterval < 0 || c.CleanBatch < 1:
+		return errors.New("consumer: Config.CleanAfter and CleanInterval must not be negative, CleanBatch must be positive")
+	}
+	for _, t := range c.Topics {
+		if c.DeadLetterTopic(t) == t {
+			return fmt.Errorf("consumer: Config.DeadLetterTopic of %q is the topic itself", t)
+		}
+	}
+	return nil
+}
+
+// builtinRegistry adapts the internal registry client: a 404 becomes
+// ErrSchemaNotFound, a schema that does not parse ErrSchemaInvalid (retrying will
+// not fix either), anything else stays an "unavailable" error.
+type builtinRegistry struct{ c *registry.Client }
+
+func (b builtinRegistry) Schema(ctx context.Context, id int) (avro.Schema, error) {
+	s, err := b.c.Schema(ctx, id)
+	if err == nil {
+		return s, nil
+	}
+	var re *registry.Error
+	switch {
+	case registry.IsNotFound(err):
+		return nil, fmt.Errorf("%w: %w", ErrSchemaNotFound, err)
+	case errors.Is(err, registry.ErrUnavailable), errors.As(err, &re):
+		return nil, err
+	}
+	return nil, fmt.Errorf("%w: %w", ErrSchemaInvalid, err) // does not parse
+}
