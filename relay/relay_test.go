@@ -134,13 +134,24 @@ type seen struct {
 
 func readBack(t *testing.T, topic string, want int, timeout time.Duration) *seen {
 	t.Helper()
-	cl := testenv.Client(t, kgo.ConsumeTopics(topic), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	return readBackFrom(t, "", testenv.RegistryURL(t), []string{topic}, want, timeout)
+}
+
+// readBackFrom is readBack on the given brokers ("" for KAFKA_BROKERS) and registry;
+// order is checked per topic and key.
+func readBackFrom(t *testing.T, brokers, registryURL string, topics []string, want int, timeout time.Duration) *seen {
+	t.Helper()
+	opts := []kgo.Opt{kgo.ConsumeTopics(topics...), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart())}
+	if brokers != "" {
+		opts = append(opts, kgo.SeedBrokers(brokers))
+	}
+	cl := testenv.Client(t, opts...)
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	s := &seen{byKey: map[string][]int64{}}
 	first := map[string]bool{}
 	last := map[string]int64{}
-	reg := registry.New(testenv.RegistryURL(t), registry.Options{})
+	reg := registry.New(registryURL, registry.Options{})
 	for s.distinct < want {
 		fs := cl.PollFetches(ctx)
 		if ctx.Err() != nil {
@@ -163,18 +174,22 @@ func readBack(t *testing.T, topic string, want int, timeout time.Duration) *seen
 			if v.Key != string(rec.Key) {
 				t.Fatalf("record key %q carries value key %q", rec.Key, v.Key)
 			}
-			k := fmt.Sprintf("%s/%d", v.Key, v.Seq)
+			k := fmt.Sprintf("%s/%s/%d", rec.Topic, v.Key, v.Seq)
 			if first[k] {
 				s.duplicates++
 				return
 			}
 			first[k] = true
 			s.distinct++
-			if v.Seq <= last[v.Key] {
+			tk := v.Key
+			if len(topics) > 1 {
+				tk = rec.Topic + "/" + v.Key
+			}
+			if v.Seq <= last[tk] {
 				s.violations++
 			}
-			last[v.Key] = v.Seq
-			s.byKey[v.Key] = append(s.byKey[v.Key], v.Seq)
+			last[tk] = v.Seq
+			s.byKey[tk] = append(s.byKey[tk], v.Seq)
 		})
 	}
 	return s

@@ -230,7 +230,7 @@ registry_down() { stop_pidfile "$ENV_DIR/registry/registry.pid" registry; }
 
 # ---------------------------------------------------------------- main
 print_exports() {
-	echo "export DATABASE_URL='$(database_url)' KAFKA_BROKERS='127.0.0.1:$KAFKA_PORT' SCHEMA_REGISTRY_URL='http://127.0.0.1:$REGISTRY_PORT/apis/ccompat/v7'"
+	echo "export DATABASE_URL='$(database_url)' KAFKA_BROKERS='127.0.0.1:$KAFKA_PORT' SCHEMA_REGISTRY_URL='http://127.0.0.1:$REGISTRY_PORT/apis/ccompat/v7' RELAYBOX_ENV_DIR='$ENV_DIR'"
 }
 
 cmd="${1:-up}"
