@@ -17,7 +17,9 @@ CREATE TABLE schemas (
 CREATE TABLE outbox (
     id                 bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     event_id           uuid        NOT NULL,
-    topic              text        NOT NULL CHECK (topic ~ '^[a-zA-Z0-9._-]{1,249}$'),
+    -- Kafka topic names: 1-249 of [a-zA-Z0-9._-] (the writer checks the characters; a row
+    -- with others is parked by the relay as invalid).
+    topic              text        NOT NULL CHECK (octet_length(topic) BETWEEN 1 AND 249),
     key                text        NOT NULL CHECK (octet_length(key) BETWEEN 1 AND 1024),
     -- The shard is part of the table contract: the first 4 bytes of md5(key), read as a
     -- big-endian unsigned 32-bit integer, modulo 64. Computed here, so every writer
@@ -27,7 +29,9 @@ CREATE TABLE outbox (
     event_type         text        NOT NULL CHECK (event_type <> ''),
     aggregate_type     text        NOT NULL DEFAULT '',
     subject            text        NOT NULL CHECK (subject <> ''),
-    schema_fingerprint bytea       NOT NULL REFERENCES schemas (fingerprint),
+    -- The schemas row this payload was written with. No foreign key: it would cost a
+    -- lookup per inserted row; the relay parks a row whose schema is missing.
+    schema_fingerprint bytea       NOT NULL,
     payload            bytea       NOT NULL,
     headers            jsonb       NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(headers) = 'object'),
     occurred_at        timestamptz NOT NULL DEFAULT now(),

@@ -124,11 +124,11 @@ var (
 
 // Writer writes events into the outbox. It is safe for concurrent use.
 type Writer struct {
-	cfg       Config
-	pool      *pgxpool.Pool
-	insertSQL string
-	schemaSQL string
-	notifySQL string
+	cfg             Config
+	pool            *pgxpool.Pool
+	insertSQL       string
+	schemaSQL       string
+	insertNotifySQL string
 
 	mu      sync.Mutex
 	parsed  map[string]*schemaInfo // by schema text given in Event.Schema
@@ -179,10 +179,14 @@ func New(pool *pgxpool.Pool, cfg *Config) (*Writer, error) {
 			SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
 			$7::bytea[], $8::bytea[], $9::jsonb[], $10::timestamptz[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[])`,
 		schemaSQL: `INSERT INTO ` + schemasT + ` (fingerprint, schema) SELECT * FROM unnest($1::bytea[], $2::text[]) ON CONFLICT DO NOTHING`,
-		notifySQL: `SELECT pg_notify($1, '')`,
-		parsed:    map[string]*schemaInfo{},
-		stored:    map[[32]byte]bool{},
-		storing:   map[[32]byte]*sync.Mutex{},
+		insertNotifySQL: `WITH ins AS (INSERT INTO ` + outboxT + ` (event_id, topic, key, event_type, aggregate_type, subject,
+			schema_fingerprint, payload, headers, occurred_at, correlation_id, causation_id, source, traceparent, tracestate)
+			SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+			$7::bytea[], $8::bytea[], $9::jsonb[], $10::timestamptz[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[])
+			RETURNING 1) SELECT pg_notify($16, '') FROM (SELECT count(*) FROM ins) c`,
+		parsed:  map[string]*schemaInfo{},
+		stored:  map[[32]byte]bool{},
+		storing: map[[32]byte]*sync.Mutex{},
 	}, nil
 }
 
@@ -370,9 +374,10 @@ func (w *Writer) insert(ctx context.Context, tx pgx.Tx, rows []row) error {
 	if len(schemaFPs) > 0 {
 		b.Queue(w.schemaSQL, schemaFPs, schemaTexts)
 	}
-	b.Queue(w.insertSQL, ids, topics, keys, types, aggs, subjects, fps, payloads, headers, occurred, corrs, causes, sources, parents, states)
-	if !w.cfg.DisableNotify {
-		b.Queue(w.notifySQL, w.cfg.Channel)
+	if w.cfg.DisableNotify {
+		b.Queue(w.insertSQL, ids, topics, keys, types, aggs, subjects, fps, payloads, headers, occurred, corrs, causes, sources, parents, states)
+	} else { // one statement: the insert and the NOTIFY
+		b.Queue(w.insertNotifySQL, ids, topics, keys, types, aggs, subjects, fps, payloads, headers, occurred, corrs, causes, sources, parents, states, w.cfg.Channel)
 	}
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return fmt.Errorf("outbox: writing %d event(s): %w", n, explain(err))
