@@ -1,0 +1,138 @@
+package relay_test
+
+import (
+	"context"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/relaybox/relaybox/internal/testenv"
+	"github.com/relaybox/relaybox/outbox"
+	"github.com/relaybox/relaybox/relay"
+)
+
+func benchN() int {
+	if n, err := strconv.Atoi(os.Getenv("RELAYBOX_BENCH_N")); err == nil && n > 0 {
+		return n
+	}
+	return 200000
+}
+
+// BenchmarkDrain measures, in one run, the relay draining N pre-filled 1 KiB events
+// (10k keys) and raw franz-go producing the same records from memory with the same
+// producer settings (idempotent, acks=all): the broker's limit here. Compare the
+// events/s of the two sub-benchmarks; target relay ≥ 50% of raw.
+//
+//	go test ./relay -run '^$' -bench Drain -benchtime 1x
+func BenchmarkDrain(b *testing.B) {
+	n := benchN()
+	pool := testenv.PoolWith(b, func(c *pgxpool.Config) { c.MaxConns = 24 })
+	schema := testenv.Schema(b, pool)
+	w, _ := outbox.New(pool, &outbox.Config{Schema: schema, DisableNotify: true})
+	ctx := context.Background()
+	pad := strings.Repeat("x", 1000)
+	makeEvents := func(topic string, from, to int) []outbox.Event {
+		evs := make([]outbox.Event, 0, to-from)
+		for i := from; i < to; i++ {
+			key := "key-" + strconv.Itoa(i%10000)
+			evs = append(evs, outbox.Event{Topic: topic, Key: key, Type: "Seq", Value: Seq{Key: key, Seq: int64(i / 10000), Pad: pad}})
+		}
+		return evs
+	}
+	fill := func(topic string) {
+		var wg sync.WaitGroup
+		chunks := make(chan int, 64)
+		for range 4 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for from := range chunks {
+					evs := makeEvents(topic, from, min(from+1000, n))
+					if err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error { return w.Write(ctx, tx, evs...) }); err != nil {
+						b.Error(err)
+					}
+				}
+			}()
+		}
+		for from := 0; from < n; from += 1000 {
+			chunks <- from
+		}
+		close(chunks)
+		wg.Wait()
+	}
+
+	b.Run("relay", func(b *testing.B) {
+		for b.Loop() {
+			topic := testenv.Topic(b, 12)
+			b.StopTimer()
+			fill(topic)
+			var published atomic.Int64
+			done := make(chan struct{})
+			var once sync.Once
+			r, err := relay.New(pool, &relay.Config{Schema: schema, Brokers: testenv.Brokers(b), RegistryURL: testenv.RegistryURL(b),
+				AutoRegister: true, BatchSize: 2000, Logger: testLogger(&testing.T{}),
+				Hooks: relay.Hooks{OnBatch: func(_, _, p int, _ time.Duration) {
+					if published.Add(int64(p)) >= int64(n) {
+						once.Do(func() { close(done) })
+					}
+				}}})
+			if err != nil {
+				b.Fatal(err)
+			}
+			rctx, cancel := context.WithCancel(ctx)
+			b.StartTimer()
+			start := time.Now()
+			go r.Run(rctx)
+			select {
+			case <-done:
+			case <-time.After(10 * time.Minute):
+				b.Fatalf("drained %d of %d in 10 min", published.Load(), n)
+			}
+			el := time.Since(start)
+			b.StopTimer()
+			cancel()
+			b.ReportMetric(float64(n)/el.Seconds(), "events/s")
+			b.StartTimer()
+		}
+	})
+
+	b.Run("raw-franz-go", func(b *testing.B) {
+		recs := make([]*kgo.Record, n)
+		for i := range recs {
+			key := "key-" + strconv.Itoa(i%10000)
+			v := make([]byte, 5+1020)
+			recs[i] = &kgo.Record{Key: []byte(key), Value: v, Headers: []kgo.RecordHeader{{Key: "relaybox.event_id", Value: []byte("01900000-0000-7000-8000-000000000000")}, {Key: "relaybox.event_type", Value: []byte("Seq")}}}
+		}
+		for b.Loop() {
+			topic := testenv.Topic(b, 12)
+			cl := testenv.Client(b, kgo.DefaultProduceTopic(topic), kgo.RequiredAcks(kgo.AllISRAcks()), kgo.ProducerLinger(2*time.Millisecond),
+				kgo.MaxBufferedRecords(10000))
+			start := time.Now()
+			var wg sync.WaitGroup
+			var failed atomic.Int64
+			for _, r := range recs {
+				wg.Add(1)
+				cl.Produce(ctx, &kgo.Record{Key: r.Key, Value: r.Value, Headers: r.Headers}, func(_ *kgo.Record, err error) {
+					if err != nil {
+						failed.Add(1)
+					}
+					wg.Done()
+				})
+			}
+			wg.Wait()
+			el := time.Since(start)
+			if failed.Load() > 0 {
+				b.Fatalf("%d records failed", failed.Load())
+			}
+			b.ReportMetric(float64(n)/el.Seconds(), "events/s")
+		}
+	})
+}
