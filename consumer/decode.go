@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"reflect"
 	"sync"
 
@@ -65,8 +66,9 @@ func (e *DecodeError) Error() string {
 
 func (e *DecodeError) Unwrap() error { return e.Err }
 
-// decodeAPI bounds what a corrupt body can make the decoder allocate.
-var decodeAPI = avro.Config{MaxByteSliceSize: 16 << 20, MaxSliceAllocSize: 64 << 20}.Freeze()
+// decodeAPI bounds what a corrupt body can make the decoder allocate: 16 MiB for a
+// string or bytes value, 1Mi elements for an array.
+var decodeAPI = avro.Config{MaxByteSliceSize: 16 << 20, MaxSliceAllocSize: 1 << 20}.Freeze()
 
 type resolveKey struct {
 	t        reflect.Type
@@ -156,7 +158,16 @@ func (d *decoder) into(id int, writer avro.Schema, body []byte, dst any) (err er
 			err = &DecodeError{Reason: ReasonBadBody, SchemaID: id, Err: fmt.Errorf("avro decoder panicked: %v", p)}
 		}
 	}()
-	if err := decodeAPI.Unmarshal(s, body, dst); err != nil {
+	// Not decodeAPI.Unmarshal: it takes running out of bytes at a field boundary for
+	// success, so a truncated body would decode with zero values.
+	r := avro.NewReader(nil, 0, avro.WithReaderConfig(decodeAPI))
+	r.Reset(body)
+	r.ReadVal(s, dst)
+	if r.Error != nil {
+		err := r.Error
+		if errors.Is(err, io.EOF) {
+			err = fmt.Errorf("body truncated: %w", err)
+		}
 		return &DecodeError{Reason: ReasonBadBody, SchemaID: id, Err: err}
 	}
 	return nil

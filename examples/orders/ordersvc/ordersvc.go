@@ -29,19 +29,24 @@ type Service struct {
 	log    *slog.Logger
 	async  chan func()
 	Events func(eventType string) // optional hook: called after each committed event
+	// Topic is where events go. Defaults to "orders".
+	Topic string
 }
 
 // New returns the service; relaySchema is where relaybox's outbox lives, appSchema is
 // where the orders table is created (by Migrate).
 func New(pool *pgxpool.Pool, relaySchema, appSchema string, log *slog.Logger) (*Service, error) {
-	w, err := outbox.New(pool, &outbox.Config{Schema: relaySchema, Source: "orders-service"})
+	// Three event types share the topic: each gets its own subject ("orders-orders.v1.OrderCreated",
+	// ...). Under the default TopicName strategy a registry enforcing compatibility refuses
+	// the second record type on "orders-value", and the relay parks those events.
+	w, err := outbox.New(pool, &outbox.Config{Schema: relaySchema, Source: "orders-service", SubjectStrategy: outbox.TopicRecordName})
 	if err != nil {
 		return nil, err
 	}
 	if log == nil {
 		log = slog.Default()
 	}
-	s := &Service{pool: pool, w: w, table: pgx.Identifier{appSchema, "orders"}.Sanitize(), log: log, async: make(chan func(), 1024)}
+	s := &Service{pool: pool, w: w, table: pgx.Identifier{appSchema, "orders"}.Sanitize(), log: log, async: make(chan func(), 1024), Topic: Topic}
 	go func() {
 		for f := range s.async {
 			f()
@@ -150,7 +155,7 @@ func (s *Service) create(w http.ResponseWriter, r *http.Request) {
 			if _, err := tx.Exec(ctx, `INSERT INTO `+s.table+` (id, customer, lines, version) VALUES ($1, $2, $3, 1)`, o.ID, o.Customer, lines); err != nil {
 				return err
 			}
-			return s.w.Write(ctx, tx, outbox.Event{Topic: Topic, Key: o.ID, Type: "OrderCreated", AggregateType: "Order", CorrelationID: corr,
+			return s.w.Write(ctx, tx, outbox.Event{Topic: s.Topic, Key: o.ID, Type: "OrderCreated", AggregateType: "Order", CorrelationID: corr,
 				Value: OrderCreated{OrderID: o.ID, Customer: o.Customer, Lines: o.Lines, Version: 1, At: o.Updated}})
 		})
 	}
@@ -263,7 +268,7 @@ func (s *Service) patch(w http.ResponseWriter, r *http.Request) {
 			return err
 		}
 		out = o
-		return s.w.Write(r.Context(), tx, outbox.Event{Topic: Topic, Key: o.ID, Type: "OrderModified", AggregateType: "Order", CorrelationID: corr,
+		return s.w.Write(r.Context(), tx, outbox.Event{Topic: s.Topic, Key: o.ID, Type: "OrderModified", AggregateType: "Order", CorrelationID: corr,
 			Value: OrderModified{OrderID: o.ID, Customer: in.Customer, Lines: in.Lines, Version: o.Version, At: o.Updated}})
 	})
 	switch {
@@ -291,7 +296,7 @@ func (s *Service) delete(w http.ResponseWriter, r *http.Request) {
 		if _, err := tx.Exec(r.Context(), `DELETE FROM `+s.table+` WHERE id = $1`, o.ID); err != nil {
 			return err
 		}
-		return s.w.Write(r.Context(), tx, outbox.Event{Topic: Topic, Key: o.ID, Type: "OrderDeleted", AggregateType: "Order", CorrelationID: corr,
+		return s.w.Write(r.Context(), tx, outbox.Event{Topic: s.Topic, Key: o.ID, Type: "OrderDeleted", AggregateType: "Order", CorrelationID: corr,
 			Value: OrderDeleted{OrderID: o.ID, Version: o.Version + 1, At: time.Now().UTC()}})
 	})
 	switch {

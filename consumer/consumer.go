@@ -1,0 +1,345 @@
+package consumer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
+	"github.com/twmb/franz-go/plugin/kslog"
+	"go.opentelemetry.io/otel/propagation"
+
+	"github.com/relaybox/relaybox/internal/registry"
+	"github.com/relaybox/relaybox/migrations"
+)
+
+// Consumer is an idempotent Kafka consumer. Create it with [New], register handlers
+// with [Handle] (or [Consumer.Handle]), then call [Consumer.Run] once.
+type Consumer struct {
+	cfg  *Config
+	pool *pgxpool.Pool
+	kc   *kgo.Client
+	dec  *decoder
+	log  *slog.Logger
+	prop propagation.TextMapPropagator
+
+	insertSQL, cleanSQL string
+
+	mu         sync.Mutex
+	started    bool
+	routes     map[string]route
+	middleware []Middleware
+
+	partsMu sync.Mutex
+	parts   map[topicPartition]*partition
+
+	// commitMu serializes offset commits, so that a commit never rewinds a later one
+	// (the periodic committer against the revoke and shutdown commits).
+	commitMu sync.Mutex
+
+	runCtx context.Context // context.WithoutCancel of Run's context: handler parent
+}
+
+type topicPartition struct {
+	topic     string
+	partition int32
+}
+
+// New returns a Consumer reading cfg.Topics as cfg.Group, recording processed
+// events in pool's processed_events table. It builds its Kafka client but does not
+// connect until Run.
+func New(pool *pgxpool.Pool, cfg *Config) (*Consumer, error) {
+	if pool == nil {
+		return nil, errors.New("consumer: nil pool")
+	}
+	c := cfg.WithDefaults()
+	if err := c.validate(); err != nil {
+		return nil, err
+	}
+	if c.Registry == nil {
+		c.Registry = builtinRegistry{registry.New(c.RegistryURL, registry.Options{
+			Username: c.RegistryUsername, Password: c.RegistryPassword, Timeout: c.RegistryTimeout})}
+	}
+	co := &Consumer{
+		cfg:    c,
+		pool:   pool,
+		dec:    newDecoder(c.Registry),
+		log:    c.Logger.With("group", c.Group),
+		prop:   propagation.TraceContext{},
+		routes: map[string]route{},
+		parts:  map[topicPartition]*partition{},
+	}
+	table := pgx.Identifier{c.Schema, "processed_events"}.Sanitize()
+	co.insertSQL = `INSERT INTO ` + table + ` (consumer_group, event_id, topic, "partition", "offset")
+		VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING`
+	co.cleanSQL = `DELETE FROM ` + table + ` WHERE consumer_group = $1 AND event_id IN (
+		SELECT event_id FROM ` + table + ` WHERE consumer_group = $1 AND processed_at < now() - $2::interval LIMIT $3)`
+
+	opts := []kgo.Opt{
+		kgo.ConsumerGroup(c.Group),
+		kgo.ConsumeTopics(c.Topics...),
+		kgo.DisableAutoCommit(),
+		kgo.BlockRebalanceOnPoll(),
+		kgo.OnPartitionsAssigned(co.assigned),
+		kgo.OnPartitionsRevoked(co.revoked),
+		kgo.OnPartitionsLost(co.lost),
+		kgo.WithLogger(kslog.New(c.Logger.With("component", "kafka", "group", c.Group))),
+		kgo.ClientID("relaybox-consumer"),
+	}
+	if len(c.Brokers) > 0 {
+		opts = append(opts, kgo.SeedBrokers(c.Brokers...))
+	}
+	opts = append(opts, c.KafkaOpts...)
+	kc, err := kgo.NewClient(opts...)
+	if err != nil {
+		return nil, fmt.Errorf("consumer: kafka client: %w", err)
+	}
+	co.kc = kc
+	return co, nil
+}
+
+// Run consumes until ctx is cancelled, then shuts down gracefully: the record in
+// flight on each partition finishes (records fetched but not started are left for
+// the next owner), the offsets of everything processed are committed, and the
+// consumer leaves its group. It returns an error only if it cannot start (the
+// schema is not migrated, or Run was already called).
+func (c *Consumer) Run(ctx context.Context) error {
+	c.mu.Lock()
+	if c.started {
+		c.mu.Unlock()
+		return errors.New("consumer: Run called twice")
+	}
+	c.started = true
+	for t, r := range c.routes {
+		for i := len(c.middleware) - 1; i >= 0; i-- {
+			r.h = c.middleware[i](r.h)
+		}
+		c.routes[t] = r
+	}
+	c.mu.Unlock()
+	if err := migrations.Check(ctx, c.pool, c.cfg.Schema); err != nil {
+		c.kc.Close()
+		return fmt.Errorf("consumer: %w", err)
+	}
+	c.runCtx = context.WithoutCancel(ctx)
+	c.log.Info("consumer starting", "topics", c.cfg.Topics, "batch_mode", c.cfg.BatchMode,
+		"max_attempts", c.cfg.MaxAttempts, "unknown_type", c.cfg.UnknownType.String(), "dedup", !c.cfg.DisableDedup)
+
+	var bg sync.WaitGroup
+	bgCtx, bgCancel := context.WithCancel(context.Background())
+	bg.Add(1)
+	go func() { defer bg.Done(); c.commitLoop(bgCtx) }()
+	if c.cfg.CleanAfter > 0 {
+		bg.Add(1)
+		go func() { defer bg.Done(); c.cleanLoop(bgCtx) }()
+	}
+
+	c.poll(ctx)
+
+	// Shutdown: stop every partition (the record in flight finishes), commit, leave.
+	bgCancel()
+	bg.Wait()
+	c.partsMu.Lock()
+	all := make([]*partition, 0, len(c.parts))
+	for _, p := range c.parts {
+		all = append(all, p)
+	}
+	c.partsMu.Unlock()
+	stopAll(all)
+	cctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	c.commit(cctx, all, true)
+	cancel()
+	c.kc.Close() // leaves the group; the revoke callback finds nothing left to do
+	c.log.Info("consumer stopped")
+	return nil
+}
+
+// poll fetches until ctx is done and hands each partition's records to its
+// goroutine. It never blocks on a partition: a partition with too much waiting is
+// paused instead.
+func (c *Consumer) poll(ctx context.Context) {
+	for {
+		fs := c.kc.PollRecords(ctx, c.cfg.MaxPollRecords)
+		if fs.IsClientClosed() || ctx.Err() != nil {
+			c.kc.AllowRebalance()
+			return
+		}
+		fs.EachError(func(t string, p int32, err error) {
+			c.log.Warn("fetch error", "topic", t, "partition", p, "err", err)
+		})
+		fs.EachPartition(func(fp kgo.FetchTopicPartition) {
+			if len(fp.Records) == 0 {
+				return
+			}
+			c.partsMu.Lock()
+			p := c.parts[topicPartition{fp.Topic, fp.Partition}]
+			c.partsMu.Unlock()
+			if p == nil { // not ours (any more): the next owner reads it from the commit
+				return
+			}
+			p.hwm.Store(fp.HighWatermark)
+			p.push(fp.Records, c.cfg.MaxBufferedPerPartition, c.kc)
+		})
+		c.kc.AllowRebalance()
+	}
+}
+
+func (c *Consumer) assigned(_ context.Context, _ *kgo.Client, assigned map[string][]int32) {
+	c.partsMu.Lock()
+	defer c.partsMu.Unlock()
+	for topic, ps := range assigned {
+		for _, n := range ps {
+			tp := topicPartition{topic, n}
+			if c.parts[tp] != nil {
+				continue
+			}
+			p := newPartition(c, topic, n)
+			c.parts[tp] = p
+			go p.run()
+		}
+	}
+	c.log.Debug("partitions assigned", "assigned", assigned)
+}
+
+// revoked stops the revoked partitions' goroutines (each finishes its record in
+// flight), commits what they processed and returns, letting the rebalance go on.
+func (c *Consumer) revoked(ctx context.Context, cl *kgo.Client, revoked map[string][]int32) {
+	ps := c.detach(revoked)
+	stopAll(ps)
+	cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	c.commit(cctx, ps, true)
+	cl.ResumeFetchPartitions(revoked) // pauses outlive assignment; a re-assigned partition starts unpaused
+	if len(ps) > 0 {
+		c.log.Debug("partitions revoked", "revoked", revoked)
+	}
+}
+
+// lost stops the lost partitions' goroutines without committing: the group has
+// moved on and a commit would be refused (or rewind the new owner's).
+func (c *Consumer) lost(_ context.Context, cl *kgo.Client, lost map[string][]int32) {
+	ps := c.detach(lost)
+	stopAll(ps)
+	cl.ResumeFetchPartitions(lost)
+	if len(ps) > 0 {
+		c.log.Warn("partitions lost; their processed offsets since the last commit will be redelivered (and deduplicated)", "lost", lost)
+	}
+}
+
+func (c *Consumer) detach(m map[string][]int32) []*partition {
+	c.partsMu.Lock()
+	defer c.partsMu.Unlock()
+	var ps []*partition
+	for topic, ns := range m {
+		for _, n := range ns {
+			tp := topicPartition{topic, n}
+			if p := c.parts[tp]; p != nil {
+				ps = append(ps, p)
+				delete(c.parts, tp)
+			}
+		}
+	}
+	return ps
+}
+
+func stopAll(ps []*partition) {
+	for _, p := range ps {
+		p.halt()
+	}
+	for _, p := range ps {
+		<-p.done
+	}
+}
+
+func (c *Consumer) commitLoop(ctx context.Context) {
+	t := time.NewTicker(c.cfg.CommitInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		c.partsMu.Lock()
+		ps := make([]*partition, 0, len(c.parts))
+		for _, p := range c.parts {
+			ps = append(ps, p)
+		}
+		c.partsMu.Unlock()
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		c.commit(cctx, ps, false)
+		cancel()
+	}
+}
+
+// commit commits the marked offsets of ps that are not committed yet. final says
+// the partitions are stopped (revoke, shutdown): failures are logged louder.
+func (c *Consumer) commit(ctx context.Context, ps []*partition, final bool) {
+	c.commitMu.Lock()
+	defer c.commitMu.Unlock()
+	offsets := map[string]map[int32]kgo.EpochOffset{}
+	marks := map[*partition]kgo.EpochOffset{}
+	for _, p := range ps {
+		if eo, ok := p.uncommitted(); ok {
+			if offsets[p.topic] == nil {
+				offsets[p.topic] = map[int32]kgo.EpochOffset{}
+			}
+			offsets[p.topic][p.n] = eo
+			marks[p] = eo
+		}
+	}
+	if len(offsets) == 0 {
+		return
+	}
+	var failed error
+	c.kc.CommitOffsetsSync(ctx, offsets, func(_ *kgo.Client, _ *kmsg.OffsetCommitRequest, resp *kmsg.OffsetCommitResponse, err error) {
+		if err != nil {
+			failed = err
+			return
+		}
+		for _, t := range resp.Topics {
+			for _, pr := range t.Partitions {
+				if err := kerr.ErrorForCode(pr.ErrorCode); err != nil && failed == nil {
+					failed = fmt.Errorf("committing %s/%d: %w", t.Topic, pr.Partition, err)
+				}
+			}
+		}
+	})
+	if failed != nil {
+		c.hookErr("commit", failed)
+		lvl := slog.LevelDebug
+		if final {
+			lvl = slog.LevelWarn
+		}
+		c.log.Log(ctx, lvl, "offset commit failed; processed records will be redelivered and deduplicated", "err", failed)
+		return
+	}
+	for p, eo := range marks {
+		p.setCommitted(eo)
+	}
+}
+
+func (c *Consumer) hookErr(kind string, err error) {
+	if c.cfg.Hooks.OnError != nil {
+		c.cfg.Hooks.OnError(kind, err)
+	}
+}
+
+// backoff returns the wait before attempt n+1 after n failures (n >= 1).
+func (c *Consumer) backoff(n int) time.Duration {
+	d := c.cfg.RetryBackoff
+	for i := 1; i < n && d < c.cfg.MaxRetryBackoff; i++ {
+		d *= 2
+	}
+	d = min(d, c.cfg.MaxRetryBackoff)
+	jitter := 0.8 + 0.4*rand.Float64()
+	return time.Duration(float64(d) * jitter)
+}

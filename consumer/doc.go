@@ -1,0 +1,2 @@
+// Package consumer is relaybox's idempotent consumer.
+package consumer

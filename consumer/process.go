@@ -1,0 +1,476 @@
+package consumer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"reflect"
+	"strconv"
+	"time"
+
+	"github.com/hamba/avro/v2"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"go.opentelemetry.io/otel/propagation"
+
+	"github.com/relaybox/relaybox/internal/envelope"
+)
+
+// item is a record made ready for its transaction: decoded (or found undecodable)
+// and routed.
+type item struct {
+	rec   *kgo.Record
+	m     *Message
+	ctx   context.Context // handler context: trace context from the headers
+	route route
+	skip  bool        // no handler, SkipUnknown
+	dead  *deadLetter // dead-letter without running a handler
+}
+
+type deadLetter struct {
+	reason   string
+	err      error
+	attempts int
+}
+
+// message builds the Message of rec from its headers.
+func (c *Consumer) message(rec *kgo.Record) *Message {
+	m := &Message{
+		Key: string(rec.Key), Topic: rec.Topic, Partition: rec.Partition, Offset: rec.Offset,
+		Headers: make(map[string]string, len(rec.Headers)), Record: rec,
+	}
+	for _, h := range rec.Headers {
+		m.Headers[h.Key] = string(h.Value)
+	}
+	m.ID = m.Headers[envelope.EventID]
+	if m.ID == "" {
+		m.ID = c.cfg.DedupKey(rec)
+	}
+	m.Type = m.Headers[envelope.EventType]
+	m.AggregateType = m.Headers[envelope.AggregateType]
+	m.CorrelationID = m.Headers[envelope.CorrelationID]
+	m.CausationID = m.Headers[envelope.CausationID]
+	m.Source = m.Headers[envelope.Source]
+	if s := m.Headers[envelope.OccurredAt]; s != "" {
+		m.OccurredAt, _ = time.Parse(time.RFC3339Nano, s)
+	}
+	return m
+}
+
+// prepare decodes and routes rec. Registry outages are retried here, before any
+// transaction; it returns false only if the partition was stopped meanwhile.
+func (p *partition) prepare(rec *kgo.Record) (*item, bool) {
+	c := p.c
+	m := c.message(rec)
+	it := &item{rec: rec, m: m, ctx: c.prop.Extract(c.runCtx, propagation.MapCarrier(m.Headers))}
+	id, body, err := frame(rec.Value)
+	if err != nil {
+		it.dead = &deadLetter{reason: ReasonMalformed, err: err}
+		return it, true
+	}
+	m.SchemaID, m.Body, m.dec = id, body, c.dec
+	var w avro.Schema
+	for attempt := 1; ; attempt++ {
+		if w, err = c.dec.writer(p.stopCtx, id); err == nil {
+			break
+		}
+		var de *DecodeError
+		if errors.As(err, &de) {
+			it.dead = &deadLetter{reason: de.Reason, err: err}
+			return it, true
+		}
+		if p.stopped() {
+			return nil, false
+		}
+		c.hookErr("registry", err)
+		c.log.Warn("schema registry unavailable; retrying", "topic", rec.Topic, "partition", rec.Partition, "offset", rec.Offset, "err", err)
+		if !p.sleep(c.backoff(attempt)) {
+			return nil, false
+		}
+	}
+	m.writer = w
+	if m.Type == "" {
+		if ns, ok := w.(avro.NamedSchema); ok {
+			m.Type = ns.FullName()
+		}
+	}
+	r, ok := c.routes[m.Type]
+	if !ok {
+		if c.cfg.UnknownType == DeadLetterUnknown {
+			it.dead = &deadLetter{reason: ReasonUnknownType, err: fmt.Errorf("no handler for event type %q", m.Type)}
+		} else {
+			it.skip = true
+		}
+		return it, true
+	}
+	it.route = r
+	if r.t != nil {
+		ptr := reflect.New(r.t).Interface()
+		if err := c.dec.into(id, w, body, ptr); err != nil {
+			reason := ReasonBadBody
+			var de *DecodeError
+			if errors.As(err, &de) {
+				reason = de.Reason
+			}
+			it.dead = &deadLetter{reason: reason, err: err}
+			return it, true
+		}
+		m.decoded = ptr
+	}
+	return it, true
+}
+
+// isInfra reports whether err says the database (not the handler's logic) failed:
+// the connection is gone, or the error is one that is safe to retry. Such failures
+// are retried without limit and do not count as attempts.
+func isInfra(err error, tx pgx.Tx) bool {
+	if tx != nil && tx.Conn() != nil && tx.Conn().IsClosed() {
+		return true
+	}
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		switch pe.Code[:2] {
+		case "08", "53", "57": // connection exception, insufficient resources, operator intervention
+			return pe.Code != "57014" // query_canceled (statement timeout) is the handler's
+		}
+		return false
+	}
+	return pgconn.SafeToRetry(err)
+}
+
+// call runs the handler, turning a panic into an error.
+func (p *partition) call(ctx context.Context, tx pgx.Tx, it *item) (err error) {
+	start := time.Now()
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("handler panicked: %v", r)
+		}
+		if h := p.c.cfg.Hooks.OnHandlerLatency; h != nil {
+			h(it.m.Topic, it.m.Type, time.Since(start))
+		}
+	}()
+	return it.route.h.Handle(ctx, tx, it.m)
+}
+
+// dedup records the event in processed_events inside tx; false means it was
+// already there (a duplicate).
+func (p *partition) dedup(ctx context.Context, tx pgx.Tx, m *Message) (bool, error) {
+	if p.c.cfg.DisableDedup {
+		return true, nil
+	}
+	tag, err := tx.Exec(ctx, p.c.insertSQL, p.c.cfg.Group, m.ID, m.Topic, m.Partition, m.Offset)
+	if err != nil {
+		return false, fmt.Errorf("recording event in processed_events: %w", err)
+	}
+	return tag.RowsAffected() == 1, nil
+}
+
+// attempt runs one transaction for it: dedup, handler, commit. herr is the
+// handler's failure (counted against MaxAttempts), err an infrastructure failure.
+func (p *partition) attempt(it *item) (dup bool, herr, err error) {
+	ctx := it.ctx
+	tx, err := p.c.pool.Begin(ctx)
+	if err != nil {
+		return false, nil, fmt.Errorf("beginning transaction: %w", err)
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	fresh, err := p.dedup(ctx, tx, it.m)
+	if err != nil {
+		return false, nil, err
+	}
+	if !fresh {
+		return true, nil, nil
+	}
+	if it.skip {
+		return false, nil, tx.Commit(ctx)
+	}
+	if herr := p.call(ctx, tx, it); herr != nil {
+		if isInfra(herr, tx) {
+			return false, nil, herr
+		}
+		return false, herr, nil
+	}
+	if err := tx.Commit(ctx); err != nil {
+		if isInfra(err, tx) {
+			return false, nil, fmt.Errorf("committing: %w", err)
+		}
+		return false, fmt.Errorf("committing: %w", err), nil
+	}
+	return false, nil, nil
+}
+
+// processOne applies it in its own transaction, with retries and dead-lettering.
+// It returns false if the partition was stopped before the record was done.
+func (p *partition) processOne(it *item) bool {
+	c := p.c
+	if it.dead != nil {
+		return p.deadLetter(it, it.dead)
+	}
+	attempts, infra := 0, 0
+	for {
+		dup, herr, err := p.attempt(it)
+		switch {
+		case err != nil:
+			infra++
+			c.hookErr("postgres", err)
+			c.log.Warn("database failure; retrying", "topic", it.m.Topic, "partition", it.m.Partition, "offset", it.m.Offset, "err", err)
+			if !p.sleep(c.backoff(infra)) {
+				return false
+			}
+			continue
+		case dup:
+			p.hook(c.cfg.Hooks.OnDuplicate, it)
+			return true
+		case herr == nil && it.skip:
+			p.hook(c.cfg.Hooks.OnSkipped, it)
+			return true
+		case herr == nil:
+			p.hook(c.cfg.Hooks.OnProcessed, it)
+			return true
+		}
+		attempts++
+		if dl := p.giveUp(herr, attempts); dl != nil {
+			return p.deadLetter(it, dl)
+		}
+		p.retrying(it, attempts, herr)
+		if !p.sleep(c.backoff(attempts)) {
+			return false
+		}
+	}
+}
+
+// giveUp returns the dead letter for a handler failure that is not retried.
+func (p *partition) giveUp(herr error, attempts int) *deadLetter {
+	switch {
+	case IsPermanent(herr):
+		reason := ReasonPermanent
+		var de *DecodeError
+		if errors.As(herr, &de) {
+			reason = de.Reason
+		}
+		return &deadLetter{reason: reason, err: herr, attempts: attempts}
+	case attempts >= p.c.cfg.MaxAttempts:
+		return &deadLetter{reason: ReasonExhausted, err: herr, attempts: attempts}
+	}
+	return nil
+}
+
+func (p *partition) retrying(it *item, attempt int, herr error) {
+	if h := p.c.cfg.Hooks.OnRetry; h != nil {
+		h(it.m.Topic, it.m.Type, attempt, herr)
+	}
+	p.c.log.Debug("handler failed; retrying", "topic", it.m.Topic, "partition", it.m.Partition, "offset", it.m.Offset,
+		"event_type", it.m.Type, "event_id", it.m.ID, "attempt", attempt, "err", herr)
+}
+
+func (p *partition) hook(h func(topic, eventType string), it *item) {
+	if h != nil {
+		h(it.m.Topic, it.m.Type)
+	}
+}
+
+// runBatch applies recs in batch mode: one transaction, a savepoint per record.
+// After an infrastructure failure the records not yet committed run again. It
+// returns false if the partition was stopped before all were done.
+func (p *partition) runBatch(recs []*kgo.Record) bool {
+	items := make([]*item, 0, len(recs))
+	for _, rec := range recs {
+		it, ok := p.prepare(rec)
+		if !ok {
+			return false
+		}
+		items = append(items, it)
+	}
+	for infra := 1; ; infra++ {
+		n, err := p.batchOnce(items)
+		if n > 0 {
+			p.markDone(items[n-1].rec)
+			items = items[n:]
+		}
+		switch {
+		case len(items) == 0:
+			return true
+		case err == nil || p.stopped():
+			return false // stopped part-way
+		}
+		p.c.hookErr("postgres", err)
+		p.c.log.Warn("database failure in batch; retrying", "topic", p.topic, "partition", p.n, "err", err)
+		if !p.sleep(p.c.backoff(infra)) {
+			return false
+		}
+	}
+}
+
+// batchOnce runs items in one transaction until done or stopped and commits the
+// ones done; it returns how many (a prefix of items) are done and committed.
+func (p *partition) batchOnce(items []*item) (int, error) {
+	c := p.c
+	ctx := c.runCtx
+	tx, err := c.pool.Begin(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("beginning transaction: %w", err)
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	var after []func() // hooks of work that counts only once committed
+	done := 0
+	for _, it := range items {
+		if p.stopped() {
+			break
+		}
+		hook, ok, err := p.batchItem(tx, it)
+		if err != nil {
+			return 0, err
+		}
+		if !ok {
+			break
+		}
+		if hook != nil {
+			after = append(after, hook)
+		}
+		done++
+	}
+	if done == 0 {
+		return 0, nil
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return 0, fmt.Errorf("committing batch: %w", err)
+	}
+	for _, h := range after {
+		h()
+	}
+	return done, nil
+}
+
+// batchItem applies one record of a batch under a savepoint. ok is false if the
+// partition was stopped before the record was done; err is an infrastructure
+// failure that dooms the whole transaction.
+func (p *partition) batchItem(tx pgx.Tx, it *item) (after func(), ok bool, err error) {
+	c := p.c
+	if it.dead != nil {
+		return nil, p.deadLetter(it, it.dead), nil
+	}
+	ctx := it.ctx
+	for attempts := 1; ; attempts++ {
+		sp, err := tx.Begin(ctx)
+		if err != nil {
+			return nil, false, fmt.Errorf("savepoint: %w", err)
+		}
+		fresh, err := p.dedup(ctx, sp, it.m)
+		if err != nil {
+			return nil, false, err
+		}
+		if !fresh {
+			if err := sp.Rollback(ctx); err != nil {
+				return nil, false, err
+			}
+			return func() { p.hook(c.cfg.Hooks.OnDuplicate, it) }, true, nil
+		}
+		if it.skip {
+			if err := sp.Commit(ctx); err != nil {
+				return nil, false, err
+			}
+			return func() { p.hook(c.cfg.Hooks.OnSkipped, it) }, true, nil
+		}
+		herr := p.call(ctx, sp, it)
+		if herr == nil {
+			if err := sp.Commit(ctx); err != nil {
+				return nil, false, fmt.Errorf("releasing savepoint: %w", err)
+			}
+			return func() { p.hook(c.cfg.Hooks.OnProcessed, it) }, true, nil
+		}
+		if err := sp.Rollback(ctx); err != nil {
+			return nil, false, fmt.Errorf("rolling back to savepoint: %w", err)
+		}
+		if isInfra(herr, tx) {
+			return nil, false, herr
+		}
+		if dl := p.giveUp(herr, attempts); dl != nil {
+			return nil, p.deadLetter(it, dl), nil
+		}
+		p.retrying(it, attempts, herr)
+		if !p.sleep(c.backoff(attempts)) {
+			return nil, false, nil
+		}
+	}
+}
+
+// Dead-letter headers, added to the record's own when it is produced to the
+// dead-letter topic (and removed again by [Redrive]).
+const (
+	// HeaderDLQError is the error text.
+	HeaderDLQError = "relaybox.dlq.error"
+	// HeaderDLQReason is the reason kind, one of the Reason* constants.
+	HeaderDLQReason = "relaybox.dlq.reason"
+	// HeaderDLQAttempts is how many times the handler ran ("0" if it never did).
+	HeaderDLQAttempts = "relaybox.dlq.attempts"
+	// HeaderDLQGroup is the consumer group that gave up.
+	HeaderDLQGroup = "relaybox.dlq.group"
+	// HeaderDLQTopic, HeaderDLQPartition and HeaderDLQOffset locate the original.
+	HeaderDLQTopic     = "relaybox.dlq.topic"
+	HeaderDLQPartition = "relaybox.dlq.partition"
+	HeaderDLQOffset    = "relaybox.dlq.offset"
+	// HeaderDLQTime is when it was dead-lettered, RFC 3339 (UTC).
+	HeaderDLQTime = "relaybox.dlq.time"
+)
+
+// HeaderDLQPrefix starts every dead-letter header.
+const HeaderDLQPrefix = "relaybox.dlq."
+
+// maxErrorHeader bounds the error text kept in a header.
+const maxErrorHeader = 4 << 10
+
+// deadLetterRecord is rec as it goes to the dead-letter topic.
+func (c *Consumer) deadLetterRecord(rec *kgo.Record, dl *deadLetter) *kgo.Record {
+	msg := dl.err.Error()
+	if len(msg) > maxErrorHeader {
+		msg = msg[:maxErrorHeader] + "…"
+	}
+	hs := make([]kgo.RecordHeader, 0, len(rec.Headers)+8)
+	for _, h := range rec.Headers {
+		if len(h.Key) < len(HeaderDLQPrefix) || h.Key[:len(HeaderDLQPrefix)] != HeaderDLQPrefix {
+			hs = append(hs, h)
+		}
+	}
+	add := func(k, v string) { hs = append(hs, kgo.RecordHeader{Key: k, Value: []byte(v)}) }
+	add(HeaderDLQError, msg)
+	add(HeaderDLQReason, dl.reason)
+	add(HeaderDLQAttempts, strconv.Itoa(dl.attempts))
+	add(HeaderDLQGroup, c.cfg.Group)
+	add(HeaderDLQTopic, rec.Topic)
+	add(HeaderDLQPartition, strconv.Itoa(int(rec.Partition)))
+	add(HeaderDLQOffset, strconv.FormatInt(rec.Offset, 10))
+	add(HeaderDLQTime, time.Now().UTC().Format(time.RFC3339Nano))
+	return &kgo.Record{Topic: c.cfg.DeadLetterTopic(rec.Topic), Key: rec.Key, Value: rec.Value, Headers: hs}
+}
+
+// deadLetter produces it to its dead-letter topic, retrying without limit: a
+// record is never dropped. It returns false if the partition was stopped first.
+// The event is not recorded in processed_events, so that a redrive applies it.
+func (p *partition) deadLetter(it *item, dl *deadLetter) bool {
+	c := p.c
+	out := c.deadLetterRecord(it.rec, dl)
+	for n := 1; ; n++ {
+		ctx, cancel := context.WithTimeout(p.stopCtx, 30*time.Second)
+		err := c.kc.ProduceSync(ctx, out).FirstErr()
+		cancel()
+		if err == nil {
+			break
+		}
+		if p.stopped() {
+			return false
+		}
+		c.hookErr("kafka", err)
+		c.log.Warn("producing to the dead-letter topic failed; retrying (the partition waits)", "dlq_topic", out.Topic,
+			"topic", it.m.Topic, "partition", it.m.Partition, "offset", it.m.Offset, "err", err)
+		if !p.sleep(c.backoff(n)) {
+			return false
+		}
+	}
+	c.log.Warn("record dead-lettered", "dlq_topic", out.Topic, "topic", it.m.Topic, "partition", it.m.Partition,
+		"offset", it.m.Offset, "event_type", it.m.Type, "event_id", it.m.ID, "reason", dl.reason, "attempts", dl.attempts, "err", dl.err)
+	if h := c.cfg.Hooks.OnDeadLetter; h != nil {
+		h(it.m.Topic, it.m.Type, dl.reason)
+	}
+	return true
+}

@@ -1,0 +1,81 @@
+// Command inventory is the inventory example consumer. See README.md.
+package main
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/relaybox/relaybox/consumer"
+	"github.com/relaybox/relaybox/examples/inventory/inventorysvc"
+	"github.com/relaybox/relaybox/examples/orders/ordersvc"
+	"github.com/relaybox/relaybox/migrations"
+)
+
+func main() {
+	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	if err := run(log); err != nil {
+		log.Error("inventory stopped", "err", err)
+		os.Exit(1)
+	}
+}
+
+func env(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}
+
+func run(log *slog.Logger) error {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	for _, k := range []string{"DATABASE_URL", "KAFKA_BROKERS", "SCHEMA_REGISTRY_URL"} {
+		if os.Getenv(k) == "" {
+			return errors.New("set " + k)
+		}
+	}
+	relaySchema := env("RELAYBOX_SCHEMA", "relaybox")
+	appSchema := env("INVENTORY_SCHEMA", "inventory")
+	pool, err := pgxpool.New(ctx, os.Getenv("DATABASE_URL"))
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	if _, err := migrations.Migrate(ctx, pool, &migrations.Options{Schema: relaySchema}); err != nil {
+		return err
+	}
+	svc := inventorysvc.New(pool, appSchema)
+	if err := svc.Migrate(ctx, appSchema); err != nil {
+		return err
+	}
+	c, err := consumer.New(pool, &consumer.Config{
+		Group: env("INVENTORY_GROUP", "inventory"), Topics: []string{ordersvc.Topic},
+		Brokers: strings.Split(os.Getenv("KAFKA_BROKERS"), ","), RegistryURL: os.Getenv("SCHEMA_REGISTRY_URL"),
+		Schema: relaySchema, Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	svc.Register(c)
+	srv := &http.Server{Addr: env("INVENTORY_ADDR", ":8081"), Handler: svc.Handler(nil), ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := srv.ListenAndServe(); !errors.Is(err, http.ErrServerClosed) {
+			log.Error("http", "err", err)
+		}
+	}()
+	log.Info("inventory consuming", "topic", ordersvc.Topic, "addr", srv.Addr)
+	err = c.Run(ctx)
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	srv.Shutdown(sctx)
+	return err
+}

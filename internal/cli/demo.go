@@ -1,0 +1,411 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	mrand "math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"reflect"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/sr/srfake"
+
+	"github.com/relaybox/relaybox/consumer"
+	"github.com/relaybox/relaybox/examples/inventory/inventorysvc"
+	"github.com/relaybox/relaybox/examples/orders/ordersvc"
+	"github.com/relaybox/relaybox/migrations"
+	"github.com/relaybox/relaybox/relay"
+)
+
+type demoOpts struct {
+	json     bool
+	orders   int
+	timeout  time.Duration
+	dbURL    string
+	brokers  string
+	registry string
+}
+
+func defineDemo(f *flags) *demoOpts {
+	o := &demoOpts{}
+	f.BoolVar(&o.json, "json", false, "print the summary as one JSON object on stdout")
+	f.IntVar(&o.orders, "orders", 300, "orders to create (each is also modified; a third are deleted)")
+	f.DurationVar(&o.timeout, "timeout", 90*time.Second, "give up after this long")
+	f.str(&o.dbURL, "database-url", "DATABASE_URL", "", "Postgres to use (default: a throwaway cluster)")
+	f.str(&o.brokers, "brokers", "KAFKA_BROKERS", "", "Kafka to use (default: franz-go's in-process kfake broker)")
+	f.str(&o.registry, "registry-url", "SCHEMA_REGISTRY_URL", "", "schema registry to use (default: in-process srfake)")
+	return o
+}
+
+// DemoSummary is what `relaybox demo` verified.
+type DemoSummary struct {
+	Written           int64   `json:"written"`
+	Published         int64   `json:"published"`
+	Consumed          int64   `json:"consumed"`
+	Effects           int64   `json:"effects"`
+	DuplicatesSkipped int64   `json:"duplicates_skipped"`
+	DuplicateEffects  int64   `json:"duplicate_effects"`
+	OrderViolations   int64   `json:"order_violations"`
+	StockMatches      bool    `json:"stock_matches"`
+	Seconds           float64 `json:"seconds"`
+	Postgres          string  `json:"postgres"`
+	Kafka             string  `json:"kafka"`
+	Registry          string  `json:"registry"`
+}
+
+func runDemo(ctx context.Context, args []string, out io.Writer) error {
+	f := newFlags("demo")
+	o := defineDemo(f)
+	if err := f.parse(args); err != nil {
+		return err
+	}
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(ctx, o.timeout)
+	defer cancel()
+	progress := func(format string, a ...any) { fmt.Fprintf(os.Stderr, "demo: "+format+"\n", a...) }
+	var cleanups []func()
+	defer func() {
+		for i := len(cleanups) - 1; i >= 0; i-- {
+			cleanups[i]()
+		}
+	}()
+	sum := DemoSummary{}
+
+	// Postgres: DATABASE_URL, else a throwaway cluster from local binaries.
+	dbURL := o.dbURL
+	sum.Postgres = "DATABASE_URL"
+	if dbURL == "" {
+		u, stop, err := throwawayPostgres(ctx, progress)
+		if err != nil {
+			return err
+		}
+		cleanups = append(cleanups, stop)
+		dbURL, sum.Postgres = u, "throwaway cluster from local PostgreSQL binaries"
+	}
+	pcfg, err := pgxpool.ParseConfig(dbURL)
+	if err != nil {
+		return fmt.Errorf("DATABASE_URL: %w", err)
+	}
+	pcfg.MaxConns = 24
+	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
+	if err != nil {
+		return fmt.Errorf("postgres: %w", err)
+	}
+	for i := 0; ; i++ { // a fresh cluster answers "starting up" for a moment
+		if err = pool.Ping(ctx); err == nil {
+			break
+		}
+		if i == 50 {
+			pool.Close()
+			return fmt.Errorf("postgres unreachable: %w", err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	cleanups = append(cleanups, pool.Close)
+	id := randID()
+	relaySchema, ordersSchema, invSchema := "demo_relaybox_"+id, "demo_orders_"+id, "demo_inventory_"+id
+	cleanups = append(cleanups, func() {
+		for _, s := range []string{relaySchema, ordersSchema, invSchema} {
+			_, _ = pool.Exec(context.Background(), "DROP SCHEMA IF EXISTS "+pgx.Identifier{s}.Sanitize()+" CASCADE")
+		}
+	})
+	if _, err := migrations.Migrate(ctx, pool, &migrations.Options{Schema: relaySchema}); err != nil {
+		return err
+	}
+
+	// Kafka and the registry: real if given, else in-process fakes.
+	topic := "demo-orders-" + id
+	brokers := strings.Split(o.brokers, ",")
+	sum.Kafka = "KAFKA_BROKERS"
+	if o.brokers == "" {
+		cl, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(6, topic, topic+".dlq"))
+		if err != nil {
+			return fmt.Errorf("kfake: %w", err)
+		}
+		cleanups = append(cleanups, cl.Close)
+		brokers, sum.Kafka = cl.ListenAddrs(), "in-process kfake"
+	} else {
+		cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
+		if err != nil {
+			return err
+		}
+		adm := kadm.NewClient(cl)
+		if _, err := adm.CreateTopics(ctx, 6, 1, nil, topic, topic+".dlq"); err != nil {
+			cl.Close()
+			return fmt.Errorf("kafka: creating topic %s: %w", topic, err)
+		}
+		cleanups = append(cleanups, func() {
+			dctx, c := context.WithTimeout(context.Background(), 10*time.Second)
+			defer c()
+			_, _ = adm.DeleteTopics(dctx, topic, topic+".dlq")
+			cl.Close()
+		})
+	}
+	regURL := o.registry
+	sum.Registry = "SCHEMA_REGISTRY_URL"
+	if regURL == "" {
+		reg := srfake.New()
+		cleanups = append(cleanups, reg.Close)
+		regURL, sum.Registry = reg.URL(), "in-process srfake"
+	}
+	progress("postgres: %s; kafka: %s; registry: %s", sum.Postgres, sum.Kafka, sum.Registry)
+
+	lvl := slog.LevelError
+	_ = lvl.UnmarshalText([]byte(os.Getenv("RELAYBOX_DEMO_LOG_LEVEL")))
+	quiet := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
+	var written, published, processed, dups atomic.Int64
+
+	// The orders service.
+	orders, err := ordersvc.New(pool, relaySchema, ordersSchema, quiet)
+	if err != nil {
+		return err
+	}
+	orders.Topic = topic
+	orders.Events = func(string) { written.Add(1) }
+	if err := orders.Migrate(ctx, ordersSchema); err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{Handler: orders.Handler(), ReadHeaderTimeout: 5 * time.Second}
+	go srv.Serve(ln)
+	cleanups = append(cleanups, func() { srv.Close() })
+	base := "http://" + ln.Addr().String()
+
+	// The relay.
+	r, err := relay.New(pool, &relay.Config{Schema: relaySchema, Brokers: brokers, RegistryURL: regURL, AutoRegister: true,
+		PollInterval: 500 * time.Millisecond, Logger: quiet,
+		Hooks: relay.Hooks{OnBatch: func(_, _, p int, _ time.Duration) { published.Add(int64(p)) }}})
+	if err != nil {
+		return err
+	}
+	rctx, rcancel := context.WithCancel(context.Background())
+	rdone := make(chan error, 1)
+	go func() { rdone <- r.Run(rctx) }()
+	cleanups = append(cleanups, func() { rcancel(); <-rdone })
+
+	// The inventory consumer.
+	inv := inventorysvc.New(pool, invSchema)
+	if err := inv.Migrate(ctx, invSchema); err != nil {
+		return err
+	}
+	c, err := consumer.New(pool, &consumer.Config{Group: "demo-inventory-" + id, Topics: []string{topic}, Brokers: brokers,
+		RegistryURL: regURL, Schema: relaySchema, Logger: quiet,
+		Hooks: consumer.Hooks{
+			OnProcessed: func(string, string) { processed.Add(1) },
+			OnDuplicate: func(string, string) { dups.Add(1) },
+		}})
+	if err != nil {
+		return err
+	}
+	inv.Register(c)
+	cctx, ccancel := context.WithCancel(context.Background())
+	cdone := make(chan error, 1)
+	go func() { cdone <- c.Run(cctx) }()
+	cleanups = append(cleanups, func() { ccancel(); <-cdone })
+
+	// Drive: create, modify, delete a third, concurrently.
+	progress("driving %d orders through %s (create, modify, delete a third)", o.orders, base)
+	if err := driveOrders(ctx, base, o.orders); err != nil {
+		return err
+	}
+	progress("written %d events; waiting for the relay and the consumer", written.Load())
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		st, err := inv.Stats(ctx)
+		if err != nil {
+			return err
+		}
+		if st.Effects >= written.Load() && published.Load() >= written.Load() {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("timed out: written %d, published %d, effects %d", written.Load(), published.Load(), st.Effects)
+		case <-tick.C:
+			progress("written %d  published %d  consumed %d  effects %d", written.Load(), published.Load(), processed.Load()+dups.Load(), st.Effects)
+		}
+	}
+	st, err := inv.Stats(ctx)
+	if err != nil {
+		return err
+	}
+	want, err := orders.ReservedBySKU(ctx)
+	if err != nil {
+		return err
+	}
+	got, err := inv.Reserved(ctx)
+	if err != nil {
+		return err
+	}
+	sum.Written, sum.Published, sum.Consumed = written.Load(), published.Load(), processed.Load()+dups.Load()
+	sum.Effects, sum.DuplicatesSkipped, sum.DuplicateEffects, sum.OrderViolations = st.Effects, dups.Load(), st.DuplicateEffects, st.OrderViolations
+	sum.StockMatches = reflect.DeepEqual(want, got)
+	sum.Seconds = math.Round(time.Since(start).Seconds()*100) / 100
+	if o.json {
+		b, _ := json.Marshal(sum)
+		fmt.Fprintln(out, string(b))
+	} else {
+		fmt.Fprintf(out, "relaybox demo: written %d, published %d, consumed %d, effects %d, duplicates skipped %d, order violations %d, stock matches orders: %v (%.1fs)\n",
+			sum.Written, sum.Published, sum.Consumed, sum.Effects, sum.DuplicatesSkipped, sum.OrderViolations, sum.StockMatches, sum.Seconds)
+	}
+	if sum.Effects != sum.Written || sum.DuplicateEffects != 0 || sum.OrderViolations != 0 || !sum.StockMatches || sum.Published < sum.Written {
+		return exitError(1)
+	}
+	return nil
+}
+
+func randID() string {
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+func driveOrders(ctx context.Context, base string, n int) error {
+	hc := &http.Client{Timeout: 10 * time.Second}
+	call := func(method, path string, body any, want int) (*http.Response, error) {
+		var rd io.Reader
+		if body != nil {
+			b, _ := json.Marshal(body)
+			rd = bytes.NewReader(b)
+		}
+		req, _ := http.NewRequestWithContext(ctx, method, base+path, rd)
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := hc.Do(req)
+		if err != nil {
+			return nil, err
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != want {
+			b, _ := io.ReadAll(resp.Body)
+			return nil, fmt.Errorf("%s %s: %s %s", method, path, resp.Status, b)
+		}
+		return resp, nil
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	sem := make(chan struct{}, 8)
+	for i := range n {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			line := func() []ordersvc.Line {
+				return []ordersvc.Line{{SKU: fmt.Sprintf("sku-%d", mrand.IntN(20)), Qty: int32(1 + mrand.IntN(5))}}
+			}
+			resp, err := call("POST", "/orders", map[string]any{"customer": fmt.Sprintf("c-%d", i), "lines": line()}, http.StatusCreated)
+			if err != nil {
+				errs <- err
+				return
+			}
+			loc := resp.Header.Get("Location")
+			if _, err := call("PATCH", loc, map[string]any{"lines": append(line(), line()...)}, http.StatusOK); err != nil {
+				errs <- err
+				return
+			}
+			if i%3 == 0 {
+				if _, err := call("DELETE", loc, nil, http.StatusNoContent); err != nil {
+					errs <- err
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	return <-errs
+}
+
+// throwawayPostgres starts a private cluster from the local PostgreSQL binaries (as
+// the postgres user when run as root) on a free port, and returns its URL and a stop.
+func throwawayPostgres(ctx context.Context, progress func(string, ...any)) (string, func(), error) {
+	bindir := ""
+	if out, err := exec.Command("pg_config", "--bindir").Output(); err == nil {
+		bindir = strings.TrimSpace(string(out))
+	}
+	if _, err := os.Stat(filepath.Join(bindir, "initdb")); bindir == "" || err != nil {
+		matches, _ := filepath.Glob("/usr/lib/postgresql/*/bin/initdb")
+		sort.Strings(matches)
+		if len(matches) == 0 {
+			return "", nil, errors.New("no Postgres: set DATABASE_URL, or install PostgreSQL's server binaries (apt-get install postgresql)")
+		}
+		bindir = filepath.Dir(matches[len(matches)-1])
+	}
+	dir, err := os.MkdirTemp("", "relaybox-demo-pg-")
+	if err != nil {
+		return "", nil, err
+	}
+	asUser := func(name string, args ...string) *exec.Cmd {
+		if os.Geteuid() == 0 {
+			return exec.Command("runuser", append([]string{"-u", "postgres", "--", name}, args...)...)
+		}
+		return exec.Command(name, args...)
+	}
+	if os.Geteuid() == 0 {
+		if err := exec.Command("chown", "postgres", dir).Run(); err != nil {
+			return "", nil, fmt.Errorf("chown %s to postgres: %w", dir, err)
+		}
+	}
+	progress("starting a throwaway Postgres from %s", bindir)
+	if out, err := asUser(filepath.Join(bindir, "initdb"), "-D", dir+"/data", "-A", "trust", "-U", "postgres", "--no-sync").CombinedOutput(); err != nil {
+		os.RemoveAll(dir)
+		return "", nil, fmt.Errorf("initdb: %v: %s", err, out)
+	}
+	l, _ := net.Listen("tcp", "127.0.0.1:0")
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	cmd := asUser(filepath.Join(bindir, "postgres"), "-D", dir+"/data", "-p", fmt.Sprint(port), "-k", dir,
+		"-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "max_connections=100")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		os.RemoveAll(dir)
+		return "", nil, err
+	}
+	stop := func() {
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGINT)
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		}
+		os.RemoveAll(dir)
+	}
+	url := fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable", port)
+	for i := 0; i < 100; i++ {
+		c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), 100*time.Millisecond)
+		if err == nil {
+			c.Close()
+			return url, stop, nil
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	stop()
+	return "", nil, errors.New("throwaway Postgres did not start in 10s")
+}
