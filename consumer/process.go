@@ -185,7 +185,7 @@ func (p *partition) attempt(it *item) (dup bool, herr, err error) {
 	if it.skip {
 		return false, nil, tx.Commit(ctx)
 	}
-	if herr := p.call(ctx, tx, it); herr != nil {
+	if herr := p.call(ctx, handlerTx{tx}, it); herr != nil {
 		if isInfra(herr, tx) {
 			return false, nil, herr
 		}
@@ -302,8 +302,16 @@ func (p *partition) runBatch(recs []*kgo.Record) bool {
 	}
 }
 
+// savepoint is the name of the savepoint each record of a batch runs under.
+const savepoint = "relaybox_record"
+
 // batchOnce runs items in one transaction until done or stopped and commits the
 // ones done; it returns how many (a prefix of items) are done and committed.
+//
+// Each record costs one round trip besides its handler's statements: releasing the
+// previous record's savepoint, opening its own and recording the event in
+// processed_events are sent together. A failed record rolls back to its savepoint,
+// which removes its processed_events row with its effects.
 func (p *partition) batchOnce(items []*item) (int, error) {
 	c := p.c
 	ctx := c.runCtx
@@ -314,11 +322,12 @@ func (p *partition) batchOnce(items []*item) (int, error) {
 	defer func() { _ = tx.Rollback(ctx) }()
 	var after []func() // hooks of work that counts only once committed
 	done := 0
+	open := false // a savepoint is open
 	for _, it := range items {
 		if p.stopped() {
 			break
 		}
-		hook, ok, err := p.batchItem(tx, it)
+		hook, ok, err := p.batchItem(tx, it, &open)
 		if err != nil {
 			return 0, err
 		}
@@ -343,43 +352,30 @@ func (p *partition) batchOnce(items []*item) (int, error) {
 }
 
 // batchItem applies one record of a batch under a savepoint. ok is false if the
-// partition was stopped before the record was done; err is an infrastructure
-// failure that dooms the whole transaction.
-func (p *partition) batchItem(tx pgx.Tx, it *item) (after func(), ok bool, err error) {
+// partition was stopped before the record was done (its work, if any, rolled back
+// to its savepoint); err is an infrastructure failure that dooms the transaction.
+func (p *partition) batchItem(tx pgx.Tx, it *item, open *bool) (after func(), ok bool, err error) {
 	c := p.c
 	if it.dead != nil {
 		return nil, p.deadLetter(it, it.dead), nil
 	}
 	ctx := it.ctx
 	for attempts := 1; ; attempts++ {
-		sp, err := tx.Begin(ctx)
-		if err != nil {
-			return nil, false, fmt.Errorf("savepoint: %w", err)
-		}
-		fresh, err := p.dedup(ctx, sp, it.m)
+		fresh, err := p.openSavepoint(ctx, tx, it.m, open)
 		if err != nil {
 			return nil, false, err
 		}
-		if !fresh {
-			if err := sp.Rollback(ctx); err != nil {
-				return nil, false, err
-			}
+		switch {
+		case !fresh:
 			return func() { p.hook(c.cfg.Hooks.OnDuplicate, it) }, true, nil
-		}
-		if it.skip {
-			if err := sp.Commit(ctx); err != nil {
-				return nil, false, err
-			}
+		case it.skip:
 			return func() { p.hook(c.cfg.Hooks.OnSkipped, it) }, true, nil
 		}
-		herr := p.call(ctx, sp, it)
+		herr := p.call(ctx, handlerTx{tx}, it)
 		if herr == nil {
-			if err := sp.Commit(ctx); err != nil {
-				return nil, false, fmt.Errorf("releasing savepoint: %w", err)
-			}
 			return func() { p.hook(c.cfg.Hooks.OnProcessed, it) }, true, nil
 		}
-		if err := sp.Rollback(ctx); err != nil {
+		if _, err := tx.Exec(ctx, "ROLLBACK TO SAVEPOINT "+savepoint); err != nil {
 			return nil, false, fmt.Errorf("rolling back to savepoint: %w", err)
 		}
 		if isInfra(herr, tx) {
@@ -394,6 +390,43 @@ func (p *partition) batchItem(tx pgx.Tx, it *item) (after func(), ok bool, err e
 		}
 	}
 }
+
+// openSavepoint releases the open savepoint, if any, opens a new one and records m
+// in processed_events under it, in one round trip. false means a duplicate.
+func (p *partition) openSavepoint(ctx context.Context, tx pgx.Tx, m *Message, open *bool) (bool, error) {
+	b := &pgx.Batch{}
+	if *open {
+		b.Queue("RELEASE SAVEPOINT " + savepoint)
+	}
+	b.Queue("SAVEPOINT " + savepoint)
+	dedup := !p.c.cfg.DisableDedup
+	if dedup {
+		b.Queue(p.c.insertSQL, p.c.cfg.Group, m.ID, m.Topic, m.Partition, m.Offset)
+	}
+	br := tx.SendBatch(ctx, b)
+	var tag pgconn.CommandTag
+	var err error
+	for i := 0; i < b.Len() && err == nil; i++ {
+		tag, err = br.Exec()
+	}
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return false, fmt.Errorf("savepoint and processed_events: %w", err)
+	}
+	*open = true
+	return !dedup || tag.RowsAffected() == 1, nil
+}
+
+// handlerTx is the transaction as a handler sees it: everything but ending it,
+// which is the consumer's (the dedup row must commit or roll back with the effects).
+type handlerTx struct{ pgx.Tx }
+
+var errHandlerEndsTx = errors.New("consumer: a handler must not commit or roll back its transaction; return nil or an error")
+
+func (handlerTx) Commit(context.Context) error   { return errHandlerEndsTx }
+func (handlerTx) Rollback(context.Context) error { return errHandlerEndsTx }
 
 // Dead-letter headers, added to the record's own when it is produced to the
 // dead-letter topic (and removed again by [Redrive]).

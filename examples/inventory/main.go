@@ -22,7 +22,9 @@ import (
 
 func main() {
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
-	if err := run(log); err != nil {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, log); err != nil {
 		log.Error("inventory stopped", "err", err)
 		os.Exit(1)
 	}
@@ -35,9 +37,7 @@ func env(k, def string) string {
 	return def
 }
 
-func run(log *slog.Logger) error {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
+func run(ctx context.Context, log *slog.Logger) error {
 	for _, k := range []string{"DATABASE_URL", "KAFKA_BROKERS", "SCHEMA_REGISTRY_URL"} {
 		if os.Getenv(k) == "" {
 			return errors.New("set " + k)

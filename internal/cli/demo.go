@@ -343,18 +343,26 @@ func driveOrders(ctx context.Context, base string, n int) error {
 
 // throwawayPostgres starts a private cluster from the local PostgreSQL binaries (as
 // the postgres user when run as root) on a free port, and returns its URL and a stop.
-func throwawayPostgres(ctx context.Context, progress func(string, ...any)) (string, func(), error) {
-	bindir := ""
+// findInitdb returns the directory of the local PostgreSQL server binaries.
+func findInitdb() (string, error) {
 	if out, err := exec.Command("pg_config", "--bindir").Output(); err == nil {
-		bindir = strings.TrimSpace(string(out))
-	}
-	if _, err := os.Stat(filepath.Join(bindir, "initdb")); bindir == "" || err != nil {
-		matches, _ := filepath.Glob("/usr/lib/postgresql/*/bin/initdb")
-		sort.Strings(matches)
-		if len(matches) == 0 {
-			return "", nil, errors.New("no Postgres: set DATABASE_URL, or install PostgreSQL's server binaries (apt-get install postgresql)")
+		dir := strings.TrimSpace(string(out))
+		if _, err := os.Stat(filepath.Join(dir, "initdb")); err == nil {
+			return dir, nil
 		}
-		bindir = filepath.Dir(matches[len(matches)-1])
+	}
+	matches, _ := filepath.Glob("/usr/lib/postgresql/*/bin/initdb")
+	sort.Strings(matches)
+	if len(matches) == 0 {
+		return "", errors.New("no Postgres: set DATABASE_URL, or install PostgreSQL's server binaries (apt-get install postgresql)")
+	}
+	return filepath.Dir(matches[len(matches)-1]), nil
+}
+
+func throwawayPostgres(ctx context.Context, progress func(string, ...any)) (string, func(), error) {
+	bindir, err := findInitdb()
+	if err != nil {
+		return "", nil, err
 	}
 	dir, err := os.MkdirTemp("", "relaybox-demo-pg-")
 	if err != nil {

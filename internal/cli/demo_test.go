@@ -1,0 +1,56 @@
+package cli
+
+import (
+	"encoding/json"
+	"testing"
+
+	"github.com/relaybox/relaybox/internal/testenv"
+)
+
+func demoSummary(t *testing.T, args ...string) DemoSummary {
+	t.Helper()
+	code, out, errs := run(t, append([]string{"demo", "--json"}, args...)...)
+	var s DemoSummary
+	if err := json.Unmarshal([]byte(out), &s); err != nil {
+		t.Fatalf("demo exit %d, stdout %q is not one JSON object: %v\nstderr: %s", code, out, err, errs)
+	}
+	if code != 0 {
+		t.Fatalf("demo exit %d: %+v\nstderr: %s", code, s, errs)
+	}
+	if s.Written == 0 || s.Written != s.Published || s.Written != s.Consumed || s.Written != s.Effects ||
+		s.OrderViolations != 0 || s.DuplicateEffects != 0 || !s.StockMatches {
+		t.Fatalf("demo summary does not verify: %+v", s)
+	}
+	return s
+}
+
+// The orders service and the inventory consumer on the real Postgres, Kafka and
+// registry: 1k orders created, modified and a third deleted, concurrently; stock equals
+// what the orders table says.
+func TestDemo_OrdersAndInventoryOnRealServices(t *testing.T) {
+	testenv.DatabaseURL(t)
+	testenv.Brokers(t)
+	testenv.RegistryURL(t)
+	s := demoSummary(t, "--orders", "1000")
+	if s.Kafka != "KAFKA_BROKERS" || s.Registry != "SCHEMA_REGISTRY_URL" || s.Written != 2334 {
+		t.Fatalf("summary %+v (want 1000 created + 1000 modified + 334 deleted on the real services)", s)
+	}
+	t.Logf("real services: %+v", s)
+}
+
+// The README's first command: embedded defaults (throwaway Postgres from the local
+// binaries, kfake, srfake).
+func TestDemo_EmbeddedDefaults(t *testing.T) {
+	if testenv.Required() {
+		// make test installs PostgreSQL: the throwaway cluster must work there.
+	} else if _, err := findInitdb(); err != nil {
+		t.Skip("no local PostgreSQL binaries: " + err.Error())
+	}
+	t.Setenv("DATABASE_URL", "")
+	t.Setenv("KAFKA_BROKERS", "")
+	t.Setenv("SCHEMA_REGISTRY_URL", "")
+	s := demoSummary(t, "--orders", "100")
+	if s.Kafka != "in-process kfake" || s.Registry != "in-process srfake" {
+		t.Fatalf("summary %+v", s)
+	}
+}
