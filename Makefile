@@ -18,8 +18,7 @@ test:
 	@exports="$$($(ENV) up)" && eval "$$exports" && echo "$$exports" && \
 	$(MAKE) --no-print-directory fmt-check && \
 	$(GO) vet ./... && \
-	RELAYBOX_REQUIRE_SERVICES=1 $(GO) test -timeout 25m ./... && \
-	RELAYBOX_REQUIRE_SERVICES=1 RELAYBOX_SERIAL=1 $(GO) test -timeout 15m -p 1 -count=1 -run 'Serial' ./...
+	RELAYBOX_REQUIRE_SERVICES=1 $(GO) test -timeout 25m ./...
 
 ## unit: tests without services (integration tests skip, naming the missing variable)
 unit:

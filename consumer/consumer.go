@@ -54,8 +54,8 @@ type topicPartition struct {
 }
 
 // New returns a Consumer reading cfg.Topics as cfg.Group, recording processed
-// events in pool's processed_events table. It builds its Kafka client but does not
-// connect until Run.
+// events in pool's processed_events table. It connects to nothing: the Kafka client
+// is built, and the group joined, by Run.
 func New(pool *pgxpool.Pool, cfg *Config) (*Consumer, error) {
 	if pool == nil {
 		return nil, errors.New("consumer: nil pool")
@@ -83,34 +83,41 @@ func New(pool *pgxpool.Pool, cfg *Config) (*Consumer, error) {
 	co.cleanSQL = `DELETE FROM ` + table + ` WHERE consumer_group = $1 AND event_id IN (
 		SELECT event_id FROM ` + table + ` WHERE consumer_group = $1 AND processed_at < now() - $2::interval LIMIT $3)`
 
+	return co, nil
+}
+
+// client builds the Kafka client: a group consumer that commits nothing by itself
+// and holds rebalances while polled records are handed out.
+func (c *Consumer) client() (*kgo.Client, error) {
+	cfg := c.cfg
 	opts := []kgo.Opt{
-		kgo.ConsumerGroup(c.Group),
-		kgo.ConsumeTopics(c.Topics...),
+		kgo.ConsumerGroup(cfg.Group),
+		kgo.ConsumeTopics(cfg.Topics...),
 		kgo.DisableAutoCommit(),
 		kgo.BlockRebalanceOnPoll(),
-		kgo.OnPartitionsAssigned(co.assigned),
-		kgo.OnPartitionsRevoked(co.revoked),
-		kgo.OnPartitionsLost(co.lost),
-		kgo.WithLogger(kslog.New(c.Logger.With("component", "kafka", "group", c.Group))),
+		kgo.OnPartitionsAssigned(c.assigned),
+		kgo.OnPartitionsRevoked(c.revoked),
+		kgo.OnPartitionsLost(c.lost),
+		kgo.WithLogger(kslog.New(cfg.Logger.With("component", "kafka", "group", cfg.Group))),
 		kgo.ClientID("relaybox-consumer"),
 	}
-	if len(c.Brokers) > 0 {
-		opts = append(opts, kgo.SeedBrokers(c.Brokers...))
+	if len(cfg.Brokers) > 0 {
+		opts = append(opts, kgo.SeedBrokers(cfg.Brokers...))
 	}
-	opts = append(opts, c.KafkaOpts...)
+	opts = append(opts, cfg.KafkaOpts...)
 	kc, err := kgo.NewClient(opts...)
 	if err != nil {
 		return nil, fmt.Errorf("consumer: kafka client: %w", err)
 	}
-	co.kc = kc
-	return co, nil
+	return kc, nil
 }
 
 // Run consumes until ctx is cancelled, then shuts down gracefully: the record in
 // flight on each partition finishes (records fetched but not started are left for
 // the next owner), the offsets of everything processed are committed, and the
 // consumer leaves its group. It returns an error only if it cannot start (the
-// schema is not migrated, or Run was already called).
+// schema is not migrated, the Kafka options are invalid, or Run was already
+// called).
 func (c *Consumer) Run(ctx context.Context) error {
 	c.mu.Lock()
 	if c.started {
@@ -126,10 +133,14 @@ func (c *Consumer) Run(ctx context.Context) error {
 	}
 	c.mu.Unlock()
 	if err := migrations.Check(ctx, c.pool, c.cfg.Schema); err != nil {
-		c.kc.Close()
 		return fmt.Errorf("consumer: %w", err)
 	}
 	c.runCtx = context.WithoutCancel(ctx)
+	kc, err := c.client()
+	if err != nil {
+		return err
+	}
+	c.kc = kc
 	c.log.Info("consumer starting", "topics", c.cfg.Topics, "batch_mode", c.cfg.BatchMode,
 		"max_attempts", c.cfg.MaxAttempts, "unknown_type", c.cfg.UnknownType.String(), "dedup", !c.cfg.DisableDedup)
 
@@ -155,9 +166,9 @@ func (c *Consumer) Run(ctx context.Context) error {
 	c.partsMu.Unlock()
 	stopAll(all)
 	cctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-	c.commit(cctx, all, true)
+	c.commit(cctx, kc, all, true)
 	cancel()
-	c.kc.Close() // leaves the group; the revoke callback finds nothing left to do
+	kc.Close() // leaves the group; the revoke callback finds nothing left to do
 	c.log.Info("consumer stopped")
 	return nil
 }
@@ -186,13 +197,13 @@ func (c *Consumer) poll(ctx context.Context) {
 				return
 			}
 			p.hwm.Store(fp.HighWatermark)
-			p.push(fp.Records, c.cfg.MaxBufferedPerPartition, c.kc)
+			p.push(fp.Records, c.cfg.MaxBufferedPerPartition)
 		})
 		c.kc.AllowRebalance()
 	}
 }
 
-func (c *Consumer) assigned(_ context.Context, _ *kgo.Client, assigned map[string][]int32) {
+func (c *Consumer) assigned(_ context.Context, cl *kgo.Client, assigned map[string][]int32) {
 	c.partsMu.Lock()
 	defer c.partsMu.Unlock()
 	for topic, ps := range assigned {
@@ -201,7 +212,7 @@ func (c *Consumer) assigned(_ context.Context, _ *kgo.Client, assigned map[strin
 			if c.parts[tp] != nil {
 				continue
 			}
-			p := newPartition(c, topic, n)
+			p := newPartition(c, cl, topic, n)
 			c.parts[tp] = p
 			go p.run()
 		}
@@ -216,7 +227,7 @@ func (c *Consumer) revoked(ctx context.Context, cl *kgo.Client, revoked map[stri
 	stopAll(ps)
 	cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
-	c.commit(cctx, ps, true)
+	c.commit(cctx, cl, ps, true)
 	cl.ResumeFetchPartitions(revoked) // pauses outlive assignment; a re-assigned partition starts unpaused
 	if len(ps) > 0 {
 		c.log.Debug("partitions revoked", "revoked", revoked)
@@ -275,14 +286,14 @@ func (c *Consumer) commitLoop(ctx context.Context) {
 		}
 		c.partsMu.Unlock()
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		c.commit(cctx, ps, false)
+		c.commit(cctx, c.kc, ps, false)
 		cancel()
 	}
 }
 
 // commit commits the marked offsets of ps that are not committed yet. final says
 // the partitions are stopped (revoke, shutdown): failures are logged louder.
-func (c *Consumer) commit(ctx context.Context, ps []*partition, final bool) {
+func (c *Consumer) commit(ctx context.Context, kc *kgo.Client, ps []*partition, final bool) {
 	c.commitMu.Lock()
 	defer c.commitMu.Unlock()
 	offsets := map[string]map[int32]kgo.EpochOffset{}
@@ -300,7 +311,7 @@ func (c *Consumer) commit(ctx context.Context, ps []*partition, final bool) {
 		return
 	}
 	var failed error
-	c.kc.CommitOffsetsSync(ctx, offsets, func(_ *kgo.Client, _ *kmsg.OffsetCommitRequest, resp *kmsg.OffsetCommitResponse, err error) {
+	kc.CommitOffsetsSync(ctx, offsets, func(_ *kgo.Client, _ *kmsg.OffsetCommitRequest, resp *kmsg.OffsetCommitResponse, err error) {
 		if err != nil {
 			failed = err
 			return

@@ -223,12 +223,12 @@ func TestConsumer_RetriesDeadLettersAndMovesOn(t *testing.T) {
 	recs := []*kgo.Record{
 		seq("flaky"),  // fails twice, then succeeds
 		seq("always"), // fails every time: dead-lettered after MaxAttempts
-		raw("garbage", []byte("not avro at all")),                             // bad magic byte
-		raw("short", []byte{0, 0, 1}),                                         // truncated header
-		raw("unknown-schema", wire.Frame(2_000_000_000, []byte{2, 'x', 2})),   // schema id unknown to the registry
-		raw("truncated", good[:wire.HeaderLen+3]),                             // body cut short
-		seq("permanent"),                                                      // handler says: don't retry
-		seq("good"),                                                           // applied: the partition moved on
+		raw("garbage", []byte("not avro at all")),                           // bad magic byte
+		raw("short", []byte{0, 0, 1}),                                       // truncated header
+		raw("unknown-schema", wire.Frame(2_000_000_000, []byte{2, 'x', 2})), // schema id unknown to the registry
+		raw("truncated", good[:wire.HeaderLen+3]),                           // body cut short
+		seq("permanent"), // handler says: don't retry
+		seq("good"),      // applied: the partition moved on
 	}
 	produce(t, recs...)
 
@@ -334,7 +334,7 @@ func TestConsumer_ResolvesWriterAndReaderSchemas(t *testing.T) {
 	v2, s2 := e.schemaID(t, topic+"-v2", seqNoteSchema)
 	bad, sBad := e.schemaID(t, topic+"-bad", `{"type":"record","name":"Seq","fields":[{"name":"key","type":"string"},{"name":"seq","type":"string"}]}`)
 	produce(t,
-		record(t, topic, v2, s2, "a", "e-1", "Old", SeqNote{Key: "a", Seq: 1, Note: "new field"}), // v2 data, v1 Go type
+		record(t, topic, v2, s2, "a", "e-1", "Old", SeqNote{Key: "a", Seq: 1, Note: "new field"}),  // v2 data, v1 Go type
 		record(t, topic, v1, s1, "b", "e-2", "New", Seq{Key: "b", Seq: 2}),                         // v1 data, v2 Go type: default
 		record(t, topic, bad, sBad, "c", "e-3", "Old", map[string]any{"key": "c", "seq": "three"}), // not readable as Seq
 		record(t, topic, v1, s1, "d", "e-4", "Old", Seq{Key: "d", Seq: 4}),
@@ -638,3 +638,70 @@ func TestNew_RejectsIncompleteConfigNamingTheField(t *testing.T) {
 
 // nopPool is a pool that is never used (New does not connect).
 var nopPool, _ = pgxpool.New(context.Background(), "postgres://nobody@127.0.0.1:1/none")
+
+func TestConsumer_DeadLetterProduceFailureBlocksThePartitionInsteadOfDropping(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	topic := e.topic(t, 1)
+	produce(t, seqRecords(t, e, topic, []string{"bad", "good"}, 1)...)
+	var kafkaErrs atomic.Int32
+	var n counters
+	cfg := e.config(t, topic)
+	cfg.Hooks = n.hooks()
+	cfg.Hooks.OnError = func(kind string, _ error) {
+		if kind == "kafka" {
+			kafkaErrs.Add(1)
+		}
+	}
+	cfg.DeadLetterTopic = func(t string) string { return t + ".later" } // does not exist yet
+	cfg.KafkaOpts = append(cfg.KafkaOpts, kgo.UnknownTopicRetries(0))
+	c := e.newConsumer(t, cfg)
+	consumer.Handle(c, "Seq", e.applySeq("c", func(_ context.Context, ev consumer.Event[Seq]) error {
+		if ev.Key == "bad" {
+			return consumer.Permanent(errors.New("rejected"))
+		}
+		return nil
+	}))
+	run(t, c)
+	waitFor(t, 30*time.Second, "a failed dead-letter produce", func() bool { return kafkaErrs.Load() >= 1 })
+	time.Sleep(500 * time.Millisecond)
+	if got := e.count(t, `SELECT count(*) FROM `+e.table("effects")); got != 0 || n.dead.Load() != 0 {
+		t.Fatalf("with the dead-letter topic missing, %d later records were applied and %d dead-lettered; the partition must wait", got, n.dead.Load())
+	}
+	testenv.TopicNamed(t, topic+".later", 1)
+	waitFor(t, 60*time.Second, "the dead letter produced and the next record applied", func() bool {
+		return n.dead.Load() == 1 && n.processed.Load() == 1
+	})
+	if dlq := readTopic(t, topic+".later", 1, 30*time.Second); header(dlq[0], envelope.EventID) != "bad-1" {
+		t.Errorf("dead letter %s, want bad-1", header(dlq[0], envelope.EventID))
+	}
+}
+
+func TestConsumer_RecordWithoutEnvelopeIsRoutedBySchemaNameAndDedupedByOffset(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	topic := e.topic(t, 1)
+	id, s := e.schemaID(t, topic+"-value", schemaText[Seq](t))
+	bare := record(t, topic, id, s, "k", "", "", Seq{Key: "k", Seq: 1})
+	bare.Headers = nil
+	produce(t, bare, &kgo.Record{Topic: topic, Key: bare.Key, Value: bare.Value})
+	var n counters
+	var mu sync.Mutex
+	var types, ids []string
+	cfg := e.config(t, topic)
+	cfg.Hooks = n.hooks()
+	c := e.newConsumer(t, cfg)
+	consumer.Handle(c, "Seq", func(_ context.Context, _ pgx.Tx, ev consumer.Event[Seq]) error {
+		mu.Lock()
+		defer mu.Unlock()
+		types, ids = append(types, ev.Type), append(ids, ev.ID)
+		return nil
+	})
+	run(t, c)
+	waitFor(t, 30*time.Second, "both records applied", func() bool { return n.processed.Load() == 2 })
+	mu.Lock()
+	defer mu.Unlock()
+	if want := []string{topic + "/0/0", topic + "/0/1"}; fmt.Sprint(ids) != fmt.Sprint(want) || fmt.Sprint(types) != "[Seq Seq]" {
+		t.Errorf("ids %v types %v; want ids %v (topic/partition/offset) and type Seq (the schema's name)", ids, types, want)
+	}
+}

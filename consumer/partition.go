@@ -13,6 +13,7 @@ import (
 // order, and the queue the poll loop fills for it.
 type partition struct {
 	c     *Consumer
+	kc    *kgo.Client
 	topic string
 	n     int32
 
@@ -35,10 +36,10 @@ type partition struct {
 	committed kgo.EpochOffset
 }
 
-func newPartition(c *Consumer, topic string, n int32) *partition {
+func newPartition(c *Consumer, kc *kgo.Client, topic string, n int32) *partition {
 	ctx, cancel := context.WithCancel(context.Background())
 	return &partition{
-		c: c, topic: topic, n: n,
+		c: c, kc: kc, topic: topic, n: n,
 		wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{}),
 		stopCtx: ctx, cancel: cancel,
 		committed: kgo.EpochOffset{Epoch: -1, Offset: -1},
@@ -46,12 +47,12 @@ func newPartition(c *Consumer, topic string, n int32) *partition {
 }
 
 // push appends fetched records; past max waiting, fetching the partition pauses.
-func (p *partition) push(recs []*kgo.Record, max int, cl *kgo.Client) {
+func (p *partition) push(recs []*kgo.Record, max int) {
 	p.mu.Lock()
 	p.queue = append(p.queue, recs...)
 	if len(p.queue) >= max && !p.paused {
 		p.paused = true
-		cl.PauseFetchPartitions(map[string][]int32{p.topic: {p.n}})
+		p.kc.PauseFetchPartitions(map[string][]int32{p.topic: {p.n}})
 	}
 	p.mu.Unlock()
 	select {
@@ -75,7 +76,7 @@ func (p *partition) take(n int) []*kgo.Record {
 	}
 	if p.paused && len(p.queue) < p.c.cfg.MaxBufferedPerPartition/2 {
 		p.paused = false
-		p.c.kc.ResumeFetchPartitions(map[string][]int32{p.topic: {p.n}})
+		p.kc.ResumeFetchPartitions(map[string][]int32{p.topic: {p.n}})
 	}
 	return out
 }

@@ -70,6 +70,10 @@ func (p *partition) prepare(rec *kgo.Record) (*item, bool) {
 		return it, true
 	}
 	m.SchemaID, m.Body, m.dec = id, body, c.dec
+	r, routed := c.routes[m.Type]
+	if m.Type != "" && !routed {
+		return p.unknown(it), true // no need for its schema
+	}
 	var w avro.Schema
 	for attempt := 1; ; attempt++ {
 		if w, err = c.dec.writer(p.stopCtx, id); err == nil {
@@ -90,19 +94,13 @@ func (p *partition) prepare(rec *kgo.Record) (*item, bool) {
 		}
 	}
 	m.writer = w
-	if m.Type == "" {
+	if m.Type == "" { // not from the relay: the writer schema's name is the type
 		if ns, ok := w.(avro.NamedSchema); ok {
 			m.Type = ns.FullName()
 		}
-	}
-	r, ok := c.routes[m.Type]
-	if !ok {
-		if c.cfg.UnknownType == DeadLetterUnknown {
-			it.dead = &deadLetter{reason: ReasonUnknownType, err: fmt.Errorf("no handler for event type %q", m.Type)}
-		} else {
-			it.skip = true
+		if r, routed = c.routes[m.Type]; !routed {
+			return p.unknown(it), true
 		}
-		return it, true
 	}
 	it.route = r
 	if r.t != nil {
@@ -119,6 +117,16 @@ func (p *partition) prepare(rec *kgo.Record) (*item, bool) {
 		m.decoded = ptr
 	}
 	return it, true
+}
+
+// unknown applies the UnknownType policy to it.
+func (p *partition) unknown(it *item) *item {
+	if p.c.cfg.UnknownType == DeadLetterUnknown {
+		it.dead = &deadLetter{reason: ReasonUnknownType, err: fmt.Errorf("no handler for event type %q", it.m.Type)}
+	} else {
+		it.skip = true
+	}
+	return it
 }
 
 // isInfra reports whether err says the database (not the handler's logic) failed:
@@ -485,7 +493,8 @@ func (p *partition) deadLetter(it *item, dl *deadLetter) bool {
 	out := c.deadLetterRecord(it.rec, dl)
 	for n := 1; ; n++ {
 		ctx, cancel := context.WithTimeout(p.stopCtx, 30*time.Second)
-		err := c.kc.ProduceSync(ctx, out).FirstErr()
+		rec := *out // a fresh record per attempt: franz-go keeps the first attempt's context in it
+		err := p.kc.ProduceSync(ctx, &rec).FirstErr()
 		cancel()
 		if err == nil {
 			break

@@ -8,7 +8,8 @@
 #
 # Idempotent: a second `up` with everything running returns in seconds.
 # Settings (environment variables, with defaults):
-#   RELAYBOX_ENV_DIR        <repo>/.relaybox-env   data, jars and logs (git-ignored)
+#   RELAYBOX_ENV_DIR        <repo>/.relaybox-env   data and logs (git-ignored)
+#   RELAYBOX_CACHE_DIR      ~/.cache/relaybox      Kafka jars and the registry jar, shared by clones
 #   RELAYBOX_PG_PORT        55432
 #   RELAYBOX_PG_PASSWORD    relaybox
 #   RELAYBOX_KAFKA_PORT     19092    (controller on RELAYBOX_KAFKA_PORT+1)
@@ -27,6 +28,7 @@ KAFKA_PORT="${RELAYBOX_KAFKA_PORT:-19092}"
 KAFKA_CONTROLLER_PORT="$((KAFKA_PORT + 1))"
 REGISTRY_PORT="${RELAYBOX_REGISTRY_PORT:-18081}"
 LOG_DIR="$ENV_DIR/logs"
+CACHE_DIR="${RELAYBOX_CACHE_DIR:-$HOME/.cache/relaybox}"
 
 log() { echo "env: $*" >&2; }
 die() { echo "env: error: $*" >&2; exit 1; }
@@ -69,7 +71,12 @@ pg_up() {
 		apt_install postgresql
 	fi
 	[ -n "$PG_VERSION" ] || PG_VERSION="$(ls /usr/lib/postgresql | sort -n | tail -n 1)"
-	local datadir="$ENV_DIR/postgres"
+	local datadir="$ENV_DIR/postgres" existing
+	existing="$(pg_lsclusters -h | awk -v v="$PG_VERSION" -v c="$PG_CLUSTER" '$1 == v && $2 == c {print $6}')"
+	if [ -n "$existing" ] && [ ! -f "$existing/PG_VERSION" ]; then
+		log "cluster $PG_VERSION/$PG_CLUSTER lost its data directory ($existing): recreating it"
+		as_root pg_dropcluster "$PG_VERSION" "$PG_CLUSTER" >/dev/null 2>&1 || true
+	fi
 	if ! pg_lsclusters -h | awk '{print $1" "$2}' | grep -qx "$PG_VERSION $PG_CLUSTER"; then
 		log "creating cluster $PG_VERSION/$PG_CLUSTER in $datadir"
 		mkdir -p "$datadir"
@@ -133,9 +140,8 @@ kafka_up() {
 		log "kafka already listening on 127.0.0.1:$KAFKA_PORT"
 		return
 	fi
-	local kdir="$ENV_DIR/kafka"
+	local kdir="$ENV_DIR/kafka" lib="$CACHE_DIR/kafka-lib"
 	mkdir -p "$kdir"
-	mvn_libs "$here/kafka" "$kdir/lib"
 	cat >"$kdir/server.properties" <<PROPS
 process.roles=broker,controller
 node.id=1
@@ -161,15 +167,15 @@ PROPS
 	if [ ! -f "$kdir/data/meta.properties" ]; then
 		log "formatting kafka storage in $kdir/data"
 		local cid
-		cid="$(java -cp "$kdir/lib/*" kafka.tools.StorageTool random-uuid 2>/dev/null)"
-		java -Dlog4j2.configurationFile="$here/kafka/tools-log4j2.xml" -cp "$kdir/lib/*" kafka.tools.StorageTool \
+		cid="$(java -cp "$lib/*" kafka.tools.StorageTool random-uuid 2>/dev/null)"
+		java -Dlog4j2.configurationFile="$here/kafka/tools-log4j2.xml" -cp "$lib/*" kafka.tools.StorageTool \
 			format --standalone -t "$cid" -c "$kdir/server.properties" >"$LOG_DIR/kafka-format.log" 2>&1 ||
 			die "kafka storage format failed (see $LOG_DIR/kafka-format.log)"
 	fi
 	log "starting kafka on 127.0.0.1:$KAFKA_PORT"
 	nohup java -Xmx768m -Xms256m -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true \
 		-Dlog4j2.configurationFile="$here/kafka/log4j2.xml" \
-		-cp "$kdir/lib/*" kafka.Kafka "$kdir/server.properties" >"$LOG_DIR/kafka.log" 2>&1 </dev/null &
+		-cp "$lib/*" kafka.Kafka "$kdir/server.properties" >"$LOG_DIR/kafka.log" 2>&1 </dev/null &
 	echo $! >"$kdir/kafka.pid"
 	wait_port "$KAFKA_PORT" 90 kafka "$LOG_DIR/kafka.log"
 }
@@ -192,30 +198,38 @@ kafka_down() { stop_pidfile "$ENV_DIR/kafka/kafka.pid" kafka; }
 # ---------------------------------------------------------------- Apicurio Registry
 # Apicurio publishes only the thin Quarkus app jar to Maven Central; scripts/registry/pom.xml
 # runs the Quarkus build step over it to produce a runnable uber-jar (cached by pom hash).
+# Jars are built into CACHE_DIR even when the services run already: tests that own a
+# broker or a registry start their own from them.
+ensure_jars() {
+	mvn_libs "$here/kafka" "$CACHE_DIR/kafka-lib"
+	local sum build="$CACHE_DIR/registry-build"
+	sum="$(cat "$here/registry/pom.xml" "$here/registry/settings.xml" | sha256sum | cut -d' ' -f1)"
+	if [ ! -f "$CACHE_DIR/registry.jar" ] || [ "$(cat "$CACHE_DIR/registry.sha" 2>/dev/null)" != "$sum" ]; then
+		need_java_mvn
+		rm -rf "$build"
+		mkdir -p "$build"
+		cp "$here/registry/pom.xml" "$here/registry/settings.xml" "$build/"
+		log "building Apicurio Registry from Maven Central artifacts (first time: about a minute)"
+		(cd "$build" && mvn -q -B -s settings.xml package -DskipTests -Dquarkus.package.type=uber-jar) \
+			>"$LOG_DIR/mvn-registry.log" 2>&1 || die "Apicurio build failed (see $LOG_DIR/mvn-registry.log)"
+		cp "$build/target/"*-runner.jar "$CACHE_DIR/registry.jar"
+		rm -rf "$build"
+		echo "$sum" >"$CACHE_DIR/registry.sha"
+	fi
+}
+
 registry_up() {
 	if port_open "$REGISTRY_PORT"; then
 		log "registry already listening on 127.0.0.1:$REGISTRY_PORT"
 		return
 	fi
-	local rdir="$ENV_DIR/registry" sum
-	sum="$(cat "$here/registry/pom.xml" "$here/registry/settings.xml" | sha256sum | cut -d' ' -f1)"
-	if [ ! -f "$rdir/registry.jar" ] || [ "$(cat "$rdir/.pom.sha" 2>/dev/null)" != "$sum" ]; then
-		need_java_mvn
-		rm -rf "$rdir/build"
-		mkdir -p "$rdir/build"
-		cp "$here/registry/pom.xml" "$here/registry/settings.xml" "$rdir/build/"
-		log "building Apicurio Registry from Maven Central artifacts (first time: about a minute)"
-		(cd "$rdir/build" && mvn -q -B -s settings.xml package -DskipTests -Dquarkus.package.type=uber-jar) \
-			>"$LOG_DIR/mvn-registry.log" 2>&1 || die "Apicurio build failed (see $LOG_DIR/mvn-registry.log)"
-		cp "$rdir/build/target/"*-runner.jar "$rdir/registry.jar"
-		rm -rf "$rdir/build"
-		echo "$sum" >"$rdir/.pom.sha"
-	fi
+	local rdir="$ENV_DIR/registry"
+	mkdir -p "$rdir"
 	log "starting Apicurio Registry on 127.0.0.1:$REGISTRY_PORT (global compatibility BACKWARD)"
 	nohup java -Xmx384m -Dquarkus.http.host=127.0.0.1 -Dquarkus.http.port="$REGISTRY_PORT" \
 		-Dregistry.rules.global.compatibility=BACKWARD \
 		-Dquarkus.datasource.jdbc.url="jdbc:h2:file:$rdir/data/registry" \
-		-jar "$rdir/registry.jar" >"$LOG_DIR/registry.log" 2>&1 </dev/null &
+		-jar "$CACHE_DIR/registry.jar" >"$LOG_DIR/registry.log" 2>&1 </dev/null &
 	echo $! >"$rdir/registry.pid"
 	wait_port "$REGISTRY_PORT" 120 registry "$LOG_DIR/registry.log"
 	local i
@@ -230,7 +244,7 @@ registry_down() { stop_pidfile "$ENV_DIR/registry/registry.pid" registry; }
 
 # ---------------------------------------------------------------- main
 print_exports() {
-	echo "export DATABASE_URL='$(database_url)' KAFKA_BROKERS='127.0.0.1:$KAFKA_PORT' SCHEMA_REGISTRY_URL='http://127.0.0.1:$REGISTRY_PORT/apis/ccompat/v7' RELAYBOX_ENV_DIR='$ENV_DIR'"
+	echo "export DATABASE_URL='$(database_url)' KAFKA_BROKERS='127.0.0.1:$KAFKA_PORT' SCHEMA_REGISTRY_URL='http://127.0.0.1:$REGISTRY_PORT/apis/ccompat/v7' RELAYBOX_CACHE_DIR='$CACHE_DIR'"
 }
 
 cmd="${1:-up}"
@@ -238,6 +252,8 @@ mkdir -p "$LOG_DIR"
 case "$cmd" in
 up)
 	start=$(date +%s)
+	mkdir -p "$CACHE_DIR"
+	ensure_jars
 	pg_up
 	kafka_up
 	registry_up
@@ -251,7 +267,7 @@ down)
 	;;
 print) print_exports ;;
 pg) pg_up ;;
-kafka) kafka_up ;;
-registry) registry_up ;;
+kafka) mkdir -p "$CACHE_DIR"; ensure_jars; kafka_up ;;
+registry) mkdir -p "$CACHE_DIR"; ensure_jars; registry_up ;;
 *) die "usage: $0 up|down|print" ;;
 esac

@@ -25,8 +25,8 @@ type Service struct {
 	done    chan struct{}
 }
 
-// EnvDir is where `make env` keeps jars (RELAYBOX_ENV_DIR).
-func EnvDir(t testing.TB) string { return Var(t, "RELAYBOX_ENV_DIR") }
+// CacheDir is where `make env` keeps the Kafka and registry jars (RELAYBOX_CACHE_DIR).
+func CacheDir(t testing.TB) string { return Var(t, "RELAYBOX_CACHE_DIR") }
 
 // FreePort returns a port free on 127.0.0.1 now.
 func FreePort(t testing.TB) int {
@@ -104,7 +104,7 @@ func tail(s string, n int) string {
 // `make env` resolved. It returns the service and its bootstrap address.
 func OwnKafka(t testing.TB) (*Service, string) {
 	t.Helper()
-	lib := filepath.Join(EnvDir(t), "kafka", "lib")
+	lib := filepath.Join(CacheDir(t), "kafka-lib")
 	if _, err := os.Stat(lib); err != nil {
 		t.Fatalf("kafka jars missing at %s (run `make env`): %v", lib, err)
 	}
@@ -150,7 +150,7 @@ group.initial.rebalance.delay.ms=0
 // BACKWARD rule) and returns it and its Confluent-compatible URL.
 func OwnRegistry(t testing.TB) (*Service, string) {
 	t.Helper()
-	jar := filepath.Join(EnvDir(t), "registry", "registry.jar")
+	jar := filepath.Join(CacheDir(t), "registry.jar")
 	if _, err := os.Stat(jar); err != nil {
 		t.Fatalf("registry jar missing at %s (run `make env`): %v", jar, err)
 	}

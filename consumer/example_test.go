@@ -1,0 +1,98 @@
+package consumer_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log"
+	"os"
+	"os/signal"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/relaybox/relaybox/consumer"
+)
+
+// OrderCreated is an event payload; its Avro schema is derived from the avro tags.
+type OrderCreated struct {
+	OrderID  string `avro:"order_id"`
+	SKU      string `avro:"sku"`
+	Quantity int32  `avro:"quantity"`
+}
+
+// A consumer applying OrderCreated events to a stock table, exactly once per event.
+// (Needs Postgres, Kafka and a schema registry, so it is not run as a test.)
+func Example() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	pool, err := pgxpool.New(ctx, os.Getenv("DATABASE_URL"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	c, err := consumer.New(pool, &consumer.Config{
+		Group:       "inventory",
+		Topics:      []string{"orders"},
+		Brokers:     []string{"localhost:9092"},
+		RegistryURL: "http://localhost:8081",
+		MaxAttempts: 5,
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	consumer.Handle(c, "OrderCreated", func(ctx context.Context, tx pgx.Tx, ev consumer.Event[OrderCreated]) error {
+		tag, err := tx.Exec(ctx, `UPDATE stock SET reserved = reserved + $1 WHERE sku = $2`, ev.Value.Quantity, ev.Value.SKU)
+		if err != nil {
+			return err // retried, then dead-lettered
+		}
+		if tag.RowsAffected() == 0 {
+			return consumer.Permanent(fmt.Errorf("order %s: unknown sku %q", ev.Value.OrderID, ev.Value.SKU))
+		}
+		return nil
+	})
+	if err := c.Run(ctx); err != nil { // until Ctrl-C, then a graceful stop
+		log.Fatal(err)
+	}
+}
+
+// Permanent marks an error that retrying cannot fix: the record is dead-lettered at
+// once.
+func ExamplePermanent() {
+	err := fmt.Errorf("reserving stock: %w", consumer.Permanent(errors.New("unknown sku")))
+	fmt.Println(consumer.IsPermanent(err))
+	fmt.Println(consumer.IsPermanent(errors.New("connection reset")))
+	// Output:
+	// true
+	// false
+}
+
+// Records without a relaybox.event_id header are deduplicated by their position.
+func ExampleDefaultDedupKey() {
+	fmt.Println(consumer.DefaultDedupKey(&kgo.Record{Topic: "orders", Partition: 3, Offset: 1042}))
+	// Output: orders/3/1042
+}
+
+// Middleware wraps every handler, here to log failures.
+func ExampleConsumer_Use() {
+	c, err := consumer.New(nopPool, &consumer.Config{Group: "g", Topics: []string{"orders"},
+		Brokers: []string{"localhost:9092"}, RegistryURL: "http://localhost:8081"})
+	if err != nil {
+		log.Fatal(err)
+	}
+	c.Use(func(next consumer.Handler) consumer.Handler {
+		return consumer.HandlerFunc(func(ctx context.Context, tx pgx.Tx, m *consumer.Message) error {
+			err := next.Handle(ctx, tx, m)
+			if err != nil {
+				log.Printf("%s %s at %s/%d/%d: %v", m.Type, m.ID, m.Topic, m.Partition, m.Offset, err)
+			}
+			return err
+		})
+	})
+	c.HandleFunc("OrderCancelled", func(ctx context.Context, tx pgx.Tx, m *consumer.Message) error {
+		var v OrderCreated
+		return m.Decode(&v)
+	})
+	fmt.Println("registered")
+	// Output: registered
+}
