@@ -40,6 +40,7 @@ const (
 	DeadLetterUnknown
 )
 
+// String returns "skip" or "dead-letter".
 func (p UnknownPolicy) String() string {
 	switch p {
 	case SkipUnknown:

@@ -57,6 +57,7 @@ type DecodeError struct {
 	Err error
 }
 
+// Error says why, with the schema id when known.
 func (e *DecodeError) Error() string {
 	if e.Reason == ReasonMalformed {
 		return fmt.Sprintf("record undecodable (%s): %v", e.Reason, e.Err)
@@ -64,6 +65,7 @@ func (e *DecodeError) Error() string {
 	return fmt.Sprintf("record undecodable (%s, schema id %d): %v", e.Reason, e.SchemaID, e.Err)
 }
 
+// Unwrap returns Err.
 func (e *DecodeError) Unwrap() error { return e.Err }
 
 // decodeAPI bounds what a corrupt body can make the decoder allocate: 16 MiB for a

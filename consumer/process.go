@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
-	"strconv"
 	"time"
 
 	"github.com/hamba/avro/v2"
@@ -435,84 +434,3 @@ var errHandlerEndsTx = errors.New("consumer: a handler must not commit or roll b
 
 func (handlerTx) Commit(context.Context) error   { return errHandlerEndsTx }
 func (handlerTx) Rollback(context.Context) error { return errHandlerEndsTx }
-
-// Dead-letter headers, added to the record's own when it is produced to the
-// dead-letter topic (and removed again by [Redrive]).
-const (
-	// HeaderDLQError is the error text.
-	HeaderDLQError = "relaybox.dlq.error"
-	// HeaderDLQReason is the reason kind, one of the Reason* constants.
-	HeaderDLQReason = "relaybox.dlq.reason"
-	// HeaderDLQAttempts is how many times the handler ran ("0" if it never did).
-	HeaderDLQAttempts = "relaybox.dlq.attempts"
-	// HeaderDLQGroup is the consumer group that gave up.
-	HeaderDLQGroup = "relaybox.dlq.group"
-	// HeaderDLQTopic, HeaderDLQPartition and HeaderDLQOffset locate the original.
-	HeaderDLQTopic     = "relaybox.dlq.topic"
-	HeaderDLQPartition = "relaybox.dlq.partition"
-	HeaderDLQOffset    = "relaybox.dlq.offset"
-	// HeaderDLQTime is when it was dead-lettered, RFC 3339 (UTC).
-	HeaderDLQTime = "relaybox.dlq.time"
-)
-
-// HeaderDLQPrefix starts every dead-letter header.
-const HeaderDLQPrefix = "relaybox.dlq."
-
-// maxErrorHeader bounds the error text kept in a header.
-const maxErrorHeader = 4 << 10
-
-// deadLetterRecord is rec as it goes to the dead-letter topic.
-func (c *Consumer) deadLetterRecord(rec *kgo.Record, dl *deadLetter) *kgo.Record {
-	msg := dl.err.Error()
-	if len(msg) > maxErrorHeader {
-		msg = msg[:maxErrorHeader] + "…"
-	}
-	hs := make([]kgo.RecordHeader, 0, len(rec.Headers)+8)
-	for _, h := range rec.Headers {
-		if len(h.Key) < len(HeaderDLQPrefix) || h.Key[:len(HeaderDLQPrefix)] != HeaderDLQPrefix {
-			hs = append(hs, h)
-		}
-	}
-	add := func(k, v string) { hs = append(hs, kgo.RecordHeader{Key: k, Value: []byte(v)}) }
-	add(HeaderDLQError, msg)
-	add(HeaderDLQReason, dl.reason)
-	add(HeaderDLQAttempts, strconv.Itoa(dl.attempts))
-	add(HeaderDLQGroup, c.cfg.Group)
-	add(HeaderDLQTopic, rec.Topic)
-	add(HeaderDLQPartition, strconv.Itoa(int(rec.Partition)))
-	add(HeaderDLQOffset, strconv.FormatInt(rec.Offset, 10))
-	add(HeaderDLQTime, time.Now().UTC().Format(time.RFC3339Nano))
-	return &kgo.Record{Topic: c.cfg.DeadLetterTopic(rec.Topic), Key: rec.Key, Value: rec.Value, Headers: hs}
-}
-
-// deadLetter produces it to its dead-letter topic, retrying without limit: a
-// record is never dropped. It returns false if the partition was stopped first.
-// The event is not recorded in processed_events, so that a redrive applies it.
-func (p *partition) deadLetter(it *item, dl *deadLetter) bool {
-	c := p.c
-	out := c.deadLetterRecord(it.rec, dl)
-	for n := 1; ; n++ {
-		ctx, cancel := context.WithTimeout(p.stopCtx, 30*time.Second)
-		rec := *out // a fresh record per attempt: franz-go keeps the first attempt's context in it
-		err := p.kc.ProduceSync(ctx, &rec).FirstErr()
-		cancel()
-		if err == nil {
-			break
-		}
-		if p.stopped() {
-			return false
-		}
-		c.hookErr("kafka", err)
-		c.log.Warn("producing to the dead-letter topic failed; retrying (the partition waits)", "dlq_topic", out.Topic,
-			"topic", it.m.Topic, "partition", it.m.Partition, "offset", it.m.Offset, "err", err)
-		if !p.sleep(c.backoff(n)) {
-			return false
-		}
-	}
-	c.log.Warn("record dead-lettered", "dlq_topic", out.Topic, "topic", it.m.Topic, "partition", it.m.Partition,
-		"offset", it.m.Offset, "event_type", it.m.Type, "event_id", it.m.ID, "reason", dl.reason, "attempts", dl.attempts, "err", dl.err)
-	if h := c.cfg.Hooks.OnDeadLetter; h != nil {
-		h(it.m.Topic, it.m.Type, dl.reason)
-	}
-	return true
-}

@@ -4,8 +4,9 @@
 -- schema (default "relaybox") before running this file. With goose or golang-migrate,
 -- put search_path in the connection URL, e.g. ?search_path=relaybox.
 
--- Avro schemas referenced by outbox rows, stored once per fingerprint
--- (SHA-256 of the schema's Parsing Canonical Form).
+-- Avro schemas referenced by outbox rows, stored once per fingerprint: the SHA-256 of
+-- the schema text exactly as stored (full text, with defaults: the registry checks
+-- compatibility on it).
 CREATE TABLE schemas (
     fingerprint bytea       PRIMARY KEY CHECK (octet_length(fingerprint) = 32),
     schema      text        NOT NULL,

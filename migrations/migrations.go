@@ -12,7 +12,7 @@
 // # Usage
 //
 //	res, err := migrations.Migrate(ctx, pool, &migrations.Options{Schema: "relaybox"})
-//	// res.Applied lists the versions that ran.
+//	// res.Versions lists the versions that ran.
 package migrations
 
 import (

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"reflect"
 	"regexp"
+	"strings"
 	"sync"
 	"time"
 	"unicode/utf8"
@@ -318,7 +319,7 @@ func (w *Writer) schemaFor(e *Event) (*schemaInfo, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%w: Event.Schema does not parse: %v", ErrInvalidEvent, err)
 		}
-		si = newSchemaInfo(s)
+		si = newSchemaInfo(s, e.Schema)
 		w.mu.Lock()
 		w.parsed[e.Schema] = si
 		w.mu.Unlock()
@@ -336,13 +337,20 @@ func (w *Writer) schemaFor(e *Event) (*schemaInfo, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalidEvent, err)
 	}
-	si := newSchemaInfo(s)
+	text, err := avrotype.Text(st)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalidEvent, err)
+	}
+	si := newSchemaInfo(s, text)
 	typeSchemas.Store(t, si)
 	return si, nil
 }
 
-func newSchemaInfo(s avro.Schema) *schemaInfo {
-	text := s.String()
+// newSchemaInfo keeps the schema's full text (defaults, docs, logical types): that is
+// what the registry checks compatibility on. avro.Schema.String() is the Parsing
+// Canonical Form, which drops defaults, so it is not used here.
+func newSchemaInfo(s avro.Schema, text string) *schemaInfo {
+	text = strings.TrimSpace(text)
 	return &schemaInfo{schema: s, text: text, fingerprint: Fingerprint(text)}
 }
 

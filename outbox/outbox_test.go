@@ -483,3 +483,28 @@ func TestWrite_HeadersAreJSONObject(t *testing.T) {
 		t.Fatalf("headers %s %v", raw, err)
 	}
 }
+
+type WithOptional struct {
+	A string  `avro:"a"`
+	B *string `avro:"b"`
+}
+
+func TestWrite_StoresFullSchemaTextWithDefaults(t *testing.T) {
+	t.Parallel()
+	s := newSetup(t, nil)
+	ctx := context.Background()
+	if err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		return outbox.Publish(ctx, s.w, tx, "t", "k", "T", WithOptional{A: "x"})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	var text string
+	var fp []byte
+	s.pool.QueryRow(ctx, `SELECT schema, fingerprint FROM `+pgx.Identifier{s.schema, "schemas"}.Sanitize()).Scan(&text, &fp)
+	if !strings.Contains(text, `"default":null`) {
+		t.Fatalf("stored schema lost its default: %s", text)
+	}
+	if want := outbox.Fingerprint(text); string(fp) != string(want[:]) {
+		t.Fatal("fingerprint is not the SHA-256 of the stored text")
+	}
+}

@@ -2,6 +2,7 @@ package relay
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -25,6 +26,7 @@ type outboxRow struct {
 	fp                                          []byte
 	payload                                     []byte
 	headers                                     map[string]string
+	rawHeaders                                  []byte
 	occurred, created                           time.Time
 	corr, caus, source, traceparent, tracestate string
 }
@@ -272,15 +274,36 @@ func (r *Relay) read(ctx context.Context, shard int) ([]outboxRow, error) {
 	for rows.Next() {
 		var o outboxRow
 		if err := rows.Scan(&o.id, &o.eventID, &o.topic, &o.key, &o.typ, &o.aggType, &o.subject, &o.fp, &o.payload,
-			&o.headers, &o.occurred, &o.created, &o.corr, &o.caus, &o.source, &o.traceparent, &o.tracestate); err != nil {
+			&o.rawHeaders, &o.occurred, &o.created, &o.corr, &o.caus, &o.source, &o.traceparent, &o.tracestate); err != nil {
 			return nil, fmt.Errorf("reading shard %d: %w", shard, err)
 		}
+		o.headers = headerMap(o.rawHeaders)
 		out = append(out, o)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("reading shard %d: %w", shard, err)
 	}
 	return out, nil
+}
+
+// headerMap reads the headers column. Values should be strings; anything else a
+// plain-SQL writer put there is passed on as its JSON text rather than failing the
+// shard's read.
+func headerMap(raw []byte) map[string]string {
+	var m map[string]json.RawMessage
+	if json.Unmarshal(raw, &m) != nil {
+		return nil
+	}
+	out := make(map[string]string, len(m))
+	for k, v := range m {
+		var s string
+		if json.Unmarshal(v, &s) == nil {
+			out[k] = s
+		} else {
+			out[k] = string(v)
+		}
+	}
+	return out
 }
 
 func (r *Relay) loadSchemas(ctx context.Context, rows []outboxRow) error {

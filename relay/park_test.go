@@ -164,3 +164,55 @@ func TestRelay_AutoCreatesMissingTopicWhenConfigured(t *testing.T) {
 		t.Fatalf("parked %d with AutoCreateTopics", parked)
 	}
 }
+
+const seqV2Defaulted = `{"type":"record","name":"Seq","fields":[{"name":"key","type":"string"},{"name":"seq","type":"long"},{"name":"pad","type":"string"},{"name":"note","type":"string","default":"none"}]}`
+
+// A v2 that adds a field with a default is BACKWARD compatible: the stored and
+// registered schema text must keep the default, or the registry refuses it.
+func TestRelay_PublishesCompatibleSchemaEvolution(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	topic := testenv.Topic(t, 1)
+	reg := registry.New(e.registry, registry.Options{})
+	if err := reg.SetCompatibility(topic+"-value", "BACKWARD"); err != nil {
+		t.Fatal(err)
+	}
+	e.writeOne(t, topic, "k", 1, 0, seqV1)
+	ctx := context.Background()
+	if err := pgx.BeginFunc(ctx, e.pool, func(tx pgx.Tx) error {
+		return e.w.Write(ctx, tx, outbox.Event{Topic: topic, Key: "k", Type: "Seq", Schema: seqV2Defaulted,
+			Value: map[string]any{"key": "k", "seq": int64(2), "pad": "", "note": "v2"}})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	e.relay(t, nil)
+	got := readBack(t, topic, 2, 30*time.Second)
+	if got.distinct != 2 {
+		t.Fatalf("published %d of 2", got.distinct)
+	}
+	if _, parked := e.backlog(t); parked != 0 {
+		t.Fatalf("%d parked", parked)
+	}
+}
+
+// A plain-SQL writer's header with a non-string value neither fails the shard's read
+// nor is dropped: it travels as its JSON text.
+func TestRelay_NonStringHeaderFromPlainSQLDoesNotBlockShard(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	topic := testenv.Topic(t, 1)
+	ctx := context.Background()
+	sc := pgx.Identifier{e.schema}.Sanitize()
+	if _, err := e.pool.Exec(ctx, `INSERT INTO `+sc+`.schemas VALUES (sha256(convert_to($1, 'UTF8')), $1) ON CONFLICT DO NOTHING`, seqV1); err != nil {
+		t.Fatal(err)
+	}
+	e.writeOne(t, topic, "k", 1, 0, seqV1)
+	if _, err := e.pool.Exec(ctx, `UPDATE `+sc+`.outbox SET headers = '{"n": 1, "s": "x"}'`); err != nil {
+		t.Fatal(err)
+	}
+	e.relay(t, nil)
+	got := readBack(t, topic, 1, 20*time.Second)
+	if got.distinct != 1 || header(got.records[0], "n") != "1" || header(got.records[0], "s") != "x" {
+		t.Fatalf("distinct %d headers %v", got.distinct, got.records)
+	}
+}
