@@ -13,11 +13,12 @@ env:
 env-down:
 	@$(ENV) down
 
-## test: the project's test command (what .ci/run calls): env, vet, format check, all tests
+## test: the project's test command (what .ci/run calls): env, format check, vet, staticcheck, all tests
 test:
 	@exports="$$($(ENV) up)" && eval "$$exports" && echo "$$exports" && \
 	$(MAKE) --no-print-directory fmt-check && \
 	$(GO) vet ./... && \
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./... && \
 	RELAYBOX_REQUIRE_SERVICES=1 $(GO) test -timeout 25m ./...
 
 ## unit: tests without services (integration tests skip, naming the missing variable)
@@ -30,7 +31,7 @@ fmt-check:
 ## lint: go vet and staticcheck
 lint: fmt-check
 	$(GO) vet ./...
-	$(GO) run honnef.co/go/tools/cmd/staticcheck@2025.1.1 ./...
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
 
 build:
 	$(GO) build -o relaybox ./cmd/relaybox
