@@ -84,15 +84,18 @@ type Hooks struct {
 // are required.
 type Config struct {
 	// Group is the Kafka consumer group, and the consumer_group column of
-	// processed_events: two groups each apply every event once. Required.
+	// processed_events: two groups each apply every event once. A group without
+	// committed offsets starts at the beginning of its topics (set
+	// kgo.ConsumeResetOffset in KafkaOpts to start elsewhere). Required.
 	Group string
 	// Topics to consume. Required.
 	Topics []string
 	// Brokers are the Kafka seed brokers. Required unless KafkaOpts sets them.
 	Brokers []string
 	// KafkaOpts are appended to the consumer's franz-go options (TLS, SASL, fetch
-	// sizes, kgo.ConsumeResetOffset, ...). The group, topics, commit and rebalance
-	// options are the consumer's own; do not override them.
+	// sizes, kgo.ConsumeResetOffset, session timeouts, ...). The group, topics,
+	// commit and rebalance-callback options are the consumer's own; do not override
+	// them.
 	KafkaOpts []kgo.Opt
 
 	// RegistryURL is the schema registry's Confluent-compatible base URL, e.g.
@@ -108,8 +111,8 @@ type Config struct {
 
 	// Schema is the Postgres schema holding processed_events. Defaults to "relaybox".
 	Schema string
-	// Logger defaults to slog.Default(). franz-go logs through it at warn level and
-	// above, with component=kafka.
+	// Logger defaults to slog.Default(). franz-go logs through it too, with
+	// component=kafka.
 	Logger *slog.Logger
 
 	// MaxAttempts is how many times a handler runs for one record before the record

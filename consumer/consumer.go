@@ -100,6 +100,9 @@ func (c *Consumer) client() (*kgo.Client, error) {
 		kgo.OnPartitionsLost(c.lost),
 		kgo.WithLogger(kslog.New(cfg.Logger.With("component", "kafka", "group", cfg.Group))),
 		kgo.ClientID("relaybox-consumer"),
+		// A new group starts at the beginning (franz-go's default would skip all but
+		// the last minute of records).
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
 	}
 	if len(cfg.Brokers) > 0 {
 		opts = append(opts, kgo.SeedBrokers(cfg.Brokers...))
