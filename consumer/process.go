@@ -140,6 +140,10 @@ func isInfra(err error, tx pgx.Tx) bool {
 		switch pe.Code[:2] {
 		case "08", "53", "57": // connection exception, insufficient resources, operator intervention
 			return pe.Code != "57014" // query_canceled (statement timeout) is the handler's
+		case "40": // deadlock, serialization failure: a conflict between transactions, not
+			// the handler's logic; the whole transaction (in batch mode, the batch) is
+			// rolled back and retried, where retrying inside it would meet the same locks.
+			return true
 		}
 		return false
 	}
