@@ -38,3 +38,10 @@ build:
 
 demo:
 	$(GO) run ./cmd/relaybox demo
+
+FUZZTIME ?= 5m
+## fuzz: run every fuzz target for FUZZTIME each (default 5m)
+fuzz:
+	$(GO) test ./internal/wire -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./consumer -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./outbox -run '^$$' -fuzz '^FuzzValidate$$' -fuzztime $(FUZZTIME)

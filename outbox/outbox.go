@@ -241,6 +241,18 @@ func (w *Writer) Write(ctx context.Context, tx pgx.Tx, events ...Event) error {
 	return w.insert(ctx, tx, rows)
 }
 
+// Validate checks and encodes events exactly as Write does, without writing: it returns
+// the error Write would return for bad input, and nil where Write would proceed.
+func (w *Writer) Validate(events ...Event) error {
+	now := time.Now().UTC()
+	for i := range events {
+		if _, err := w.prepare(&events[i], now); err != nil {
+			return fmt.Errorf("outbox: event %d of %d: %w", i+1, len(events), err)
+		}
+	}
+	return nil
+}
+
 func (w *Writer) prepare(e *Event, now time.Time) (row, error) {
 	var r row
 	switch {

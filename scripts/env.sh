@@ -228,7 +228,7 @@ registry_up() {
 	log "starting Apicurio Registry on 127.0.0.1:$REGISTRY_PORT (global compatibility BACKWARD)"
 	nohup java -Xmx384m -Dquarkus.http.host=127.0.0.1 -Dquarkus.http.port="$REGISTRY_PORT" \
 		-Dregistry.rules.global.compatibility=BACKWARD \
-		-Dquarkus.datasource.jdbc.url="jdbc:h2:file:$rdir/data/registry" \
+		-Dquarkus.datasource.jdbc.url="jdbc:h2:file:$rdir/data/registry;LOCK_TIMEOUT=15000" \
 		-jar "$CACHE_DIR/registry.jar" >"$LOG_DIR/registry.log" 2>&1 </dev/null &
 	echo $! >"$rdir/registry.pid"
 	wait_port "$REGISTRY_PORT" 120 registry "$LOG_DIR/registry.log"

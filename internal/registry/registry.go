@@ -99,6 +99,26 @@ func IsNotFound(err error) bool {
 	return errors.As(err, &e) && (e.Code == 404 || e.Code/100 == 404)
 }
 
+// serverError reports whether err is a 5xx answer: the registry is up but failed
+// (Apicurio's H2 store times out on locks under concurrent registrations).
+func serverError(err error) bool {
+	var se srclient.Error
+	return errors.As(err, &se) && (se.Code >= 500 && se.Code < 600 || se.Code/100 >= 500 && se.Code/100 < 600)
+}
+
+// retry runs f up to three times while the registry answers 5xx.
+func retry[T any](f func() (T, error)) (T, error) {
+	var v T
+	var err error
+	for i := 0; i < 3; i++ {
+		if v, err = f(); err == nil || !serverError(err) {
+			return v, err
+		}
+		time.Sleep(time.Duration(i+1) * 250 * time.Millisecond)
+	}
+	return v, err
+}
+
 func classify(op, subject string, err error) error {
 	var se srclient.Error
 	if errors.As(err, &se) {
@@ -127,7 +147,7 @@ func (c *Client) ID(_ context.Context, subject, schema string, register bool) (i
 	// the same subject race inside some registries (Apicurio answers "already exists").
 	v, err, _ := c.flight.Do(fmt.Sprint(register)+k, func() (any, error) {
 		if register {
-			s, err := c.sr.CreateSchema(subject, schema, srclient.Avro)
+			s, err := retry(func() (*srclient.Schema, error) { return c.sr.CreateSchema(subject, schema, srclient.Avro) })
 			if err == nil {
 				return s.ID(), nil
 			}
@@ -138,7 +158,7 @@ func (c *Client) ID(_ context.Context, subject, schema string, register bool) (i
 			}
 			// Registered by a concurrent client: look it up.
 		}
-		s, err := c.sr.LookupSchema(subject, schema, srclient.Avro)
+		s, err := retry(func() (*srclient.Schema, error) { return c.sr.LookupSchema(subject, schema, srclient.Avro) })
 		if err != nil {
 			return 0, classify("lookup", subject, err)
 		}
@@ -162,7 +182,7 @@ func (c *Client) Schema(_ context.Context, id int) (avro.Schema, error) {
 	if ok {
 		return s, nil
 	}
-	got, err := c.sr.GetSchema(id)
+	got, err := retry(func() (*srclient.Schema, error) { return c.sr.GetSchema(id) })
 	if err != nil {
 		return nil, classify(fmt.Sprintf("get schema id %d", id), "", err)
 	}
