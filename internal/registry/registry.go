@@ -146,7 +146,15 @@ func (c *Client) ID(_ context.Context, subject, schema string, register bool) (i
 	// One call per subject and schema at a time: concurrent first registrations of
 	// the same subject race inside some registries (Apicurio answers "already exists").
 	v, err, _ := c.flight.Do(fmt.Sprint(register)+k, func() (any, error) {
-		if register {
+		if !register {
+			s, err := retry(func() (*srclient.Schema, error) { return c.sr.LookupSchema(subject, schema, srclient.Avro) })
+			if err != nil {
+				return 0, classify("lookup", subject, err)
+			}
+			return s.ID(), nil
+		}
+		var lerr error
+		for attempt := 0; attempt < 5; attempt++ {
 			s, err := retry(func() (*srclient.Schema, error) { return c.sr.CreateSchema(subject, schema, srclient.Avro) })
 			if err == nil {
 				return s.ID(), nil
@@ -156,13 +164,19 @@ func (c *Client) ID(_ context.Context, subject, schema string, register bool) (i
 			if !errors.As(cerr, &e) || !strings.Contains(e.Message, "already exists") {
 				return 0, cerr
 			}
-			// Registered by a concurrent client: look it up.
+			// Registered by a concurrent client: look it up. Apicurio can answer "already
+			// exists" before the artifact is visible to a lookup: then try again.
+			s, err = retry(func() (*srclient.Schema, error) { return c.sr.LookupSchema(subject, schema, srclient.Avro) })
+			if err == nil {
+				return s.ID(), nil
+			}
+			lerr = classify("lookup", subject, err)
+			if !IsNotFound(lerr) {
+				return 0, lerr
+			}
+			time.Sleep(time.Duration(attempt+1) * 200 * time.Millisecond)
 		}
-		s, err := retry(func() (*srclient.Schema, error) { return c.sr.LookupSchema(subject, schema, srclient.Avro) })
-		if err != nil {
-			return 0, classify("lookup", subject, err)
-		}
-		return s.ID(), nil
+		return 0, lerr
 	})
 	if err != nil {
 		return 0, err
