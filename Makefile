@@ -19,7 +19,7 @@ test:
 	$(MAKE) --no-print-directory fmt-check && \
 	$(GO) vet ./... && \
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./... && \
-	RELAYBOX_REQUIRE_SERVICES=1 $(GO) test -timeout 25m ./...
+	RELAYBOX_REQUIRE_SERVICES=1 $(GO) test -count=1 -timeout 25m ./...
 
 ## unit: tests without services (integration tests skip, naming the missing variable)
 unit:
