@@ -243,3 +243,14 @@ func (s *PGService) Stop(hard bool) {
 	_ = s.cmd("pg_ctl", "-D", s.dir+"/data", "-m", mode, "-w", "stop").Run()
 	s.running = false
 }
+
+// Pause freezes the process (SIGSTOP) for d, then resumes it: the service keeps its
+// state but answers nothing meanwhile.
+func (s *Service) Pause(d time.Duration) {
+	if s.cmd == nil || s.cmd.Process == nil {
+		return
+	}
+	_ = s.cmd.Process.Signal(syscall.SIGSTOP)
+	time.Sleep(d)
+	_ = s.cmd.Process.Signal(syscall.SIGCONT)
+}
