@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -314,47 +315,87 @@ func runChaos(t *testing.T, pl plan) {
 		}()
 	}
 
-	// Faults, at random moments over the writing period.
+	// Faults, at uniform random moments over the writing period, each in its own
+	// goroutine: faults on different targets overlap (Kafka down while a relay is a
+	// zombie...); faults on one target wait for each other.
 	rep := &Report{Seed: pl.seed, Keys: pl.keys, Faults: map[string]int{}, NotDone: []string{"slow_network (tc netem in a network namespace: not built yet)"}}
 	kinds := []string{"relay_kill", "relay_zombie", "consumer_kill", "kafka_kill", "postgres_restart", "registry_pause"}
 	writeFor := time.Duration(float64(pl.events) / float64(pl.rate) * float64(time.Second))
-	gap := writeFor / time.Duration(pl.faults+1)
 	writersDone := make(chan struct{})
 	go func() { wg.Wait(); close(writersDone) }()
-	for i := 0; i < pl.faults; i++ {
-		time.Sleep(gap/2 + time.Duration(rng.Int64N(int64(gap))))
-		kind := kinds[rng.IntN(len(kinds))]
-		switch kind {
-		case "relay_kill":
-			p := relays[rng.IntN(len(relays))]
-			p.kill()
-			time.Sleep(time.Duration(rng.IntN(2000)) * time.Millisecond)
-			p.start(t)
-		case "relay_zombie":
-			p := relays[rng.IntN(len(relays))]
-			p.signal(syscall.SIGSTOP)
-			time.Sleep(6 * time.Second) // past the 4s lease
-			p.signal(syscall.SIGCONT)
-		case "consumer_kill":
-			p := consumers[rng.IntN(len(consumers))]
-			p.kill()
-			time.Sleep(time.Duration(rng.IntN(2000)) * time.Millisecond)
-			p.start(t)
-		case "kafka_kill":
-			kafka.Stop(true)
-			time.Sleep(time.Duration(2000+rng.IntN(5000)) * time.Millisecond)
-			kafka.Start()
-		case "postgres_restart":
-			pg.Stop(rng.IntN(2) == 0)
-			time.Sleep(time.Duration(500+rng.IntN(2000)) * time.Millisecond)
-			pg.Start()
-		case "registry_pause":
-			reg.Pause(time.Duration(2000+rng.IntN(6000)) * time.Millisecond)
-		}
-		rep.Faults[kind]++
-		rep.FaultsTotal++
-		t.Logf("fault %d/%d: %s (written %d)", i+1, pl.faults, kind, written.Load())
+	type fault struct {
+		at     time.Duration
+		kind   string
+		target int
+		pause  time.Duration
+		hard   bool
 	}
+	faults := make([]fault, pl.faults)
+	for i := range faults {
+		faults[i] = fault{at: time.Duration(rng.Int64N(int64(writeFor * 9 / 10))), kind: kinds[rng.IntN(len(kinds))],
+			target: rng.IntN(3), pause: time.Duration(500+rng.IntN(4500)) * time.Millisecond, hard: rng.IntN(2) == 0}
+	}
+	slices.SortFunc(faults, func(a, b fault) int { return int(a.at - b.at) })
+	locks := map[string]*sync.Mutex{}
+	lock := func(name string) *sync.Mutex {
+		if locks[name] == nil {
+			locks[name] = &sync.Mutex{}
+		}
+		return locks[name]
+	}
+	var repMu sync.Mutex
+	var fwg sync.WaitGroup
+	begin := time.Now()
+	for i, f := range faults {
+		time.Sleep(time.Until(begin.Add(f.at)))
+		target := f.kind
+		switch f.kind {
+		case "relay_kill", "relay_zombie":
+			target = fmt.Sprintf("relay-%d", f.target%len(relays))
+		case "consumer_kill":
+			target = fmt.Sprintf("consumer-%d", f.target%len(consumers))
+		}
+		m := lock(target)
+		fwg.Add(1)
+		go func() {
+			defer fwg.Done()
+			m.Lock()
+			defer m.Unlock()
+			switch f.kind {
+			case "relay_kill":
+				p := relays[f.target%len(relays)]
+				p.kill()
+				time.Sleep(f.pause / 2)
+				p.start(t)
+			case "relay_zombie":
+				p := relays[f.target%len(relays)]
+				p.signal(syscall.SIGSTOP)
+				time.Sleep(5*time.Second + f.pause/2) // past the 4s lease
+				p.signal(syscall.SIGCONT)
+			case "consumer_kill":
+				p := consumers[f.target%len(consumers)]
+				p.kill()
+				time.Sleep(f.pause / 2)
+				p.start(t)
+			case "kafka_kill":
+				kafka.Stop(true)
+				time.Sleep(f.pause)
+				kafka.Start()
+			case "postgres_restart":
+				pg.Stop(f.hard)
+				time.Sleep(f.pause / 2)
+				pg.Start()
+			case "registry_pause":
+				reg.Pause(f.pause + 2*time.Second)
+			}
+			repMu.Lock()
+			rep.Faults[f.kind]++
+			rep.FaultsTotal++
+			repMu.Unlock()
+		}()
+		t.Logf("fault %d/%d at %s: %s %s (written %d)", i+1, pl.faults, f.at.Round(time.Millisecond), f.kind, target, written.Load())
+	}
+	fwg.Wait()
 	<-writersDone
 	rep.Events = written.Load()
 	t.Logf("writers done: %d events; draining", rep.Events)
