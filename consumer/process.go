@@ -324,6 +324,87 @@ const savepoint = "relaybox_record"
 // processed_events are sent together. A failed record rolls back to its savepoint,
 // which removes its processed_events row with its effects.
 func (p *partition) batchOnce(items []*item) (int, error) {
+	if n, ok, err := p.batchFast(items); ok || err != nil {
+		return n, err
+	}
+	return p.batchSavepoints(items)
+}
+
+// batchFast is the optimistic path of a batch: one statement records every event id
+// of the batch in processed_events (RETURNING the fresh ones), then the handlers of
+// the fresh records run without savepoints, and the batch commits. It gives up (ok
+// false, nothing committed) if a record needs the dead-letter path or a handler
+// fails: batchSavepoints then runs the batch record by record, with retries.
+func (p *partition) batchFast(items []*item) (int, bool, error) {
+	c := p.c
+	ctx := c.runCtx
+	for _, it := range items {
+		if it.dead != nil {
+			return 0, false, nil
+		}
+	}
+	tx, err := c.pool.Begin(ctx)
+	if err != nil {
+		return 0, false, fmt.Errorf("beginning transaction: %w", err)
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	fresh := map[string]bool{}
+	if c.cfg.DisableDedup {
+		for _, it := range items {
+			fresh[it.m.ID] = true
+		}
+	} else {
+		n := len(items)
+		ids, topics, parts, offs := make([]string, n), make([]string, n), make([]int32, n), make([]int64, n)
+		for i, it := range items {
+			ids[i], topics[i], parts[i], offs[i] = it.m.ID, it.m.Topic, it.m.Partition, it.m.Offset
+		}
+		rows, err := tx.Query(ctx, c.bulkInsertSQL, c.cfg.Group, ids, topics, parts, offs)
+		if err != nil {
+			return 0, false, fmt.Errorf("recording processed events: %w", err)
+		}
+		got, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			return 0, false, fmt.Errorf("recording processed events: %w", err)
+		}
+		for _, id := range got {
+			fresh[id] = true
+		}
+	}
+	var after []func()
+	for _, it := range items {
+		if p.stopped() {
+			return 0, false, nil
+		}
+		switch {
+		case !fresh[it.m.ID]: // seen before, or earlier in this batch
+			after = append(after, func() { p.hook(c.cfg.Hooks.OnDuplicate, it) })
+			continue
+		case it.skip:
+			delete(fresh, it.m.ID)
+			after = append(after, func() { p.hook(c.cfg.Hooks.OnSkipped, it) })
+			continue
+		}
+		delete(fresh, it.m.ID) // a later record with the same id is a duplicate
+		if herr := p.call(it.ctx, handlerTx{tx}, it); herr != nil {
+			if isInfra(herr, tx) {
+				return 0, false, herr
+			}
+			return 0, false, nil // the savepoint path retries and isolates it
+		}
+		after = append(after, func() { p.hook(c.cfg.Hooks.OnProcessed, it) })
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return 0, false, fmt.Errorf("committing batch: %w", err)
+	}
+	for _, h := range after {
+		h()
+	}
+	return len(items), true, nil
+}
+
+// batchSavepoints runs items in one transaction, each record under a savepoint.
+func (p *partition) batchSavepoints(items []*item) (int, error) {
 	c := p.c
 	ctx := c.runCtx
 	tx, err := c.pool.Begin(ctx)
