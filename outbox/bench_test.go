@@ -36,6 +36,21 @@ func BenchmarkBusinessTx(b *testing.B) {
 		}
 		return evs
 	}
+	// The floor: the same transaction with one more business INSERT instead of an event.
+	b.Run("events=0/two-rows", func(b *testing.B) {
+		for b.Loop() {
+			err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+				if _, err := tx.Exec(ctx, `INSERT INTO `+biz+` (customer, total) VALUES ($1, $2)`, "c-1", 42.5); err != nil {
+					return err
+				}
+				_, err := tx.Exec(ctx, `INSERT INTO `+biz+` (customer, total) VALUES ($1, $2)`, "c-2", 1.5)
+				return err
+			})
+			if err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 	for _, c := range []struct {
 		n      int
 		w      *outbox.Writer
