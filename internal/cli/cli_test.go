@@ -2,7 +2,9 @@ package cli
 
 import (
 	"bytes"
+	"log/slog"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/relaybox/relaybox/internal/testenv"
@@ -93,4 +95,20 @@ func TestBadEnvValueIsAnError(t *testing.T) {
 	if code != 1 || !strings.Contains(errs, "RELAYBOX_BATCH_SIZE") {
 		t.Fatalf("exit %d %q", code, errs)
 	}
+}
+
+type lockedWriter struct {
+	mu sync.Mutex
+	b  *strings.Builder
+}
+
+func (w *lockedWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.Write(p)
+}
+
+// newTestLogger logs everything, at debug level, into b (for secret checks).
+func newTestLogger(b *strings.Builder) *slog.Logger {
+	return slog.New(slog.NewJSONHandler(&lockedWriter{b: b}, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
