@@ -10,6 +10,7 @@ import (
 
 	"github.com/relaybox/relaybox/internal/registry"
 	"github.com/relaybox/relaybox/internal/testenv"
+	"github.com/relaybox/relaybox/migrations"
 	"github.com/relaybox/relaybox/outbox"
 	"github.com/relaybox/relaybox/relay"
 )
@@ -214,5 +215,29 @@ func TestRelay_NonStringHeaderFromPlainSQLDoesNotBlockShard(t *testing.T) {
 	got := readBack(t, topic, 1, 20*time.Second)
 	if got.distinct != 1 || header(got.records[0], "n") != "1" || header(got.records[0], "s") != "x" {
 		t.Fatalf("distinct %d headers %v", got.distinct, got.records)
+	}
+}
+
+// A configured schema name that tries SQL injection is quoted everywhere: migrations,
+// writer, relay and status all work inside the oddly named schema.
+func TestRelay_HostileSchemaNameIsQuotedEndToEnd(t *testing.T) {
+	t.Parallel()
+	pool := testenv.Pool(t)
+	schema := `r"; DROP TABLE pg_catalog.pg_class; --` + testenv.Name(t, "")
+	ctx := context.Background()
+	t.Cleanup(func() { pool.Exec(ctx, "DROP SCHEMA IF EXISTS "+pgx.Identifier{schema}.Sanitize()+" CASCADE") })
+	if _, err := migrations.Migrate(ctx, pool, &migrations.Options{Schema: schema}); err != nil {
+		t.Fatal(err)
+	}
+	w, _ := outbox.New(pool, &outbox.Config{Schema: schema, Channel: `c"; NOTIFY x; --`})
+	e := &env{pool: pool, schema: schema, w: w, brokers: testenv.Brokers(t), registry: testenv.RegistryURL(t)}
+	topic := testenv.Topic(t, 1)
+	e.writeOne(t, topic, "k", 1, 0, "")
+	e.relay(t, func(c *relay.Config) { c.Channel = `c"; NOTIFY x; --` })
+	if got := readBack(t, topic, 1, 20*time.Second); got.distinct != 1 {
+		t.Fatal("event not published from the hostile-named schema")
+	}
+	if _, err := relay.ReadStatus(ctx, pool, schema); err != nil {
+		t.Fatal(err)
 	}
 }
