@@ -138,8 +138,22 @@ func (c *Consumer) Run(ctx context.Context) error {
 		c.routes[t] = r
 	}
 	c.mu.Unlock()
-	if err := migrations.Check(ctx, c.pool, c.cfg.Schema); err != nil {
-		return fmt.Errorf("consumer: %w", err)
+	// Postgres unreachable at start (a restart, a failover): wait for it, as for any
+	// later outage. A schema that is not migrated is a configuration error: return it.
+	for attempt := 1; ; attempt++ {
+		err := migrations.Check(ctx, c.pool, c.cfg.Schema)
+		if err == nil {
+			break
+		}
+		if errors.Is(err, migrations.ErrNotMigrated) || ctx.Err() != nil {
+			return fmt.Errorf("consumer: %w", err)
+		}
+		c.log.Warn("waiting for postgres", "err", err)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(c.backoff(attempt)):
+		}
 	}
 	c.runCtx = context.WithoutCancel(ctx)
 	kc, err := c.client()

@@ -172,8 +172,21 @@ func (r *Relay) Check(ctx context.Context) error {
 // Run publishes until ctx is cancelled, then drains the batches in flight, releases
 // its leases and returns. It returns an error only if it cannot start.
 func (r *Relay) Run(ctx context.Context) error {
-	if err := migrations.Check(ctx, r.pool, r.cfg.Schema); err != nil {
-		return err
+	// Postgres unreachable at start: wait for it (readiness stays false). A schema that
+	// is not migrated is a configuration error: return it.
+	for attempt := 1; ; attempt++ {
+		err := migrations.Check(ctx, r.pool, r.cfg.Schema)
+		if err == nil {
+			break
+		}
+		if errors.Is(err, migrations.ErrNotMigrated) || ctx.Err() != nil {
+			return err
+		}
+		r.log.Warn("waiting for postgres", "err", err)
+		sleep(ctx, r.backoff(attempt))
+		if ctx.Err() != nil {
+			return nil
+		}
 	}
 	r.healthMu.Lock()
 	r.running = true

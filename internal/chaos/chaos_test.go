@@ -97,8 +97,10 @@ type Report struct {
 	DuplicatesOnTopic int64          `json:"duplicates_on_topic"`
 	Parked            int64          `json:"parked"`
 	DeadLettered      int64          `json:"dead_lettered"`
-	NotDone           []string       `json:"faults_not_injected,omitempty"`
-	Seconds           float64        `json:"seconds"`
+	// SelfExits counts processes that exited by themselves and were restarted.
+	SelfExits map[string]int64 `json:"self_exits"`
+	NotDone   []string         `json:"faults_not_injected,omitempty"`
+	Seconds   float64          `json:"seconds"`
 }
 
 type plan struct {
@@ -144,25 +146,50 @@ type process struct {
 	mu   sync.Mutex
 	cmd  *exec.Cmd
 	done chan struct{}
+	hold bool // a fault or the end of the run owns it: the supervisor keeps off
+	// exits counts the times it exited by itself and was restarted by the supervisor.
+	exits atomic.Int64
 }
 
 func (p *process) start(t *testing.T) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.startLocked(t)
+	p.hold = false
+}
+
+func (p *process) startLocked(t *testing.T) {
 	f, err := os.OpenFile(p.log, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
 	if err != nil {
-		t.Fatal(err)
+		t.Error(err)
+		return
 	}
 	p.cmd = exec.Command(p.args[0], p.args[1:]...)
 	p.cmd.Env = append(os.Environ(), p.env...)
 	p.cmd.Stdout, p.cmd.Stderr = f, f
 	if err := p.cmd.Start(); err != nil {
-		t.Fatalf("starting %s: %v", p.name, err)
+		t.Errorf("starting %s: %v", p.name, err)
+		return
 	}
 	done := make(chan struct{})
 	p.done = done
 	cmd := p.cmd
 	go func() { cmd.Wait(); f.Close(); close(done) }()
+}
+
+// supervise restarts the process when it exits by itself (as a service manager would).
+func (p *process) supervise(t *testing.T) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.hold || p.done == nil {
+		return
+	}
+	select {
+	case <-p.done:
+		p.exits.Add(1)
+		p.startLocked(t)
+	default:
+	}
 }
 
 func (p *process) signal(sig syscall.Signal) {
@@ -174,10 +201,13 @@ func (p *process) signal(sig syscall.Signal) {
 }
 
 func (p *process) kill() {
-	p.signal(syscall.SIGCONT)
-	p.signal(syscall.SIGKILL)
 	p.mu.Lock()
+	p.hold = true
 	d := p.done
+	if p.cmd != nil && p.cmd.Process != nil {
+		_ = p.cmd.Process.Signal(syscall.SIGCONT)
+		_ = p.cmd.Process.Signal(syscall.SIGKILL)
+	}
 	p.mu.Unlock()
 	if d != nil {
 		<-d
@@ -185,10 +215,13 @@ func (p *process) kill() {
 }
 
 func (p *process) stop() {
-	p.signal(syscall.SIGCONT)
-	p.signal(syscall.SIGTERM)
 	p.mu.Lock()
+	p.hold = true
 	d := p.done
+	if p.cmd != nil && p.cmd.Process != nil {
+		_ = p.cmd.Process.Signal(syscall.SIGCONT)
+		_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	}
 	p.mu.Unlock()
 	if d == nil {
 		return
@@ -250,10 +283,27 @@ func runChaos(t *testing.T, pl plan) {
 			args: []string{self, "-test.run", "^$"},
 			env:  []string{"CHAOS_CHILD=consumer", "CHAOS_DB=" + dbURL, "CHAOS_BROKERS=" + brokers, "CHAOS_REGISTRY=" + regURL}})
 	}
-	for _, p := range append(append([]*process{}, relays...), consumers...) {
+	all := append(append([]*process{}, relays...), consumers...)
+	for _, p := range all {
 		p.start(t)
 		defer p.stop()
 	}
+	supervising := make(chan struct{})
+	defer close(supervising)
+	go func() {
+		tick := time.NewTicker(500 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-supervising:
+				return
+			case <-tick.C:
+				for _, p := range all {
+					p.supervise(t)
+				}
+			}
+		}
+	}()
 	defer func() {
 		if t.Failed() {
 			for _, p := range append(append([]*process{}, relays...), consumers...) {
@@ -444,6 +494,12 @@ func runChaos(t *testing.T, pl plan) {
 	dlq, _, _ := readTopic(t, brokers, regURL, topic+".dlq")
 	rep.DeadLettered = int64(len(dlq))
 	rep.Seconds = time.Since(start).Round(time.Second).Seconds()
+	rep.SelfExits = map[string]int64{}
+	for _, p := range all {
+		if n := p.exits.Load(); n > 0 {
+			rep.SelfExits[p.name] = n
+		}
+	}
 
 	b, _ := json.MarshalIndent(rep, "", "  ")
 	t.Logf("chaos report:\n%s", b)
