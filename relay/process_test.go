@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,6 +17,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/relaybox/relaybox/internal/testenv"
 	"github.com/relaybox/relaybox/outbox"
@@ -279,5 +282,52 @@ func TestRelay_KilledAndPausedReplicasLoseNothingAndZombieStartsNoBatch(t *testi
 		if !balanced(e.owners(t), 2) {
 			t.Errorf("r1 and r2 did not rebalance: %v", e.owners(t))
 		}
+	}
+}
+
+// Regression (found by the chaos run): a relay process started while Kafka is down used
+// to exit. It must wait, unready, and publish once Kafka is back.
+func TestRelayProcess_StartedDuringKafkaOutageWaitsThenPublishes(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	kafka, brokers := testenv.OwnKafka(t)
+	cl := testenv.Client(t, kgo.SeedBrokers(brokers))
+	if _, err := kadm.NewClient(cl).CreateTopic(context.Background(), 1, 1, nil, "waits"); err != nil {
+		t.Fatal(err)
+	}
+	kafka.Stop(true)
+	e.writeOne(t, "waits", "k", 1, 0, "")
+	port := testenv.FreePort(t)
+	p := e.startRelayProcess(t, "waiter", "--brokers", brokers, "--metrics-addr", fmt.Sprintf("127.0.0.1:%d", port))
+	exited := make(chan struct{})
+	go func() { p.cmd.Process.Wait(); close(exited) }()
+	readyz := func() int {
+		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/readyz", port))
+		if err != nil {
+			return 0
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	time.Sleep(4 * time.Second)
+	select {
+	case <-exited:
+		t.Fatal("relay exited while Kafka was down")
+	default:
+	}
+	if code := readyz(); code != http.StatusServiceUnavailable {
+		t.Fatalf("/readyz = %d while Kafka is down, want 503", code)
+	}
+	kafka.Start()
+	got := readBackFrom(t, brokers, e.registry, []string{"waits"}, 1, 60*time.Second)
+	if got.distinct != 1 {
+		t.Fatal("event not published after Kafka came back")
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for readyz() != http.StatusOK && time.Now().Before(deadline) {
+		time.Sleep(200 * time.Millisecond)
+	}
+	if code := readyz(); code != http.StatusOK {
+		t.Fatalf("/readyz = %d after Kafka came back", code)
 	}
 }
