@@ -212,6 +212,12 @@ func (c *common) logger(w io.Writer) (*slog.Logger, error) {
 }
 
 func (c *common) pool(ctx context.Context, maxConns int32) (*pgxpool.Pool, error) {
+	return c.poolPing(ctx, maxConns, true)
+}
+
+// poolPing builds the pool; with ping it fails at once when Postgres does not answer
+// (one-shot commands), without it the pool connects lazily (daemons that wait).
+func (c *common) poolPing(ctx context.Context, maxConns int32, ping bool) (*pgxpool.Pool, error) {
 	if c.databaseURL == "" {
 		return nil, errors.New("no database: set DATABASE_URL or --database-url")
 	}
@@ -225,7 +231,7 @@ func (c *common) pool(ctx context.Context, maxConns int32) (*pgxpool.Pool, error
 	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	pool, err := pgxpool.NewWithConfig(pctx, cfg)
-	if err == nil {
+	if err == nil && ping {
 		err = pool.Ping(pctx)
 	}
 	if err != nil {

@@ -146,7 +146,8 @@ func runRelay(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	pool, err := o.pool(ctx, int32(o.poolSize))
+	// --check fails at once if Postgres does not answer; the daemon waits for it below.
+	pool, err := o.poolPing(ctx, int32(o.poolSize), o.checkOnly)
 	if err != nil {
 		return err
 	}
