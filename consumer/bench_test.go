@@ -37,7 +37,7 @@ func BenchmarkConsumer(b *testing.B) {
 	for _, mode := range []struct {
 		name         string
 		batch, nodup bool
-	}{{"batch", true, false}, {"per-record", false, false}, {"no-dedup", false, true}} {
+	}{{"batch", true, false}, {"batch-no-dedup", true, true}, {"per-record", false, false}, {"no-dedup", false, true}} {
 		b.Run(mode.name, func(b *testing.B) {
 			var busy time.Duration
 			for b.Loop() {

@@ -103,6 +103,10 @@ func (c *Consumer) client() (*kgo.Client, error) {
 		kgo.OnPartitionsLost(c.lost),
 		kgo.WithLogger(kslog.New(cfg.Logger.With("component", "kafka", "group", cfg.Group))),
 		kgo.ClientID("relaybox-consumer"),
+		// Partitions are paused and resumed for back-pressure; a resumed partition waits
+		// for the fetch in flight, which the broker may hold for FetchMaxWait when the
+		// other partitions have nothing new. franz-go's 5s default stalls the pipeline.
+		kgo.FetchMaxWait(250 * time.Millisecond),
 		// A new group starts at the beginning (franz-go's default would skip all but
 		// the last minute of records).
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),

@@ -164,31 +164,37 @@ func (p *partition) call(ctx context.Context, tx pgx.Tx, it *item) (err error) {
 	return it.route.h.Handle(ctx, tx, it.m)
 }
 
-// dedup records the event in processed_events inside tx; false means it was
-// already there (a duplicate).
-func (p *partition) dedup(ctx context.Context, tx pgx.Tx, m *Message) (bool, error) {
-	if p.c.cfg.DisableDedup {
-		return true, nil
-	}
-	tag, err := tx.Exec(ctx, p.c.insertSQL, p.c.cfg.Group, m.ID, m.Topic, m.Partition, m.Offset)
-	if err != nil {
-		return false, fmt.Errorf("recording event in processed_events: %w", err)
-	}
-	return tag.RowsAffected() == 1, nil
-}
 
 // attempt runs one transaction for it: dedup, handler, commit. herr is the
 // handler's failure (counted against MaxAttempts), err an infrastructure failure.
 func (p *partition) attempt(it *item) (dup bool, herr, err error) {
 	ctx := it.ctx
-	tx, err := p.c.pool.Begin(ctx)
+	pc, err := p.c.pool.Acquire(ctx)
 	if err != nil {
 		return false, nil, fmt.Errorf("beginning transaction: %w", err)
 	}
+	defer pc.Release()
+	// BEGIN and the processed_events insert in one round trip.
+	b := &pgx.Batch{}
+	b.Queue("begin")
+	if !p.c.cfg.DisableDedup {
+		b.Queue(p.c.insertSQL, p.c.cfg.Group, it.m.ID, it.m.Topic, it.m.Partition, it.m.Offset)
+	}
+	br := pc.Conn().SendBatch(ctx, b)
+	_, err = br.Exec()
+	fresh := true
+	if err == nil && !p.c.cfg.DisableDedup {
+		var tag pgconn.CommandTag
+		tag, err = br.Exec()
+		fresh = tag.RowsAffected() == 1
+	}
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	tx := &connTx{conn: pc.Conn()}
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
-	fresh, err := p.dedup(ctx, tx, it.m)
 	if err != nil {
-		return false, nil, err
+		return false, nil, fmt.Errorf("recording the event in processed_events: %w", err)
 	}
 	if !fresh {
 		return true, nil, nil
