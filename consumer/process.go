@@ -164,7 +164,6 @@ func (p *partition) call(ctx context.Context, tx pgx.Tx, it *item) (err error) {
 	return it.route.h.Handle(ctx, tx, it.m)
 }
 
-
 // attempt runs one transaction for it: dedup, handler, commit. herr is the
 // handler's failure (counted against MaxAttempts), err an infrastructure failure.
 func (p *partition) attempt(it *item) (dup bool, herr, err error) {
