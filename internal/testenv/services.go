@@ -104,17 +104,37 @@ func tail(s string, n int) string {
 // `make env` resolved. It returns the service and its bootstrap address.
 func OwnKafka(t testing.TB) (*Service, string) {
 	t.Helper()
+	s, addr, _ := ownKafka(t, false)
+	return s, addr
+}
+
+// OwnKafkaBehindProxy is OwnKafka with every client connection going through a
+// DelayProxy: the broker advertises the proxy's port, so slowing the proxy slows the
+// network between clients and the broker.
+func OwnKafkaBehindProxy(t testing.TB) (*Service, string, *DelayProxy) {
+	t.Helper()
+	return ownKafka(t, true)
+}
+
+func ownKafka(t testing.TB, proxied bool) (*Service, string, *DelayProxy) {
+	t.Helper()
 	lib := filepath.Join(CacheDir(t), "kafka-lib")
 	if _, err := os.Stat(lib); err != nil {
 		t.Fatalf("kafka jars missing at %s (run `make env`): %v", lib, err)
 	}
 	dir := t.TempDir()
 	port, cport := FreePort(t), FreePort(t)
+	advertised := port
+	var proxy *DelayProxy
+	if proxied {
+		proxy = NewDelayProxy(t, fmt.Sprintf("127.0.0.1:%d", port))
+		advertised = proxy.Port
+	}
 	props := fmt.Sprintf(`process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers=127.0.0.1:%[2]d
 listeners=PLAINTEXT://127.0.0.1:%[1]d,CONTROLLER://127.0.0.1:%[2]d
-advertised.listeners=PLAINTEXT://127.0.0.1:%[1]d,CONTROLLER://127.0.0.1:%[2]d
+advertised.listeners=PLAINTEXT://127.0.0.1:%[4]d,CONTROLLER://127.0.0.1:%[2]d
 inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
 listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
@@ -128,7 +148,7 @@ transaction.state.log.min.isr=1
 share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
-`, port, cport, dir)
+`, port, cport, dir, advertised)
 	propsPath := filepath.Join(dir, "server.properties")
 	if err := os.WriteFile(propsPath, []byte(props), 0o644); err != nil {
 		t.Fatal(err)
@@ -143,7 +163,7 @@ group.initial.rebalance.delay.ms=0
 		ready: func() bool { return portOpen(port) }}
 	s.Start()
 	t.Cleanup(func() { s.Stop(true) })
-	return s, fmt.Sprintf("127.0.0.1:%d", port)
+	return s, fmt.Sprintf("127.0.0.1:%d", advertised), proxy
 }
 
 // OwnRegistry starts an Apicurio Registry for this test only (file storage, global
