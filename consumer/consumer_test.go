@@ -723,3 +723,27 @@ func TestConsumer_RecordWithoutEnvelopeIsRoutedBySchemaNameAndDedupedByOffset(t 
 		t.Errorf("ids %v types %v; want ids %v (topic/partition/offset) and type Seq (the schema's name)", ids, types, want)
 	}
 }
+
+// A hostile event id header (NUL byte, invalid UTF-8, oversized) is dead-lettered as
+// malformed; it does not stall the partition on the processed_events insert.
+func TestConsumer_HostileEventIDIsDeadLetteredNotRetriedForever(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	topic := e.topic(t, 1) // and its .dlq
+	id, s := e.schemaID(t, topic+"-value", schemaText[Seq](t))
+	produce(t,
+		record(t, topic, id, s, "k", "bad\x00id", "Seq", Seq{Key: "k", Seq: 1}),
+		record(t, topic, id, s, "k", "\xff\xfe", "Seq", Seq{Key: "k", Seq: 2}),
+		record(t, topic, id, s, "k", strings.Repeat("x", 600), "Seq", Seq{Key: "k", Seq: 3}),
+		record(t, topic, id, s, "k", "good-1", "Seq", Seq{Key: "k", Seq: 4}),
+	)
+	var n counters
+	cfg := e.config(t, topic)
+	cfg.Hooks = n.hooks()
+	c := e.newConsumer(t, cfg)
+	consumer.Handle(c, "Seq", e.applySeq("hostile", nil))
+	run(t, c)
+	waitFor(t, 30*time.Second, "3 dead-lettered and the good record applied", func() bool {
+		return n.dead.Load() == 3 && n.processed.Load() == 1
+	})
+}

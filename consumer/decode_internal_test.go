@@ -4,8 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/twmb/franz-go/pkg/kgo"
 	"reflect"
+	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/hamba/avro/v2"
 
@@ -111,6 +114,25 @@ func FuzzDecode(f *testing.F) {
 		v, err := d.decode(context.Background(), b, typ)
 		if (v == nil) == (err == nil) {
 			t.Fatalf("decode returned value %v and error %v", v, err)
+		}
+	})
+}
+
+// FuzzMessageHeaders: arbitrary header names and values never panic the envelope
+// parsing, and an event id that passes checkEventID is one Postgres text can hold.
+func FuzzMessageHeaders(f *testing.F) {
+	c := &Consumer{cfg: &Config{DedupKey: DefaultDedupKey}}
+	f.Add("relaybox.event_id", "01900000-0000-7000-8000-000000000000", "relaybox.occurred_at", "2026-01-02T03:04:05Z")
+	f.Add("relaybox.event_id", "bad\x00id", "traceparent", "00-zz")
+	f.Add("relaybox.event_id", "\xff\xfe", "relaybox.occurred_at", "not a time")
+	f.Fuzz(func(t *testing.T, k1, v1, k2, v2 string) {
+		rec := &kgo.Record{Topic: "t", Headers: []kgo.RecordHeader{{Key: k1, Value: []byte(v1)}, {Key: k2, Value: []byte(v2)}}}
+		m := c.message(rec)
+		if m.ID == "" {
+			t.Fatal("empty event id: the dedup key must fall back to topic/partition/offset")
+		}
+		if checkEventID(m.ID) == nil && (!utf8.ValidString(m.ID) || strings.ContainsRune(m.ID, 0)) {
+			t.Fatalf("checkEventID accepted %q", m.ID)
 		}
 	})
 }

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/hamba/avro/v2"
 	"github.com/jackc/pgx/v5"
@@ -63,6 +65,12 @@ func (p *partition) prepare(rec *kgo.Record) (*item, bool) {
 	c := p.c
 	m := c.message(rec)
 	it := &item{rec: rec, m: m, ctx: c.prop.Extract(c.runCtx, propagation.MapCarrier(m.Headers))}
+	if err := checkEventID(m.ID); err != nil {
+		// It would fail the processed_events insert on every attempt and stall the
+		// partition: dead-letter it instead.
+		it.dead = &deadLetter{reason: ReasonMalformed, err: err}
+		return it, true
+	}
 	id, body, err := frame(rec.Value)
 	if err != nil {
 		it.dead = &deadLetter{reason: ReasonMalformed, err: err}
@@ -524,3 +532,20 @@ var errHandlerEndsTx = errors.New("consumer: a handler must not commit or roll b
 
 func (handlerTx) Commit(context.Context) error   { return errHandlerEndsTx }
 func (handlerTx) Rollback(context.Context) error { return errHandlerEndsTx }
+
+// maxEventIDBytes bounds an event id taken from a record header.
+const maxEventIDBytes = 512
+
+// checkEventID refuses event ids Postgres text cannot hold (NUL, invalid UTF-8) or
+// too long to be an id.
+func checkEventID(id string) error {
+	switch {
+	case len(id) > maxEventIDBytes:
+		return fmt.Errorf("event id header is %d bytes, limit %d", len(id), maxEventIDBytes)
+	case !utf8.ValidString(id):
+		return errors.New("event id header is not valid UTF-8")
+	case strings.IndexByte(id, 0) >= 0:
+		return errors.New("event id header contains a NUL byte")
+	}
+	return nil
+}
