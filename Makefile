@@ -52,3 +52,5 @@ chaos:
 	@mkdir -p $(dir $(CHAOS_OUT))
 	@exports="$$($(ENV) up)" && eval "$$exports" && \
 	CHAOS=1 CHAOS_OUT=$(CHAOS_OUT) $(GO) test -count=1 -run '^TestChaos$$' -v -timeout 90m ./internal/chaos
+	$(GO) test ./consumer -run '^$$' -fuzz '^FuzzMessageHeaders$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./internal/cli -run '^$$' -fuzz '^FuzzRelayConfig$$' -fuzztime $(FUZZTIME)
