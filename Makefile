@@ -45,6 +45,8 @@ fuzz:
 	$(GO) test ./internal/wire -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./consumer -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./outbox -run '^$$' -fuzz '^FuzzValidate$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./consumer -run '^$$' -fuzz '^FuzzMessageHeaders$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./internal/cli -run '^$$' -fuzz '^FuzzRelayConfig$$' -fuzztime $(FUZZTIME)
 
 CHAOS_OUT ?= $(CURDIR)/bench-out/chaos-report.json
 ## chaos: the long fault run (CHAOS_EVENTS=200000 CHAOS_FAULTS=60 CHAOS_SEED=...); report in CHAOS_OUT
@@ -52,5 +54,3 @@ chaos:
 	@mkdir -p $(dir $(CHAOS_OUT))
 	@exports="$$($(ENV) up)" && eval "$$exports" && \
 	CHAOS=1 CHAOS_OUT=$(CHAOS_OUT) $(GO) test -count=1 -run '^TestChaos$$' -v -timeout 90m ./internal/chaos
-	$(GO) test ./consumer -run '^$$' -fuzz '^FuzzMessageHeaders$$' -fuzztime $(FUZZTIME)
-	$(GO) test ./internal/cli -run '^$$' -fuzz '^FuzzRelayConfig$$' -fuzztime $(FUZZTIME)
