@@ -735,6 +735,9 @@ func TestConsumer_HostileEventIDIsDeadLetteredNotRetriedForever(t *testing.T) {
 		record(t, topic, id, s, "k", "bad\x00id", "Seq", Seq{Key: "k", Seq: 1}),
 		record(t, topic, id, s, "k", "\xff\xfe", "Seq", Seq{Key: "k", Seq: 2}),
 		record(t, topic, id, s, "k", strings.Repeat("x", 600), "Seq", Seq{Key: "k", Seq: 3}),
+		// an oversized record of garbage with hostile header values
+		&kgo.Record{Topic: topic, Key: []byte("k"), Value: bytes.Repeat([]byte{0xff}, 900<<10),
+			Headers: []kgo.RecordHeader{{Key: "relaybox.event_type", Value: []byte("Seq\r\nX-Injected: 1")}, {Key: "", Value: []byte{0}}}},
 		record(t, topic, id, s, "k", "good-1", "Seq", Seq{Key: "k", Seq: 4}),
 	)
 	var n counters
@@ -743,7 +746,7 @@ func TestConsumer_HostileEventIDIsDeadLetteredNotRetriedForever(t *testing.T) {
 	c := e.newConsumer(t, cfg)
 	consumer.Handle(c, "Seq", e.applySeq("hostile", nil))
 	run(t, c)
-	waitFor(t, 30*time.Second, "3 dead-lettered and the good record applied", func() bool {
-		return n.dead.Load() == 3 && n.processed.Load() == 1
+	waitFor(t, 30*time.Second, "4 dead-lettered and the good record applied", func() bool {
+		return n.dead.Load() == 4 && n.processed.Load() == 1
 	})
 }
