@@ -18,6 +18,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/relaybox/relaybox/consumer"
+	"github.com/relaybox/relaybox/internal/testenv"
 )
 
 // A child is a consumer in another process (this test binary, re-executed), so a
@@ -98,7 +99,7 @@ func startChild(t *testing.T, s childSpec) *child {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), childEnv+"="+s.String())
-	cmd.Stderr = testWriter{t}
+	cmd.Stderr = testenv.Writer(t)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"os"
 	"reflect"
 	"sync"
 	"sync/atomic"
@@ -68,16 +67,7 @@ func (e *env) topic(t testing.TB, partitions int32) string {
 	return name
 }
 
-func testLogger(t testing.TB) *slog.Logger {
-	if os.Getenv("RELAYBOX_TEST_LOG") == "1" {
-		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
-	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
-}
-
-type testWriter struct{ t testing.TB }
-
-func (w testWriter) Write(p []byte) (int, error) { w.t.Log(string(p)); return len(p), nil }
+func testLogger(t testing.TB) *slog.Logger { return testenv.Logger(t) }
 
 // config is a consumer config for the test: its schema, a fresh group, from the
 // start of the topics, fast retries.

@@ -170,23 +170,25 @@ func (r *Relay) Check(ctx context.Context) error {
 }
 
 // Run publishes until ctx is cancelled, then drains the batches in flight, releases
-// its leases and returns. It returns an error only if it cannot start.
+// its leases and returns. It first waits for Postgres, Kafka and the registry to
+// answer; it returns an error only if the schema is not migrated.
 func (r *Relay) Run(ctx context.Context) error {
-	// Postgres unreachable at start: wait for it (readiness stays false). A schema that
-	// is not migrated is a configuration error: return it.
+	// A dependency that does not answer at start (a restart during an outage) is waited
+	// for, readiness false meanwhile. A schema that is not migrated is a configuration
+	// error: return it.
 	for attempt := 1; ; attempt++ {
-		err := migrations.Check(ctx, r.pool, r.cfg.Schema)
+		err := r.Check(ctx)
 		if err == nil {
 			break
 		}
-		if errors.Is(err, migrations.ErrNotMigrated) || ctx.Err() != nil {
+		if errors.Is(err, migrations.ErrNotMigrated) {
 			return err
 		}
-		r.log.Warn("waiting for postgres", "err", err)
-		sleep(ctx, r.backoff(attempt))
 		if ctx.Err() != nil {
 			return nil
 		}
+		r.log.Warn("waiting for dependencies", "err", err)
+		sleep(ctx, r.backoff(attempt))
 	}
 	r.healthMu.Lock()
 	r.running = true

