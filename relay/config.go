@@ -73,8 +73,11 @@ type Config struct {
 	// MaxRecordBytes bounds a framed record (key, value, headers). Larger events park.
 	// Defaults to 1 MiB, Kafka's default message.max.bytes.
 	MaxRecordBytes int
-	// DeliveryTimeout bounds how long a record may wait for Kafka before it counts as
-	// failed (and is retried in a later batch). Defaults to 30s.
+	// DeliveryTimeout, when non-zero, bounds how long a record may wait for Kafka
+	// before it fails. Defaults to 0: records never time out, a batch waits for Kafka
+	// to come back (readiness turns false meanwhile). A non-zero value can break per-key
+	// order when the broker fails: franz-go then fails a partition's oldest batch while
+	// later batches of the same partition go on and may be acked first.
 	DeliveryTimeout time.Duration
 	// Retention, when non-zero, switches to retention mode: published rows are marked
 	// (published_at) instead of deleted, and purged once older than Retention.
@@ -124,9 +127,6 @@ func (c *Config) withDefaults() (Config, error) {
 	}
 	if r.MaxRecordBytes == 0 {
 		r.MaxRecordBytes = 1 << 20
-	}
-	if r.DeliveryTimeout == 0 {
-		r.DeliveryTimeout = 30 * time.Second
 	}
 	if r.TopicPartitions == 0 {
 		r.TopicPartitions = 12

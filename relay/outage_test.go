@@ -42,7 +42,7 @@ func TestRelay_SurvivesKafkaAndRegistryOutagesWithoutRestart(t *testing.T) {
 	}
 	r, err := relay.New(pool, &relay.Config{Schema: schema, Brokers: []string{brokers}, RegistryURL: regURL, AutoRegister: true,
 		PollInterval: 200 * time.Millisecond, LeaseTTL: 3 * time.Second, HeartbeatInterval: 500 * time.Millisecond,
-		DeliveryTimeout: 5 * time.Second, UnreadyAfter: 5 * time.Second, MaxBackoff: 2 * time.Second,
+		UnreadyAfter: 5 * time.Second, MaxBackoff: 2 * time.Second,
 		RegistryTimeout: 2 * time.Second, Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)

@@ -42,6 +42,7 @@ type Relay struct {
 	lastErr    map[string]error
 	running    bool
 	topicsMade sync.Map
+	closeKafka sync.Once
 }
 
 type shardRun struct {
@@ -122,12 +123,14 @@ func New(pool *pgxpool.Pool, cfg *Config) (*Relay, error) {
 	}
 	opts := []kgo.Opt{
 		kgo.RequiredAcks(kgo.AllISRAcks()),
-		kgo.RecordDeliveryTimeout(c.DeliveryTimeout),
 		kgo.ProducerLinger(2 * time.Millisecond),
 		kgo.ProducerBatchMaxBytes(int32(max(c.MaxRecordBytes, 1<<20))),
 		kgo.MaxBufferedRecords(max(10000, 4*c.BatchSize)),
 		kgo.WithLogger(kslog.New(slog.New(minLevel{c.Logger.Handler(), slog.LevelInfo}).With("component", "kafka"))),
 		kgo.ClientID("relaybox-relay"),
+	}
+	if c.DeliveryTimeout > 0 {
+		opts = append(opts, kgo.RecordDeliveryTimeout(c.DeliveryTimeout))
 	}
 	if len(c.Brokers) > 0 {
 		opts = append(opts, kgo.SeedBrokers(c.Brokers...))
@@ -214,7 +217,7 @@ func (r *Relay) Run(ctx context.Context) error {
 			r.shutdown()
 			lcancel()
 			bg.Wait()
-			r.kc.Close()
+			r.closeKafka.Do(r.kc.Close)
 			r.healthMu.Lock()
 			r.running = false
 			r.healthMu.Unlock()
@@ -232,8 +235,18 @@ func (r *Relay) shutdown() {
 		runs = append(runs, s)
 	}
 	r.mu.Unlock()
+	// A batch in flight finishes first. One waiting on a broker that is down is
+	// released after a grace period by closing the client: its records fail and its
+	// rows stay for the next owner.
+	grace := time.After(20 * time.Second)
 	for _, s := range runs {
-		<-s.done
+		select {
+		case <-s.done:
+		case <-grace:
+			r.log.Warn("batches still waiting for Kafka at shutdown; closing the Kafka client")
+			r.closeKafka.Do(r.kc.Close)
+			<-s.done
+		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

@@ -276,7 +276,7 @@ func runChaos(t *testing.T, pl plan) {
 		relays = append(relays, &process{name: fmt.Sprintf("relay-%d", i), log: filepath.Join(dir, fmt.Sprintf("relay-%d.log", i)),
 			args: []string{bin, "relay", "--database-url", dbURL, "--brokers", brokers, "--registry-url", regURL, "--replica-id", fmt.Sprintf("relay-%d", i),
 				"--lease-ttl", "4s", "--heartbeat-interval", "500ms", "--poll-interval", "200ms", "--metrics-addr", "", "--pool-size", "6",
-				"--delivery-timeout", "10s", "--unready-after", "5s", "--registry-timeout", "3s"}})
+				"--unready-after", "5s", "--registry-timeout", "3s"}})
 	}
 	for i := range 2 {
 		consumers = append(consumers, &process{name: fmt.Sprintf("consumer-%d", i), log: filepath.Join(dir, fmt.Sprintf("consumer-%d.log", i)),

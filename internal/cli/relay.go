@@ -108,7 +108,7 @@ func defineRelay(f *flags) *relayOpts {
 	f.dur(&c.LeaseTTL, "lease-ttl", "RELAYBOX_LEASE_TTL", 15*time.Second, "shard lease time to live")
 	f.dur(&c.HeartbeatInterval, "heartbeat-interval", "RELAYBOX_HEARTBEAT_INTERVAL", 0, "lease renewal interval (default lease-ttl/5)")
 	f.num(&c.MaxRecordBytes, "max-record-bytes", "RELAYBOX_MAX_RECORD_BYTES", 1<<20, "largest record to produce; larger events park")
-	f.dur(&c.DeliveryTimeout, "delivery-timeout", "RELAYBOX_DELIVERY_TIMEOUT", 30*time.Second, "how long a record may wait for Kafka before the batch is retried")
+	f.dur(&c.DeliveryTimeout, "delivery-timeout", "RELAYBOX_DELIVERY_TIMEOUT", 0, "fail records that wait longer for Kafka (0: never; non-zero can reorder a key when the broker fails)")
 	f.dur(&c.Retention, "retention", "RELAYBOX_RETENTION", 0, "keep published rows this long (0: delete at once)")
 	f.boolean(&c.AutoCreateTopics, "auto-create-topics", "RELAYBOX_AUTO_CREATE_TOPICS", false, "create missing topics instead of parking their events")
 	f.num(&o.partitions, "topic-partitions", "RELAYBOX_TOPIC_PARTITIONS", 12, "partitions of auto-created topics")
