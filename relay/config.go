@@ -26,6 +26,9 @@ type Hooks struct {
 	// OnBatch: a batch of shard finished: read rows read, published rows acked and
 	// removed, in d from read to delete.
 	OnBatch func(shard, read, published int, d time.Duration)
+	// OnRead: the claim query of a batch returned rows rows of shard in d (the time
+	// a relay needs to find its next events; it should not grow with the backlog).
+	OnRead func(shard, rows int, d time.Duration)
 	// OnPublished: one record acked, latency from its commit to the ack.
 	OnPublished func(latency time.Duration)
 	// OnError: a failure of kind "kafka", "registry", "postgres" or "lease".

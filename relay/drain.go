@@ -265,6 +265,7 @@ func (r *Relay) drainOnce(ctx context.Context, shard int) (batchResult, error) {
 }
 
 func (r *Relay) read(ctx context.Context, shard int) ([]outboxRow, error) {
+	start := time.Now()
 	rows, err := r.pool.Query(ctx, r.sql.read, shard, r.cfg.BatchSize)
 	if err != nil {
 		return nil, fmt.Errorf("reading shard %d: %w", shard, err)
@@ -282,6 +283,9 @@ func (r *Relay) read(ctx context.Context, shard int) ([]outboxRow, error) {
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("reading shard %d: %w", shard, err)
+	}
+	if r.cfg.Hooks.OnRead != nil {
+		r.cfg.Hooks.OnRead(shard, len(out), time.Since(start))
 	}
 	return out, nil
 }

@@ -21,6 +21,7 @@ type relayMetrics struct {
 	latency   prometheus.Histogram
 	batchSize prometheus.Histogram
 	batchTime prometheus.Histogram
+	readTime  prometheus.Histogram
 	errors    *prometheus.CounterVec
 	parkedTot *prometheus.CounterVec
 	owned     prometheus.Gauge
@@ -41,6 +42,8 @@ func newRelayMetrics(pool *pgxpool.Pool, schema string) *relayMetrics {
 			Help: "Time from an event's commit (created_at) to its Kafka ack.", Buckets: prometheus.ExponentialBuckets(0.001, 2, 16)}),
 		batchSize: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "relaybox_relay_batch_size",
 			Help: "Rows read per batch.", Buckets: prometheus.ExponentialBuckets(1, 2, 14)}),
+		readTime: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "relaybox_relay_read_seconds",
+			Help: "Time of a batch's claim query (reading a shard's next rows); should not grow with the backlog.", Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16)}),
 		batchTime: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "relaybox_relay_batch_seconds",
 			Help: "Time from read to delete of a batch.", Buckets: prometheus.ExponentialBuckets(0.001, 2, 16)}),
 		errors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "relaybox_relay_errors_total",
@@ -55,7 +58,7 @@ func newRelayMetrics(pool *pgxpool.Pool, schema string) *relayMetrics {
 		parkedD:   prometheus.NewDesc("relaybox_outbox_parked", "Parked events by reason.", []string{"reason"}, nil),
 		replicasD: prometheus.NewDesc("relaybox_relay_live_replicas", "Relay replicas with a live heartbeat.", nil, nil),
 	}
-	m.registry.MustRegister(m.published, m.latency, m.batchSize, m.batchTime, m.errors, m.parkedTot, m.owned, m,
+	m.registry.MustRegister(m.published, m.latency, m.batchSize, m.batchTime, m.readTime, m.errors, m.parkedTot, m.owned, m,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	for _, k := range []string{"kafka", "registry", "postgres", "lease"} {
 		m.errors.WithLabelValues(k)
@@ -70,6 +73,7 @@ func (m *relayMetrics) hooks() relay.Hooks {
 			m.batchTime.Observe(d.Seconds())
 			m.published.Add(float64(published))
 		},
+		OnRead:      func(_, rows int, d time.Duration) { m.readTime.Observe(d.Seconds()) },
 		OnPublished: func(l time.Duration) { m.latency.Observe(l.Seconds()) },
 		OnError:     func(kind string, _ error) { m.errors.WithLabelValues(kind).Inc() },
 		OnParked:    func(reason string) { m.parkedTot.WithLabelValues(reason).Inc() },
