@@ -13,9 +13,25 @@
 //		return outbox.Publish(ctx, w, tx, "orders", order.ID, "OrderCreated", created)
 //	})
 //
-// [Writer.Write] takes any number of events and writes them in one round trip
-// (one INSERT ... SELECT FROM unnest(...) sent in a single pipeline with the schema
-// upsert and the NOTIFY), so hundreds of events cost about what one does.
+// [Writer.Write] takes any number of events and writes them in one round trip: one
+// INSERT (VALUES for one event, SELECT FROM unnest(...) for many, with only the columns
+// that differ between the events sent as arrays), pipelined with the schema upsert
+// when needed and the NOTIFY. [Writer.Queue] appends the same statements to the
+// caller's pgx.Batch instead, so the business statements and the events share one
+// round trip:
+//
+//	b := &pgx.Batch{}
+//	b.Queue(`INSERT INTO orders ...`, ...)
+//	if err := w.Queue(ctx, b, events...); err != nil {
+//		return err // bad input: nothing sent
+//	}
+//	return tx.SendBatch(ctx, b).Close()
+//
+// What an event costs, measured by BenchmarkBusinessTx (a one-row business
+// transaction on a local Postgres with fsync on): one event about 1.3× the
+// transaction alone with Queue and 1.5× with Write (its own round trip); 100 events
+// about 4.3×. Most of it is the outbox row itself: a plain SQL INSERT of the same
+// rows costs the same, a minimal (id, payload) row about a quarter less.
 //
 // # Avro
 //

@@ -80,3 +80,30 @@ func ExampleWriter_Write() {
 	// written: true
 	// rows after rollback: 0
 }
+
+// Business rows and events in one round trip: queue both in one batch.
+func ExampleWriter_Queue() {
+	ctx := context.Background()
+	pool, done := exampleDB(ctx, "example_queue")
+	defer done()
+	w, _ := outbox.New(pool, &outbox.Config{Schema: "example_queue"})
+	pool.Exec(ctx, `CREATE TABLE example_queue.shipments (id text PRIMARY KEY, parcels int)`)
+
+	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		b := &pgx.Batch{}
+		b.Queue(`INSERT INTO example_queue.shipments (id, parcels) VALUES ($1, $2)`, "shp-1", 2)
+		if err := w.Queue(ctx, b, outbox.Event{Topic: "shipments", Key: "shp-1", Type: "ShipmentBooked",
+			Value: ShipmentBooked{ShipmentID: "shp-1", Parcels: 2}}); err != nil {
+			return err // bad input: nothing was sent
+		}
+		return tx.SendBatch(ctx, b).Close()
+	})
+	fmt.Println("committed:", err == nil)
+
+	var shipments, events int
+	pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM example_queue.shipments), (SELECT count(*) FROM example_queue.outbox)`).Scan(&shipments, &events)
+	fmt.Println(shipments, events)
+	// Output:
+	// committed: true
+	// 1 1
+}

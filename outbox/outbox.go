@@ -125,11 +125,12 @@ var (
 
 // Writer writes events into the outbox. It is safe for concurrent use.
 type Writer struct {
-	cfg             Config
-	pool            *pgxpool.Pool
-	insertSQL       string
-	schemaSQL       string
-	insertNotifySQL string
+	cfg       Config
+	pool      *pgxpool.Pool
+	outboxT   string
+	shapes    sync.Map // insert shape -> statement text
+	schemaSQL string
+	notifySQL string
 
 	mu      sync.Mutex
 	parsed  map[string]*schemaInfo // by schema text given in Event.Schema
@@ -173,21 +174,14 @@ func New(pool *pgxpool.Pool, cfg *Config) (*Writer, error) {
 	outboxT := pgx.Identifier{c.Schema, "outbox"}.Sanitize()
 	schemasT := pgx.Identifier{c.Schema, "schemas"}.Sanitize()
 	return &Writer{
-		cfg:  c,
-		pool: pool,
-		insertSQL: `INSERT INTO ` + outboxT + ` (event_id, topic, key, event_type, aggregate_type, subject,
-			schema_fingerprint, payload, headers, occurred_at, correlation_id, causation_id, source, traceparent, tracestate)
-			SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-			$7::bytea[], $8::bytea[], $9::jsonb[], $10::timestamptz[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[])`,
+		cfg:       c,
+		pool:      pool,
+		outboxT:   outboxT,
 		schemaSQL: `INSERT INTO ` + schemasT + ` (fingerprint, schema) SELECT * FROM unnest($1::bytea[], $2::text[]) ON CONFLICT DO NOTHING`,
-		insertNotifySQL: `WITH ins AS (INSERT INTO ` + outboxT + ` (event_id, topic, key, event_type, aggregate_type, subject,
-			schema_fingerprint, payload, headers, occurred_at, correlation_id, causation_id, source, traceparent, tracestate)
-			SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-			$7::bytea[], $8::bytea[], $9::jsonb[], $10::timestamptz[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[])
-			RETURNING 1) SELECT pg_notify($16, '') FROM (SELECT count(*) FROM ins) c`,
-		parsed:  map[string]*schemaInfo{},
-		stored:  map[[32]byte]bool{},
-		storing: map[[32]byte]*sync.Mutex{},
+		notifySQL: `SELECT pg_notify($1, '')`,
+		parsed:    map[string]*schemaInfo{},
+		stored:    map[[32]byte]bool{},
+		storing:   map[[32]byte]*sync.Mutex{},
 	}, nil
 }
 
@@ -223,6 +217,30 @@ func (w *Writer) Write(ctx context.Context, tx pgx.Tx, events ...Event) error {
 	if tx == nil {
 		return fmt.Errorf("outbox: %w: nil transaction", ErrInvalidEvent)
 	}
+	b := &pgx.Batch{}
+	if err := w.Queue(ctx, b, events...); err != nil {
+		return err
+	}
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return fmt.Errorf("outbox: writing %d event(s): %w", len(events), explain(err))
+	}
+	return nil
+}
+
+// Queue checks and encodes events exactly as Write does (same errors; on error
+// nothing is queued) and appends the statements that insert them to b. Send b inside
+// the transaction together with the business statements, tx.SendBatch(ctx, b): the
+// business rows and the events then cost one round trip to Postgres, where Write
+// costs one of its own. The rows exist if and only if the transaction that sent b
+// commits. A failure of the events' statements is returned by the batch's results
+// (BatchResults.Close returns the first error), and aborts the transaction.
+func (w *Writer) Queue(ctx context.Context, b *pgx.Batch, events ...Event) error {
+	if len(events) == 0 {
+		return nil
+	}
+	if b == nil {
+		return fmt.Errorf("outbox: %w: nil batch", ErrInvalidEvent)
+	}
 	rows := make([]row, len(events))
 	carrier := propagation.MapCarrier{}
 	w.cfg.Propagator.Inject(ctx, carrier)
@@ -238,7 +256,8 @@ func (w *Writer) Write(ctx context.Context, tx pgx.Tx, events ...Event) error {
 		r.traceparent, r.tracestate = carrier["traceparent"], carrier["tracestate"]
 		rows[i] = r
 	}
-	return w.insert(ctx, tx, rows)
+	w.queue(ctx, b, rows)
+	return nil
 }
 
 // Validate checks and encodes events exactly as Write does, without writing: it returns
@@ -366,43 +385,30 @@ func newSchemaInfo(s avro.Schema, text string) *schemaInfo {
 	return &schemaInfo{schema: s, text: text, fingerprint: Fingerprint(text)}
 }
 
-func (w *Writer) insert(ctx context.Context, tx pgx.Tx, rows []row) error {
-	n := len(rows)
+func (w *Writer) queue(ctx context.Context, b *pgx.Batch, rows []row) {
 	var (
-		ids                                          = make([]uuid.UUID, n)
-		topics, keys, types, aggs, subjects, headers = make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
-		fps, payloads                                = make([][]byte, n), make([][]byte, n)
-		occurred                                     = make([]time.Time, n)
-		corrs, causes, sources, parents, states      = make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
-		schemaFPs                                    [][]byte
-		schemaTexts                                  []string
-		seen                                         = map[[32]byte]bool{}
+		schemaFPs   [][]byte
+		schemaTexts []string
+		seen        = map[[32]byte]bool{}
 	)
-	for i, r := range rows {
-		ids[i], topics[i], keys[i], types[i], aggs[i], subjects[i], headers[i] = r.id, r.topic, r.key, r.typ, r.aggType, r.subject, r.headers
-		fps[i], payloads[i], occurred[i] = r.fp[:], r.payload, r.occurred
-		corrs[i], causes[i], sources[i], parents[i], states[i] = r.corr, r.caus, r.source, r.traceparent, r.tracestate
+	for i := range rows {
+		r := &rows[i]
 		if !seen[r.fp] {
 			seen[r.fp] = true
 			if !w.storeOutside(ctx, r.fp, r.schemaText) {
-				schemaFPs = append(schemaFPs, fps[i])
+				schemaFPs = append(schemaFPs, r.fp[:])
 				schemaTexts = append(schemaTexts, r.schemaText)
 			}
 		}
 	}
-	b := &pgx.Batch{}
 	if len(schemaFPs) > 0 {
 		b.Queue(w.schemaSQL, schemaFPs, schemaTexts)
 	}
-	if w.cfg.DisableNotify {
-		b.Queue(w.insertSQL, ids, topics, keys, types, aggs, subjects, fps, payloads, headers, occurred, corrs, causes, sources, parents, states)
-	} else { // one statement: the insert and the NOTIFY
-		b.Queue(w.insertNotifySQL, ids, topics, keys, types, aggs, subjects, fps, payloads, headers, occurred, corrs, causes, sources, parents, states, w.cfg.Channel)
+	sql, args := w.insertStatement(rows)
+	b.Queue(sql, args...)
+	if !w.cfg.DisableNotify { // same round trip; delivered at commit, never on rollback
+		b.Queue(w.notifySQL, w.cfg.Channel)
 	}
-	if err := tx.SendBatch(ctx, b).Close(); err != nil {
-		return fmt.Errorf("outbox: writing %d event(s): %w", n, explain(err))
-	}
-	return nil
 }
 
 // storeOutside stores the schema through the pool (committed on its own) the first

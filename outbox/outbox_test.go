@@ -508,3 +508,130 @@ func TestWrite_StoresFullSchemaTextWithDefaults(t *testing.T) {
 		t.Fatal("fingerprint is not the SHA-256 of the stored text")
 	}
 }
+
+// Queue puts the events in the caller's batch: business row and events in one round
+// trip, and the same all-or-nothing with the transaction.
+func TestQueue_BusinessRowAndEventsInOneBatchCommitOrRollBackTogether(t *testing.T) {
+	t.Parallel()
+	s := newSetup(t, nil)
+	ctx := context.Background()
+	biz := pgx.Identifier{s.schema, "orders"}.Sanitize()
+	if _, err := s.pool.Exec(ctx, `CREATE TABLE `+biz+` (id text PRIMARY KEY)`); err != nil {
+		t.Fatal(err)
+	}
+	run := func(id string, commit bool) {
+		tx, err := s.pool.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b := &pgx.Batch{}
+		b.Queue(`INSERT INTO `+biz+` (id) VALUES ($1)`, id)
+		if err := s.w.Queue(ctx, b,
+			outbox.Event{Topic: "orders", Key: id, Type: "OrderCreated", Value: OrderCreated{OrderID: id}},
+			outbox.Event{Topic: "orders", Key: id, Type: "OrderCreated", Value: OrderCreated{OrderID: id, Qty: 2}}); err != nil {
+			t.Fatal(err)
+		}
+		if err := tx.SendBatch(ctx, b).Close(); err != nil {
+			t.Fatal(err)
+		}
+		if commit {
+			err = tx.Commit(ctx)
+		} else {
+			err = tx.Rollback(ctx)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	run("o-1", true)
+	run("o-2", false)
+	var keys []string
+	rows, _ := s.pool.Query(ctx, `SELECT key FROM `+pgx.Identifier{s.schema, "outbox"}.Sanitize()+` ORDER BY id`)
+	keys, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(keys) != 2 || keys[0] != "o-1" || keys[1] != "o-1" {
+		t.Fatalf("outbox keys = %v, want the committed transaction's two events only", keys)
+	}
+
+	// Bad input: an error naming the event, and nothing added to the batch.
+	b := &pgx.Batch{}
+	b.Queue(`SELECT 1`)
+	err = s.w.Queue(ctx, b, outbox.Event{Topic: "orders", Key: "k", Type: "T", Value: OrderCreated{}}, outbox.Event{Topic: "", Key: "k", Type: "T", Value: OrderCreated{}})
+	if !errors.Is(err, outbox.ErrInvalidEvent) || !strings.HasPrefix(err.Error(), "outbox: event 2 of 2: ") {
+		t.Fatalf("err = %v", err)
+	}
+	if b.Len() != 1 {
+		t.Fatalf("batch has %d statements after a refused Queue, want 1", b.Len())
+	}
+}
+
+// The insert statement adapts to which columns vary among the events of one call
+// (array), are shared (scalar) or are all defaults (left out): every shape stores
+// every field of every event exactly.
+func TestWrite_ManyEventsEveryColumnShapeStoresEachField(t *testing.T) {
+	t.Parallel()
+	s := newSetup(t, nil)
+	ctx := context.Background()
+	base := time.Date(2026, 5, 6, 7, 8, 9, 0, time.UTC)
+	mk := func(i int, vary bool) outbox.Event {
+		e := outbox.Event{Topic: "orders", Key: "k", Type: "OrderCreated", Value: OrderCreated{OrderID: "same"}, OccurredAt: base}
+		if vary {
+			e.Topic, e.Key, e.Type = fmt.Sprintf("t-%d", i%2), fmt.Sprintf("k-%d", i), fmt.Sprintf("T%d", i%3)
+			e.Value = OrderCreated{OrderID: fmt.Sprint(i)}
+			e.AggregateType, e.CorrelationID, e.CausationID = fmt.Sprint("agg", i%2), fmt.Sprint("c", i), fmt.Sprint("z", i%2)
+			e.Headers = map[string]string{"i": fmt.Sprint(i)}
+			e.OccurredAt = base.Add(time.Duration(i) * time.Second)
+			if i%2 == 0 {
+				e.Headers, e.AggregateType = nil, ""
+			}
+		}
+		return e
+	}
+	for _, vary := range []bool{false, true} {
+		for _, n := range []int{1, 2, 7} {
+			table := pgx.Identifier{s.schema, "outbox"}.Sanitize()
+			if _, err := s.pool.Exec(ctx, `DELETE FROM `+table); err != nil {
+				t.Fatal(err)
+			}
+			evs := make([]outbox.Event, n)
+			for i := range evs {
+				evs[i] = mk(i, vary)
+				evs[i].ID = uuid.Must(uuid.NewV7())
+			}
+			if err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error { return s.w.Write(ctx, tx, evs...) }); err != nil {
+				t.Fatalf("vary=%v n=%d: %v", vary, n, err)
+			}
+			rows, _ := s.pool.Query(ctx, `SELECT o.event_id, o.topic, o.key, o.event_type, o.aggregate_type, o.headers, o.occurred_at,
+				o.correlation_id, o.causation_id, o.payload, s.schema FROM `+table+` o
+				JOIN `+pgx.Identifier{s.schema, "schemas"}.Sanitize()+` s ON s.fingerprint = o.schema_fingerprint ORDER BY o.id`)
+			i := 0
+			for rows.Next() {
+				var id uuid.UUID
+				var topic, key, typ, agg, corr, caus string
+				var headers map[string]string
+				var occ time.Time
+				var payload []byte
+				var schemaText string
+				if err := rows.Scan(&id, &topic, &key, &typ, &agg, &headers, &occ, &corr, &caus, &payload, &schemaText); err != nil {
+					t.Fatal(err)
+				}
+				e := evs[i]
+				want := outbox.Event{ID: id, Topic: topic, Key: key, Type: typ, AggregateType: agg, OccurredAt: occ.UTC(), CorrelationID: corr, CausationID: caus}
+				got := outbox.Event{ID: e.ID, Topic: e.Topic, Key: e.Key, Type: e.Type, AggregateType: e.AggregateType, OccurredAt: e.OccurredAt, CorrelationID: e.CorrelationID, CausationID: e.CausationID}
+				if fmt.Sprint(got) != fmt.Sprint(want) || fmt.Sprint(headers) != fmt.Sprint(map[string]string(e.Headers)) && len(e.Headers)+len(headers) > 0 {
+					t.Errorf("vary=%v n=%d row %d: stored %+v headers %v, wrote %+v headers %v", vary, n, i, want, headers, got, e.Headers)
+				}
+				var back OrderCreated
+				if err := avro.Unmarshal(avro.MustParse(schemaText), payload, &back); err != nil || back.OrderID != e.Value.(OrderCreated).OrderID {
+					t.Errorf("vary=%v n=%d row %d: payload %+v (%v)", vary, n, i, back, err)
+				}
+				i++
+			}
+			if rows.Err() != nil || i != n {
+				t.Fatalf("vary=%v n=%d: %d rows (%v)", vary, n, i, rows.Err())
+			}
+		}
+	}
+}
