@@ -47,6 +47,8 @@ type Consumer struct {
 	commitMu sync.Mutex
 
 	runCtx context.Context // context.WithoutCancel of Run's context: handler parent
+
+	dlqMade sync.Map // dead-letter topics created (or found) by this consumer
 }
 
 type topicPartition struct {
@@ -110,6 +112,10 @@ func (c *Consumer) client() (*kgo.Client, error) {
 		// A new group starts at the beginning (franz-go's default would skip all but
 		// the last minute of records).
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
+		// A dead-lettered record is the original plus the relaybox.dlq.* headers: it
+		// may exceed franz-go's 1 MB default batch when the original was near the
+		// broker's limit. The dead-letter topics the consumer creates accept it.
+		kgo.ProducerBatchMaxBytes(deadLetterMaxBytes),
 	}
 	if len(cfg.Brokers) > 0 {
 		opts = append(opts, kgo.SeedBrokers(cfg.Brokers...))

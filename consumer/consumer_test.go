@@ -750,3 +750,47 @@ func TestConsumer_HostileEventIDIsDeadLetteredNotRetriedForever(t *testing.T) {
 		return n.dead.Load() == 4 && n.processed.Load() == 1
 	})
 }
+
+// A record near the broker's 1 MiB limit that must be dead-lettered: with the
+// dead-letter headers it no longer fits a default topic. The consumer creates its
+// dead-letter topic with room for it, so the record is kept whole and the partition
+// moves on (before, the partition retried the produce forever).
+func TestConsumer_NearLimitRecordIsDeadLetteredWhole(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	topic := testenv.Topic(t, 1) // no .dlq: the consumer creates it
+	dlq := topic + ".dlq"
+	adm := kadm.NewClient(testenv.Client(t))
+	t.Cleanup(func() { adm.DeleteTopics(context.Background(), dlq) })
+	id, s := e.schemaID(t, topic+"-value", schemaText[Seq](t))
+	// Garbage value plus a header: just under the broker's message.max.bytes (1048588
+	// for the record batch, with about 100 bytes of batch and record framing).
+	big := &kgo.Record{Topic: topic, Key: []byte("k"), Value: bytes.Repeat([]byte{0xfe}, 1047000),
+		Headers: []kgo.RecordHeader{{Key: "x-pad", Value: bytes.Repeat([]byte("h"), 1300)}}}
+	cl := testenv.Client(t, kgo.ProducerBatchMaxBytes(2<<20), kgo.RecordPartitioner(kgo.StickyKeyPartitioner(nil)))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := cl.ProduceSync(ctx, big, record(t, topic, id, s, "k", "good-1", "Seq", Seq{Key: "k", Seq: 1})).FirstErr(); err != nil {
+		t.Fatalf("producing the near-limit record: %v", err)
+	}
+	var n counters
+	cfg := e.config(t, topic)
+	cfg.Hooks = n.hooks()
+	c := e.newConsumer(t, cfg)
+	consumer.Handle(c, "Seq", e.applySeq("nearlimit", nil))
+	run(t, c)
+	waitFor(t, 60*time.Second, "the near-limit record dead-lettered and the next one applied", func() bool {
+		return n.dead.Load() == 1 && n.processed.Load() == 1
+	})
+	recs := readTopic(t, dlq, 1, 30*time.Second)
+	if len(recs[0].Value) != len(big.Value) || !bytes.Equal(recs[0].Value, big.Value) {
+		t.Fatalf("dead-lettered value is %d bytes, want the original %d", len(recs[0].Value), len(big.Value))
+	}
+	size := len(recs[0].Key) + len(recs[0].Value)
+	for _, h := range recs[0].Headers {
+		size += len(h.Key) + len(h.Value)
+	}
+	if size <= 1048588 {
+		t.Fatalf("dead-letter record is %d bytes: the test must exceed the default limit to mean anything", size)
+	}
+}

@@ -2,11 +2,14 @@ package consumer
 
 import (
 	"context"
+	"errors"
 	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
 
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
@@ -65,12 +68,43 @@ func (c *Consumer) deadLetterRecord(rec *kgo.Record, dl *deadLetter) *kgo.Record
 	return &kgo.Record{Topic: c.cfg.DeadLetterTopic(rec.Topic), Key: rec.Key, Value: rec.Value, Headers: hs}
 }
 
+// deadLetterMaxBytes is the max.message.bytes of the dead-letter topics the consumer
+// creates: room for a record at the broker's default limit (1 MiB) plus headers.
+const deadLetterMaxBytes = 8 << 20
+
+// ensureDeadLetterTopic creates topic, if missing, with room for near-limit records
+// plus the dead-letter headers (a topic auto-created by the broker would have the
+// default 1 MiB limit, and a record near it would wait forever). An existing topic is
+// left as it is; without the rights to create topics this does nothing.
+func (c *Consumer) ensureDeadLetterTopic(ctx context.Context, topic string) {
+	if _, done := c.dlqMade.Load(topic); done {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	limit := strconv.Itoa(deadLetterMaxBytes)
+	resp, err := kadm.NewClient(c.kc).CreateTopic(ctx, -1, -1, map[string]*string{"max.message.bytes": &limit}, topic)
+	if err == nil {
+		err = resp.Err
+	}
+	switch {
+	case err == nil:
+		c.log.Info("dead-letter topic created", "dlq_topic", topic, "max_message_bytes", deadLetterMaxBytes)
+	case errors.Is(err, kerr.TopicAlreadyExists):
+	default:
+		c.log.Debug("dead-letter topic not created; producing to it anyway", "dlq_topic", topic, "err", err)
+		return // try again next time
+	}
+	c.dlqMade.Store(topic, true)
+}
+
 // deadLetter produces it to its dead-letter topic, retrying without limit: a
 // record is never dropped. It returns false if the partition was stopped first.
 // The event is not recorded in processed_events, so that a redrive applies it.
 func (p *partition) deadLetter(it *item, dl *deadLetter) bool {
 	c := p.c
 	out := c.deadLetterRecord(it.rec, dl)
+	c.ensureDeadLetterTopic(p.stopCtx, out.Topic)
 	for n := 1; ; n++ {
 		ctx, cancel := context.WithTimeout(p.stopCtx, 30*time.Second)
 		rec := *out // a fresh record per attempt: franz-go keeps the first attempt's context in it
