@@ -48,6 +48,14 @@ fuzz:
 	$(GO) test ./consumer -run '^$$' -fuzz '^FuzzMessageHeaders$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./internal/cli -run '^$$' -fuzz '^FuzzRelayConfig$$' -fuzztime $(FUZZTIME)
 
+BENCH_OUT ?= $(CURDIR)/bench-out/bench.json
+## bench: the comparative benchmark (bench/, its own module; docs/benchmarks.md). BENCH_QUICK=1 for a
+## ~5 min smoke run; BENCH_SYSTEMS, BENCH_SCENARIOS, BENCH_N, BENCH_LARGE=1, BENCH_RATES, BENCH_DURATION, ...
+bench:
+	@mkdir -p $(dir $(BENCH_OUT))
+	@exports="$$($(ENV) up)" && eval "$$exports" && \
+	cd bench && BENCH_OUT=$(BENCH_OUT) $(GO) run . $(BENCH_ARGS)
+
 CHAOS_OUT ?= $(CURDIR)/bench-out/chaos-report.json
 ## chaos: the long fault run (CHAOS_EVENTS=200000 CHAOS_FAULTS=60 CHAOS_SEED=...); report in CHAOS_OUT
 chaos:
