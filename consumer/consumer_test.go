@@ -671,8 +671,16 @@ func TestConsumer_DeadLetterProduceFailureBlocksThePartitionInsteadOfDropping(t 
 			kafkaErrs.Add(1)
 		}
 	}
-	cfg.DeadLetterTopic = func(t string) string { return t + ".later" } // does not exist yet
-	cfg.KafkaOpts = append(cfg.KafkaOpts, kgo.UnknownTopicRetries(0))
+	// The dead-letter topic exists but refuses the record (max.message.bytes 64), until
+	// an operator raises its limit.
+	dlqTopic := topic + ".later"
+	adm := kadm.NewClient(testenv.Client(t))
+	small, big := "64", "1048588"
+	if _, err := adm.CreateTopic(context.Background(), 1, 1, map[string]*string{"max.message.bytes": &small}, dlqTopic); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { adm.DeleteTopics(context.Background(), dlqTopic) })
+	cfg.DeadLetterTopic = func(t string) string { return t + ".later" }
 	c := e.newConsumer(t, cfg)
 	consumer.Handle(c, "Seq", e.applySeq("c", func(_ context.Context, ev consumer.Event[Seq]) error {
 		if ev.Key == "bad" {
@@ -684,9 +692,11 @@ func TestConsumer_DeadLetterProduceFailureBlocksThePartitionInsteadOfDropping(t 
 	waitFor(t, 30*time.Second, "a failed dead-letter produce", func() bool { return kafkaErrs.Load() >= 1 })
 	time.Sleep(500 * time.Millisecond)
 	if got := e.count(t, `SELECT count(*) FROM `+e.table("effects")); got != 0 || n.dead.Load() != 0 {
-		t.Fatalf("with the dead-letter topic missing, %d later records were applied and %d dead-lettered; the partition must wait", got, n.dead.Load())
+		t.Fatalf("with the dead-letter topic refusing the record, %d later records were applied and %d dead-lettered; the partition must wait", got, n.dead.Load())
 	}
-	testenv.TopicNamed(t, topic+".later", 1)
+	if _, err := adm.AlterTopicConfigs(context.Background(), []kadm.AlterConfig{{Name: "max.message.bytes", Value: &big}}, dlqTopic); err != nil {
+		t.Fatal(err)
+	}
 	waitFor(t, 60*time.Second, "the dead letter produced and the next record applied", func() bool {
 		return n.dead.Load() == 1 && n.processed.Load() == 1
 	})

@@ -101,7 +101,11 @@
 //
 // A dead letter is the original record (key, value, headers) with headers added:
 // relaybox.dlq.error, .reason, .attempts, .group, .topic, .partition, .offset and
-// .time (see the HeaderDLQ constants). Dead-lettered events are not recorded in
+// .time (see the HeaderDLQ constants). A dead-letter topic that does not exist is
+// created by the consumer with max.message.bytes 8 MiB, so that a record near the
+// broker's 1 MiB default still fits with these headers; give topics you create
+// yourself the same room (a dead letter that does not fit blocks its partition, with
+// a warning per attempt, rather than being dropped). Dead-lettered events are not recorded in
 // processed_events, so that [Redrive] (`relaybox dlq redrive`), which moves them back
 // to their topic once the cause is fixed, gets them applied. Dead-lettering is at
 // least once: a crash right after producing a dead letter produces it again.

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"reflect"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -178,7 +179,7 @@ func New(pool *pgxpool.Pool, cfg *Config) (*Writer, error) {
 		pool:      pool,
 		outboxT:   outboxT,
 		schemaSQL: `INSERT INTO ` + schemasT + ` (fingerprint, schema) SELECT * FROM unnest($1::bytea[], $2::text[]) ON CONFLICT DO NOTHING`,
-		notifySQL: `SELECT pg_notify($1, '')`,
+		notifySQL: `SELECT pg_notify($1, $2)`,
 		parsed:    map[string]*schemaInfo{},
 		stored:    map[[32]byte]bool{},
 		storing:   map[[32]byte]*sync.Mutex{},
@@ -407,8 +408,28 @@ func (w *Writer) queue(ctx context.Context, b *pgx.Batch, rows []row) {
 	sql, args := w.insertStatement(rows)
 	b.Queue(sql, args...)
 	if !w.cfg.DisableNotify { // same round trip; delivered at commit, never on rollback
-		b.Queue(w.notifySQL, w.cfg.Channel)
+		b.Queue(w.notifySQL, w.cfg.Channel, shardList(rows))
 	}
+}
+
+// shardList is the NOTIFY payload: the distinct shards of rows, ascending, comma
+// separated ("3,17,40"). The relay wakes only those shards' drains; an empty payload
+// (what a plain-SQL writer may send) wakes them all.
+func shardList(rows []row) string {
+	var seen [Shards]bool
+	for i := range rows {
+		seen[Shard(rows[i].key)] = true
+	}
+	b := make([]byte, 0, 64)
+	for s, ok := range seen {
+		if ok {
+			if len(b) > 0 {
+				b = append(b, ',')
+			}
+			b = strconv.AppendInt(b, int64(s), 10)
+		}
+	}
+	return string(b)
 }
 
 // storeOutside stores the schema through the pool (committed on its own) the first

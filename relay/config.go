@@ -67,6 +67,10 @@ type Config struct {
 	ReplicaID string
 	// BatchSize is the most rows read per shard per batch. Defaults to 1000.
 	BatchSize int
+	// MaxInFlightBatches bounds how many shard batches are read and published at once,
+	// across all shards this replica owns: the relay's memory is about this times
+	// BatchSize rows, however large the backlog. Defaults to 8.
+	MaxInFlightBatches int
 	// PollInterval is how often idle shards are polled without a NOTIFY. Defaults to 1s.
 	PollInterval time.Duration
 	// LeaseTTL is how long a shard lease lasts without renewal. Defaults to 15s.
@@ -119,6 +123,9 @@ func (c *Config) withDefaults() (Config, error) {
 	if r.BatchSize == 0 {
 		r.BatchSize = 1000
 	}
+	if r.MaxInFlightBatches == 0 {
+		r.MaxInFlightBatches = 8
+	}
 	if r.PollInterval == 0 {
 		r.PollInterval = time.Second
 	}
@@ -151,6 +158,8 @@ func (c *Config) withDefaults() (Config, error) {
 		return r, errors.New("relay: Config.RegistryURL is required")
 	case len(r.Brokers) == 0 && len(r.KafkaOpts) == 0:
 		return r, errors.New("relay: Config.Brokers is required")
+	case r.MaxInFlightBatches < 0:
+		return r, fmt.Errorf("relay: Config.MaxInFlightBatches must be positive, got %d", r.MaxInFlightBatches)
 	case r.BatchSize < 0 || r.BatchSize > 100000:
 		return r, fmt.Errorf("relay: Config.BatchSize must be 1..100000, got %d", r.BatchSize)
 	case r.HeartbeatInterval*2 >= r.LeaseTTL:

@@ -55,8 +55,14 @@ func (r *Relay) drainLoop(s *shardRun) {
 			return
 		default:
 		}
+		select { // a slot among MaxInFlightBatches
+		case r.inflight <- struct{}{}:
+		case <-s.stop:
+			return
+		}
 		deadline := s.leaseDeadline()
 		if !time.Now().Before(deadline) {
+			<-r.inflight
 			r.log.Warn("lease not renewed in time; shard drain stops until it is", "shard", s.shard)
 			return
 		}
@@ -64,6 +70,7 @@ func (r *Relay) drainLoop(s *shardRun) {
 		start := time.Now()
 		res, err := r.drainOnce(ctx, s.shard)
 		cancel()
+		<-r.inflight
 		if r.cfg.Hooks.OnBatch != nil && res.read > 0 {
 			r.cfg.Hooks.OnBatch(s.shard, res.read, res.published, time.Since(start))
 		}
@@ -265,8 +272,13 @@ func (r *Relay) drainOnce(ctx context.Context, shard int) (batchResult, error) {
 }
 
 func (r *Relay) read(ctx context.Context, shard int) ([]outboxRow, error) {
+	conn, err := r.pool.Acquire(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("reading shard %d: %w", shard, err)
+	}
+	defer conn.Release()
 	start := time.Now()
-	rows, err := r.pool.Query(ctx, r.sql.read, shard, r.cfg.BatchSize)
+	rows, err := conn.Query(ctx, r.sql.read, shard, r.cfg.BatchSize)
 	if err != nil {
 		return nil, fmt.Errorf("reading shard %d: %w", shard, err)
 	}

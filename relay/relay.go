@@ -8,6 +8,8 @@ import (
 	"math/rand/v2"
 	"os"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -32,6 +34,7 @@ type Relay struct {
 
 	mu        sync.Mutex
 	shards    map[int]*shardRun
+	inflight  chan struct{} // one slot per shard batch being read and published
 	releasing map[int]bool
 
 	schemaMu sync.RWMutex
@@ -142,7 +145,7 @@ func New(pool *pgxpool.Pool, cfg *Config) (*Relay, error) {
 	}
 	return &Relay{
 		cfg: c, pool: pool, kc: kc, adm: kadm.NewClient(kc), log: c.Logger.With("replica", c.ReplicaID),
-		sql: newStatements(c.Schema), shards: map[int]*shardRun{}, releasing: map[int]bool{},
+		sql: newStatements(c.Schema), shards: map[int]*shardRun{}, inflight: make(chan struct{}, c.MaxInFlightBatches), releasing: map[int]bool{},
 		schemas: map[[32]byte]string{}, failing: map[string]time.Time{}, lastErr: map[string]error{},
 	}, nil
 }
@@ -445,6 +448,34 @@ func (r *Relay) releaseExcess(n int) {
 	}()
 }
 
+// wake wakes the drains of the shards a NOTIFY payload lists ("3,17,40", what the
+// writer sends), or all of them when the payload is empty or not such a list.
+func (r *Relay) wake(payload string) {
+	if payload == "" {
+		r.wakeAll()
+		return
+	}
+	var shards []int
+	for f := range strings.SplitSeq(payload, ",") {
+		n, err := strconv.Atoi(f)
+		if err != nil || n < 0 || n >= outbox.Shards {
+			r.wakeAll()
+			return
+		}
+		shards = append(shards, n)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, n := range shards {
+		if s := r.shards[n]; s != nil {
+			select {
+			case s.wake <- struct{}{}:
+			default:
+			}
+		}
+	}
+}
+
 func (r *Relay) wakeAll() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -456,7 +487,8 @@ func (r *Relay) wakeAll() {
 	}
 }
 
-// listen wakes the drains on every NOTIFY, reconnecting as needed.
+// listen wakes the drains on every NOTIFY (those of the shards it names), reconnecting
+// as needed.
 func (r *Relay) listen(ctx context.Context) {
 	backoff := 0
 	for ctx.Err() == nil {
@@ -472,10 +504,11 @@ func (r *Relay) listen(ctx context.Context) {
 			backoff = 0
 			r.wakeAll() // whatever committed while we were not listening
 			for {
-				if _, err := conn.WaitForNotification(ctx); err != nil {
+				n, err := conn.WaitForNotification(ctx)
+				if err != nil {
 					return err
 				}
-				r.wakeAll()
+				r.wake(n.Payload)
 			}
 		}()
 		if ctx.Err() != nil {

@@ -275,4 +275,25 @@ func TestRelay_NotifyWakesIdleRelayDespiteLongPoll(t *testing.T) {
 		t.Fatalf("event committed on an idle relay (poll 30s) not on Kafka within 10s")
 	}
 	t.Logf("idle wake-up to Kafka: %s (poll interval 30s)", time.Since(start).Round(time.Millisecond))
+
+	// The writer's payload names the shards; a plain-SQL writer's empty payload, or
+	// one that is not a shard list, must still wake the relay (every shard).
+	quiet, _ := outbox.New(e.pool, &outbox.Config{Schema: e.schema, DisableNotify: true})
+	for i, payload := range []string{"", "not-a-shard-list", "99"} {
+		ctx := context.Background()
+		key := "other-key-" + strconv.Itoa(i)
+		err := pgx.BeginFunc(ctx, e.pool, func(tx pgx.Tx) error {
+			if err := quiet.Write(ctx, tx, outbox.Event{Topic: topic, Key: key, Type: "Seq", Value: Seq{Key: key, Seq: 1}}); err != nil {
+				return err
+			}
+			_, err := tx.Exec(ctx, `SELECT pg_notify($1, $2)`, outbox.DefaultChannel, payload)
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := readBack(t, topic, 2+i, 10*time.Second); got.distinct != 2+i {
+			t.Fatalf("event notified with payload %q not on Kafka within 10s (poll 30s)", payload)
+		}
+	}
 }
