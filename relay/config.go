@@ -69,7 +69,7 @@ type Config struct {
 	BatchSize int
 	// MaxInFlightBatches bounds how many shard batches are read and published at once,
 	// across all shards this replica owns: the relay's memory is about this times
-	// BatchSize rows, however large the backlog. Defaults to 8.
+	// BatchSize rows, however large the backlog. Defaults to 16.
 	MaxInFlightBatches int
 	// PollInterval is how often idle shards are polled without a NOTIFY. Defaults to 1s.
 	PollInterval time.Duration
@@ -124,7 +124,7 @@ func (c *Config) withDefaults() (Config, error) {
 		r.BatchSize = 1000
 	}
 	if r.MaxInFlightBatches == 0 {
-		r.MaxInFlightBatches = 8
+		r.MaxInFlightBatches = 16
 	}
 	if r.PollInterval == 0 {
 		r.PollInterval = time.Second
