@@ -42,6 +42,7 @@ type config struct {
 	PGWorkers      int           `json:"pg_limit_workers"`
 	BacklogSmall   int           `json:"backlog_small"`
 	BacklogBig     int           `json:"backlog_big"`
+	BacklogMid     int           `json:"backlog_mid"`
 	BacklogPad     int           `json:"backlog_event_bytes"`
 	BacklogBatches int           `json:"backlog_batches_measured"`
 	DrainTimeout   time.Duration `json:"-"`
@@ -80,6 +81,7 @@ func parseConfig(args []string) (config, error) {
 	fs.IntVar(&c.EventBytes, "event-bytes", atoiOr(envOr("BENCH_EVENT_BYTES", "1024")), "Avro event size [BENCH_EVENT_BYTES]")
 	fs.IntVar(&c.Partitions, "partitions", atoiOr(envOr("BENCH_PARTITIONS", "12")), "partitions of every topic [BENCH_PARTITIONS]")
 	fs.IntVar(&c.BacklogSmall, "backlog-small", atoiOr(envOr("BENCH_BACKLOG_SMALL", "10000")), "small backlog rows [BENCH_BACKLOG_SMALL]")
+	fs.IntVar(&c.BacklogMid, "backlog-mid", atoiOr(envOr("BENCH_BACKLOG_MID", def("50000", "500000"))), "middle backlog rows, 0 for none [BENCH_BACKLOG_MID]")
 	fs.IntVar(&c.BacklogBig, "backlog-big", atoiOr(envOr("BENCH_BACKLOG_BIG", def("200000", "5000000"))), "big backlog rows [BENCH_BACKLOG_BIG]")
 	fs.IntVar(&c.BacklogPad, "backlog-event-bytes", atoiOr(envOr("BENCH_BACKLOG_EVENT_BYTES", "1024")), "event size of the backlog filler [BENCH_BACKLOG_EVENT_BYTES]")
 	fs.IntVar(&c.BacklogBatches, "backlog-batches", atoiOr(envOr("BENCH_BACKLOG_BATCHES", "300")), "claim queries measured per backlog size [BENCH_BACKLOG_BATCHES]")

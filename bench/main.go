@@ -176,7 +176,7 @@ func run() error {
 
 	if has(cfg.Scenarios, "backlog") && rep.Backlog == nil && ctx.Err() == nil {
 		if has(cfg.Systems, "relaybox") {
-			h.logf("backlog: %d vs %d rows", cfg.BacklogSmall, cfg.BacklogBig)
+			h.logf("backlog: %d, %d (0: none) and %d rows", cfg.BacklogSmall, cfg.BacklogMid, cfg.BacklogBig)
 			b := h.backlog(ctx, probeBin)
 			rep.Backlog = &b
 		} else {

@@ -553,25 +553,29 @@ func (h *harness) backlog(ctx context.Context, probeBin string) backlogResult {
 		"timed it (relay.Hooks.OnRead in relay-probe: includes waiting for a pool connection), first %d non-empty claims after start (fewer if the "+
 		"backlog drains first); rows filled by INSERT ... SELECT generate_series with the writer's column layout and one constant valid %d-byte Avro "+
 		"payload, then VACUUM ANALYZE", h.cfg.BacklogBatches, h.cfg.BacklogPad)}
-	for _, size := range []int{h.cfg.BacklogSmall, h.cfg.BacklogBig} {
+	sizes := []int{h.cfg.BacklogSmall, h.cfg.BacklogBig}
+	if h.cfg.BacklogMid > 0 { // a middle point shows whether relay memory has levelled off
+		sizes = []int{h.cfg.BacklogSmall, h.cfg.BacklogMid, h.cfg.BacklogBig}
+	}
+	for _, size := range sizes {
 		m := h.backlogOne(ctx, probeBin, int64(size))
 		if m.Error != "" {
 			res.Errors = append(res.Errors, fmt.Sprintf("%d rows: %s", size, m.Error))
 		}
 		res.Sizes = append(res.Sizes, m)
 	}
-	if len(res.Sizes) == 2 && res.Sizes[0].QueryP50MS > 0 {
+	if len(res.Sizes) == len(sizes) && res.Sizes[0].QueryP50MS > 0 {
 		res.ClaimMS10k = ptr(res.Sizes[0].QueryP50MS)
 	}
-	if len(res.Sizes) == 2 && res.Sizes[1].QueryP50MS > 0 {
-		res.ClaimMS5M = ptr(res.Sizes[1].QueryP50MS)
+	if len(res.Sizes) == len(sizes) && res.Sizes[len(sizes)-1].QueryP50MS > 0 {
+		res.ClaimMS5M = ptr(res.Sizes[len(sizes)-1].QueryP50MS)
 	}
 	if res.ClaimMS10k != nil && res.ClaimMS5M != nil && *res.ClaimMS10k > 0 {
 		res.Ratio = ptr(r3(*res.ClaimMS5M / *res.ClaimMS10k))
 	}
-	if len(res.Sizes) == 2 && res.Sizes[0].Query100P50MS > 0 && res.Sizes[1].Query100P50MS > 0 {
-		res.ClaimMS10kLimit100, res.ClaimMS5MLimit100 = ptr(res.Sizes[0].Query100P50MS), ptr(res.Sizes[1].Query100P50MS)
-		res.RatioLimit100 = ptr(r3(res.Sizes[1].Query100P50MS / res.Sizes[0].Query100P50MS))
+	if len(res.Sizes) == len(sizes) && res.Sizes[0].Query100P50MS > 0 && res.Sizes[len(sizes)-1].Query100P50MS > 0 {
+		res.ClaimMS10kLimit100, res.ClaimMS5MLimit100 = ptr(res.Sizes[0].Query100P50MS), ptr(res.Sizes[len(sizes)-1].Query100P50MS)
+		res.RatioLimit100 = ptr(r3(res.Sizes[len(sizes)-1].Query100P50MS / res.Sizes[0].Query100P50MS))
 	}
 	return res
 }
