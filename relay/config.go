@@ -67,9 +67,11 @@ type Config struct {
 	ReplicaID string
 	// BatchSize is the most rows read per shard per batch. Defaults to 1000.
 	BatchSize int
-	// MaxInFlightBatches bounds how many shard batches are read and published at once,
-	// across all shards this replica owns: the relay's memory is about this times
-	// BatchSize rows, however large the backlog. Defaults to 16.
+	// MaxInFlightBatches bounds how many shards with a backlog (last batch at least a
+	// quarter of BatchSize) read and publish at once, across all shards this replica
+	// owns: the relay's memory is about this times BatchSize rows, however large the
+	// backlog. Shards that keep up run their small batches without waiting for a slot.
+	// Defaults to 16.
 	MaxInFlightBatches int
 	// PollInterval is how often idle shards are polled without a NOTIFY. Defaults to 1s.
 	PollInterval time.Duration

@@ -49,20 +49,35 @@ func (r *Relay) drainLoop(s *shardRun) {
 	poll := time.NewTimer(0)
 	defer poll.Stop()
 	failures := 0
+	lastRead := r.cfg.BatchSize
 	for {
 		select {
 		case <-s.stop:
 			return
 		default:
 		}
-		select { // a slot among MaxInFlightBatches
-		case r.inflight <- struct{}{}:
-		case <-s.stop:
-			return
+		// A shard with a backlog (its last batch had at least a quarter of BatchSize
+		// rows; at start every shard counts as one) takes one of MaxInFlightBatches
+		// slots first: that bounds the relay's memory however large the backlog. A shard
+		// that keeps up runs its small batches without a slot, so many of them go at
+		// once (a slot per tiny batch queued them: latency at steady rates).
+		slot := lastRead >= max(1, r.cfg.BatchSize/4)
+		if slot {
+			select {
+			case r.inflight <- struct{}{}:
+			case <-s.stop:
+				return
+			}
+		}
+		release := func() {
+			if slot {
+				<-r.inflight
+				slot = false
+			}
 		}
 		deadline := s.leaseDeadline()
 		if !time.Now().Before(deadline) {
-			<-r.inflight
+			release()
 			r.log.Warn("lease not renewed in time; shard drain stops until it is", "shard", s.shard)
 			return
 		}
@@ -70,7 +85,8 @@ func (r *Relay) drainLoop(s *shardRun) {
 		start := time.Now()
 		res, err := r.drainOnce(ctx, s.shard)
 		cancel()
-		<-r.inflight
+		release()
+		lastRead = res.read
 		if r.cfg.Hooks.OnBatch != nil && res.read > 0 {
 			r.cfg.Hooks.OnBatch(s.shard, res.read, res.published, time.Since(start))
 		}
@@ -312,6 +328,9 @@ func (r *Relay) read(ctx context.Context, shard int) ([]outboxRow, error) {
 // plain-SQL writer put there is passed on as its JSON text rather than failing the
 // shard's read.
 func headerMap(raw []byte) map[string]string {
+	if len(raw) <= 2 { // "{}", the common case
+		return nil
+	}
 	var m map[string]json.RawMessage
 	if json.Unmarshal(raw, &m) != nil {
 		return nil
