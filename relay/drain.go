@@ -75,21 +75,47 @@ func (r *Relay) drainLoop(s *shardRun) {
 				slot = false
 			}
 		}
+		s.busy.Lock()
+		s.draining.Store(true)
+		s.news.Store(false)
 		deadline := s.leaseDeadline()
 		if !time.Now().Before(deadline) {
+			s.draining.Store(false)
+			s.busy.Unlock()
 			release()
 			r.log.Warn("lease not renewed in time; shard drain stops until it is", "shard", s.shard)
 			return
 		}
+		group := []*shardRun{s}
+		if !slot {
+			group = r.steal(s, group)
+		}
+		shards := make([]int, len(group))
+		for i, g := range group {
+			shards[i] = g.shard
+			deadline = minTime(deadline, g.leaseDeadline())
+		}
 		ctx, cancel := context.WithDeadline(context.Background(), deadline)
 		start := time.Now()
-		res, err := r.drainOnce(ctx, s.shard)
+		res, err := r.drainOnce(ctx, shards)
 		cancel()
+		for _, g := range group {
+			g.draining.Store(false)
+		}
+		for _, g := range group[1:] {
+			g.busy.Unlock()
+			if err != nil || res.read >= r.cfg.BatchSize || res.retry > 0 {
+				g.poke() // rows may be left (the LIMIT cut it, or a failure): its own drain looks
+			}
+		}
+		s.busy.Unlock()
 		release()
 		lastRead = res.read
+		s.sparse.Store(lastRead < max(1, r.cfg.BatchSize/4))
 		if r.cfg.Hooks.OnBatch != nil && res.read > 0 {
 			r.cfg.Hooks.OnBatch(s.shard, res.read, res.published, time.Since(start))
 		}
+		s.failing.Store(err != nil || res.retry > 0)
 		var wait time.Duration
 		switch {
 		case err != nil:
@@ -129,6 +155,53 @@ func (r *Relay) drainLoop(s *shardRun) {
 	}
 }
 
+// steal adds to group, for one batch, the other shards that keep up (their last
+// batch was small), have news (a NOTIFY named them since they last drained) and are
+// idle (their busy lock is free). Their own drains wait on that lock
+// meanwhile, so a shard is never in two batches at once; a commit that touched many
+// shards then costs one claim, one produce round and one delete, not one per shard.
+func (r *Relay) steal(s *shardRun, group []*shardRun) []*shardRun {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	now := time.Now()
+	for _, o := range r.shards {
+		if o == s || !o.sparse.Load() {
+			continue
+		}
+		select {
+		case <-o.stop:
+			continue
+		default:
+		}
+		if !o.news.Load() {
+			continue
+		}
+		if !o.busy.TryLock() {
+			o.poke() // it is draining: its own drain looks after the news
+			continue
+		}
+		if !o.news.Swap(false) {
+			o.busy.Unlock()
+			continue
+		}
+		if !now.Before(o.leaseDeadline()) {
+			o.busy.Unlock()
+			o.poke()
+			continue
+		}
+		o.draining.Store(true)
+		group = append(group, o)
+	}
+	return group
+}
+
+func minTime(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
+}
+
 type pending struct {
 	row    *outboxRow
 	rec    *kgo.Record
@@ -137,11 +210,12 @@ type pending struct {
 	reason string
 }
 
-// drainOnce publishes one batch of shard. It returns an error when the batch could not
-// run at all (Postgres) or a dependency failed (Kafka, registry) so the caller backs off.
-func (r *Relay) drainOnce(ctx context.Context, shard int) (batchResult, error) {
+// drainOnce publishes one batch of shards (usually one; several that keep up are
+// drained together, see steal). It returns an error when the batch could not run at
+// all (Postgres) or a dependency failed (Kafka, registry) so the caller backs off.
+func (r *Relay) drainOnce(ctx context.Context, shards []int) (batchResult, error) {
 	var res batchResult
-	rows, err := r.read(ctx, shard)
+	rows, err := r.read(ctx, shards)
 	if err != nil {
 		r.fail("postgres", err)
 		return res, err
@@ -151,7 +225,7 @@ func (r *Relay) drainOnce(ctx context.Context, shard int) (batchResult, error) {
 		r.ok("postgres")
 		return res, nil
 	}
-	r.log.Debug("batch start", "shard", shard, "rows", len(rows), "first_id", rows[0].id)
+	r.log.Debug("batch start", "shards", shards, "rows", len(rows), "first_id", rows[0].id)
 	if err := r.loadSchemas(ctx, rows); err != nil {
 		r.fail("postgres", err)
 		return res, err
@@ -275,7 +349,7 @@ func (r *Relay) drainOnce(ctx context.Context, shard int) (batchResult, error) {
 	r.ok("postgres")
 	for i, id := range parkIDs {
 		kind, _, _ := strings.Cut(parkReasons[i], ":")
-		r.log.Warn("event parked", "shard", shard, "id", id, "reason", parkReasons[i])
+		r.log.Warn("event parked", "shards", shards, "id", id, "reason", parkReasons[i])
 		if r.cfg.Hooks.OnParked != nil {
 			r.cfg.Hooks.OnParked(kind)
 		}
@@ -293,14 +367,20 @@ func (r *Relay) drainOnce(ctx context.Context, shard int) (batchResult, error) {
 	return res, nil
 }
 
-func (r *Relay) read(ctx context.Context, shard int) ([]outboxRow, error) {
+func (r *Relay) read(ctx context.Context, shards []int) ([]outboxRow, error) {
+	shard := shards[0]
 	conn, err := r.pool.Acquire(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("reading shard %d: %w", shard, err)
 	}
 	defer conn.Release()
 	start := time.Now()
-	rows, err := conn.Query(ctx, r.sql.read, shard, r.cfg.BatchSize)
+	var rows pgx.Rows
+	if len(shards) == 1 {
+		rows, err = conn.Query(ctx, r.sql.read, shard, r.cfg.BatchSize)
+	} else {
+		rows, err = conn.Query(ctx, r.sql.readMany, shards, r.cfg.BatchSize)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("reading shard %d: %w", shard, err)
 	}

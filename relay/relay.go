@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -56,6 +57,19 @@ type shardRun struct {
 	done     chan struct{}
 	wake     chan struct{}
 	stopOnce sync.Once
+	busy     sync.Mutex  // held while a batch drains this shard (its own or a group's)
+	sparse   atomic.Bool // its last batch was small: it may join another shard's batch
+	news     atomic.Bool // a NOTIFY named it and it has not drained since
+	draining atomic.Bool // a batch is draining it
+	failing  atomic.Bool // its drain is backing off after a failure (a wake waits)
+}
+
+// poke wakes the shard's drain (a no-op if a wake is already pending).
+func (s *shardRun) poke() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
 }
 
 func (s *shardRun) leaseDeadline() time.Time {
@@ -84,8 +98,8 @@ func (s *shardRun) exited() bool {
 }
 
 type statements struct {
-	upsertReplica, renew, live, claim, release, releaseAll, deleteReplica, purgeReplicas string
-	read, schemas, delete, markPublished, park, attempt, purgePublished                  string
+	upsertReplica, renew, live, claim, release, releaseAll, deleteReplica, purgeReplicas, readMany string
+	read, schemas, delete, markPublished, park, attempt, purgePublished                            string
 }
 
 func newStatements(schema string) statements {
@@ -108,6 +122,13 @@ func newStatements(schema string) statements {
 			FROM ` + o + ` o WHERE o.shard = $1 AND o.published_at IS NULL AND o.parked_at IS NULL
 			AND NOT EXISTS (SELECT 1 FROM ` + o + ` p WHERE p.shard = $1 AND p.key = o.key AND p.parked_at IS NOT NULL)
 			ORDER BY o.id LIMIT $2`,
+		// Several shards at once: ordered by shard then id, which keeps each key's order
+		// (a key lives in one shard) and follows the (shard, id) index.
+		readMany: `SELECT o.id, o.event_id, o.topic, o.key, o.event_type, o.aggregate_type, o.subject, o.schema_fingerprint,
+			o.payload, o.headers, o.occurred_at, o.created_at, o.correlation_id, o.causation_id, o.source, o.traceparent, o.tracestate
+			FROM ` + o + ` o WHERE o.shard = ANY($1::int[]) AND o.published_at IS NULL AND o.parked_at IS NULL
+			AND NOT EXISTS (SELECT 1 FROM ` + o + ` p WHERE p.shard = o.shard AND p.key = o.key AND p.parked_at IS NOT NULL)
+			ORDER BY o.shard, o.id LIMIT $2`,
 		schemas:        `SELECT fingerprint, schema FROM ` + q("schemas") + ` WHERE fingerprint = ANY($1)`,
 		delete:         `DELETE FROM ` + o + ` WHERE id = ANY($1::bigint[])`,
 		markPublished:  `UPDATE ` + o + ` SET published_at = now(), attempts = attempts + 1 WHERE id = ANY($1::bigint[])`,
@@ -466,12 +487,29 @@ func (r *Relay) wake(payload string) {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	// Shards that keep up get the news and one idle one of them (the leader) is
+	// woken: it drains them all in one batch (see steal). The others are woken.
+	var leader *shardRun
 	for _, n := range shards {
-		if s := r.shards[n]; s != nil {
-			select {
-			case s.wake <- struct{}{}:
-			default:
+		s := r.shards[n]
+		switch {
+		case s == nil:
+		case s.sparse.Load():
+			s.news.Store(true)
+			if leader == nil && !s.draining.Load() && !s.failing.Load() {
+				leader = s
 			}
+		default:
+			s.poke()
+		}
+	}
+	if leader != nil {
+		leader.poke()
+		return
+	}
+	for _, n := range shards { // all busy: each looks after its own
+		if s := r.shards[n]; s != nil && s.news.Load() {
+			s.poke()
 		}
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -295,5 +296,57 @@ func TestRelay_NotifyWakesIdleRelayDespiteLongPoll(t *testing.T) {
 		if got := readBack(t, topic, 2+i, 10*time.Second); got.distinct != 2+i {
 			t.Fatalf("event notified with payload %q not on Kafka within 10s (poll 30s)", payload)
 		}
+	}
+}
+
+// A transaction that touches many shards of an idle relay is drained in a few
+// batches spanning several shards, not one claim per shard: the writer's NOTIFY names
+// the shards, one drain takes the others that keep up into its batch. Every event is
+// published, in key order.
+func TestRelay_CommitOnManyShardsIsDrainedInFewBatches(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	topic := testenv.Topic(t, 3)
+	var reads, rowsRead atomic.Int64
+	r, _, _ := e.relay(t, func(c *relay.Config) {
+		c.PollInterval = 30 * time.Second
+		c.Hooks.OnRead = func(_, rows int, _ time.Duration) {
+			if rows > 0 {
+				reads.Add(1)
+				rowsRead.Add(int64(rows))
+			}
+		}
+	})
+	deadline := time.Now().Add(10 * time.Second)
+	for len(r.Owned()) < 64 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(time.Second) // every shard's first (empty) batch is done: all keep up
+
+	// 3 events on each of 64 keys, one key per shard, in 3 transactions.
+	keys := map[int]string{}
+	for i := 0; len(keys) < 64; i++ {
+		k := "k-" + strconv.Itoa(i)
+		if _, ok := keys[outbox.Shard(k)]; !ok {
+			keys[outbox.Shard(k)] = k
+		}
+	}
+	ctx := context.Background()
+	for seq := int64(1); seq <= 3; seq++ {
+		var evs []outbox.Event
+		for _, k := range keys {
+			evs = append(evs, outbox.Event{Topic: topic, Key: k, Type: "Seq", Value: Seq{Key: k, Seq: seq}})
+		}
+		if err := pgx.BeginFunc(ctx, e.pool, func(tx pgx.Tx) error { return e.w.Write(ctx, tx, evs...) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := readBack(t, topic, 192, 20*time.Second)
+	if got.distinct != 192 || got.violations != 0 {
+		t.Fatalf("distinct %d of 192, order violations %d", got.distinct, got.violations)
+	}
+	t.Logf("192 events on 64 shards in %d batches (%d rows read)", reads.Load(), rowsRead.Load())
+	if n := reads.Load(); n > 48 {
+		t.Fatalf("%d batches for 3 commits on 64 shards: shards that keep up should share batches (64 per commit without)", n)
 	}
 }
