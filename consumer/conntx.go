@@ -25,7 +25,7 @@ func (t *connTx) Begin(ctx context.Context) (pgx.Tx, error) {
 	if _, err := t.conn.Exec(ctx, "SAVEPOINT "+name); err != nil {
 		return nil, err
 	}
-	return &savepointTx{parent: t, name: name}, nil
+	return &savepointTx{connTx: t, name: name}, nil
 }
 
 func (t *connTx) Commit(ctx context.Context) error {
@@ -72,20 +72,20 @@ func (t *connTx) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row 
 }
 func (t *connTx) Conn() *pgx.Conn { return t.conn }
 
-// savepointTx is a nested transaction (a savepoint) in a connTx.
+// savepointTx is a nested transaction (a savepoint) in a connTx: the connTx's
+// statements, with its own commit (RELEASE) and rollback (ROLLBACK TO).
 type savepointTx struct {
-	parent *connTx
+	*connTx
 	name   string
 	closed bool
 }
 
-func (s *savepointTx) Begin(ctx context.Context) (pgx.Tx, error) { return s.parent.Begin(ctx) }
 func (s *savepointTx) Commit(ctx context.Context) error {
 	if s.closed {
 		return pgx.ErrTxClosed
 	}
 	s.closed = true
-	_, err := s.parent.conn.Exec(ctx, "RELEASE SAVEPOINT "+s.name)
+	_, err := s.conn.Exec(ctx, "RELEASE SAVEPOINT "+s.name)
 	return err
 }
 func (s *savepointTx) Rollback(ctx context.Context) error {
@@ -93,26 +93,6 @@ func (s *savepointTx) Rollback(ctx context.Context) error {
 		return pgx.ErrTxClosed
 	}
 	s.closed = true
-	_, err := s.parent.conn.Exec(ctx, "ROLLBACK TO SAVEPOINT "+s.name)
+	_, err := s.conn.Exec(ctx, "ROLLBACK TO SAVEPOINT "+s.name)
 	return err
 }
-func (s *savepointTx) CopyFrom(ctx context.Context, t pgx.Identifier, c []string, src pgx.CopyFromSource) (int64, error) {
-	return s.parent.CopyFrom(ctx, t, c, src)
-}
-func (s *savepointTx) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
-	return s.parent.SendBatch(ctx, b)
-}
-func (s *savepointTx) LargeObjects() pgx.LargeObjects { return pgx.LargeObjects{} }
-func (s *savepointTx) Prepare(ctx context.Context, name, sql string) (*pgconn.StatementDescription, error) {
-	return s.parent.Prepare(ctx, name, sql)
-}
-func (s *savepointTx) Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
-	return s.parent.Exec(ctx, sql, args...)
-}
-func (s *savepointTx) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
-	return s.parent.Query(ctx, sql, args...)
-}
-func (s *savepointTx) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
-	return s.parent.QueryRow(ctx, sql, args...)
-}
-func (s *savepointTx) Conn() *pgx.Conn { return s.parent.conn }

@@ -117,18 +117,10 @@ func newStatements(schema string) statements {
 		releaseAll:    `UPDATE ` + l + ` SET owner = NULL, expires_at = NULL WHERE owner = $1`,
 		deleteReplica: `DELETE FROM ` + rp + ` WHERE id = $1`,
 		purgeReplicas: `DELETE FROM ` + rp + ` WHERE expires_at < now() - interval '10 minutes'`,
-		read: `SELECT o.id, o.event_id, o.topic, o.key, o.event_type, o.aggregate_type, o.subject, o.schema_fingerprint,
-			o.payload, o.headers, o.occurred_at, o.created_at, o.correlation_id, o.causation_id, o.source, o.traceparent, o.tracestate
-			FROM ` + o + ` o WHERE o.shard = $1 AND o.published_at IS NULL AND o.parked_at IS NULL
-			AND NOT EXISTS (SELECT 1 FROM ` + o + ` p WHERE p.shard = $1 AND p.key = o.key AND p.parked_at IS NOT NULL)
-			ORDER BY o.id LIMIT $2`,
+		read:          readSQL(o, "o.shard = $1", "p.shard = $1", "o.id"),
 		// Several shards at once: ordered by shard then id, which keeps each key's order
 		// (a key lives in one shard) and follows the (shard, id) index.
-		readMany: `SELECT o.id, o.event_id, o.topic, o.key, o.event_type, o.aggregate_type, o.subject, o.schema_fingerprint,
-			o.payload, o.headers, o.occurred_at, o.created_at, o.correlation_id, o.causation_id, o.source, o.traceparent, o.tracestate
-			FROM ` + o + ` o WHERE o.shard = ANY($1::int[]) AND o.published_at IS NULL AND o.parked_at IS NULL
-			AND NOT EXISTS (SELECT 1 FROM ` + o + ` p WHERE p.shard = o.shard AND p.key = o.key AND p.parked_at IS NOT NULL)
-			ORDER BY o.shard, o.id LIMIT $2`,
+		readMany:       readSQL(o, "o.shard = ANY($1::int[])", "p.shard = o.shard", "o.shard, o.id"),
 		schemas:        `SELECT fingerprint, schema FROM ` + q("schemas") + ` WHERE fingerprint = ANY($1)`,
 		delete:         `DELETE FROM ` + o + ` WHERE id = ANY($1::bigint[])`,
 		markPublished:  `UPDATE ` + o + ` SET published_at = now(), attempts = attempts + 1 WHERE id = ANY($1::bigint[])`,
@@ -136,6 +128,16 @@ func newStatements(schema string) statements {
 		attempt:        `UPDATE ` + o + ` o SET last_error = u.reason, attempts = o.attempts + 1 FROM unnest($1::bigint[], $2::text[]) u(id, reason) WHERE o.id = u.id`,
 		purgePublished: `DELETE FROM ` + o + ` WHERE id IN (SELECT id FROM ` + o + ` WHERE published_at < now() - $1::interval LIMIT 10000)`,
 	}
+}
+
+// readSQL is a batch's claim: the oldest pending rows of the shards in where, skipping
+// keys blocked behind a parked row, LIMIT $2.
+func readSQL(outbox, where, parkedShard, order string) string {
+	return `SELECT o.id, o.event_id, o.topic, o.key, o.event_type, o.aggregate_type, o.subject, o.schema_fingerprint,
+			o.payload, o.headers, o.occurred_at, o.created_at, o.correlation_id, o.causation_id, o.source, o.traceparent, o.tracestate
+			FROM ` + outbox + ` o WHERE ` + where + ` AND o.published_at IS NULL AND o.parked_at IS NULL
+			AND NOT EXISTS (SELECT 1 FROM ` + outbox + ` p WHERE ` + parkedShard + ` AND p.key = o.key AND p.parked_at IS NOT NULL)
+			ORDER BY ` + order + ` LIMIT $2`
 }
 
 // New returns a Relay over pool (the database holding the outbox). It builds its
@@ -518,10 +520,7 @@ func (r *Relay) wakeAll() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, s := range r.shards {
-		select {
-		case s.wake <- struct{}{}:
-		default:
-		}
+		s.poke()
 	}
 }
 
