@@ -40,6 +40,7 @@ type config struct {
 	FillWorkers    int           `json:"drain_fill_workers"`
 	PGBatch        int           `json:"pg_limit_batch"`
 	PGWorkers      int           `json:"pg_limit_workers"`
+	Repeat         int           `json:"repeat"`
 	BacklogSmall   int           `json:"backlog_small"`
 	BacklogBig     int           `json:"backlog_big"`
 	BacklogMid     int           `json:"backlog_mid"`
@@ -85,6 +86,7 @@ func parseConfig(args []string) (config, error) {
 	fs.IntVar(&c.BacklogBig, "backlog-big", atoiOr(envOr("BENCH_BACKLOG_BIG", def("200000", "5000000"))), "big backlog rows [BENCH_BACKLOG_BIG]")
 	fs.IntVar(&c.BacklogPad, "backlog-event-bytes", atoiOr(envOr("BENCH_BACKLOG_EVENT_BYTES", "1024")), "event size of the backlog filler [BENCH_BACKLOG_EVENT_BYTES]")
 	fs.IntVar(&c.BacklogBatches, "backlog-batches", atoiOr(envOr("BENCH_BACKLOG_BATCHES", "300")), "claim queries measured per backlog size [BENCH_BACKLOG_BATCHES]")
+	fs.IntVar(&c.Repeat, "repeat", atoiOr(envOr("BENCH_REPEAT", def("1", "3"))), "runs of each limit and of each drain; the figures are their medians, every run in the JSON [BENCH_REPEAT]")
 	fs.IntVar(&c.PGWorkers, "pg-workers", atoiOr(envOr("BENCH_PG_WORKERS", "4")), "connections of the raw Postgres drain limit [BENCH_PG_WORKERS]")
 	fs.DurationVar(&c.DrainTimeout, "drain-timeout", mustDur(envOr("BENCH_DRAIN_TIMEOUT", "30m")), "give up a drain after this long [BENCH_DRAIN_TIMEOUT]")
 	fs.StringVar(&c.Out, "out", envOr("BENCH_OUT", ""), "JSON output file [BENCH_OUT] (default <repo>/bench-out/bench.json)")

@@ -3,9 +3,11 @@ package main
 import (
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"text/tabwriter"
 )
@@ -68,8 +70,20 @@ func printTable(w io.Writer, rep *report) {
 	if l := rep.Limits; l != nil {
 		fmt.Fprintf(w, "\nlimits: raw franz-go produce %s ev/s, raw Postgres read+delete %s ev/s\n",
 			fmtF(l.KafkaProduceEPS, "%.0f"), fmtF(l.PGDrainEPS, "%.0f"))
+		if len(l.PGDrainRuns) > 1 {
+			fmt.Fprintf(w, "  (medians of %d runs: produce %v, Postgres %v)\n", len(l.PGDrainRuns), l.KafkaProduceRuns, l.PGDrainRuns)
+		}
 		for _, e := range l.Errors {
 			fmt.Fprintf(w, "  error: %s\n", e)
+		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(rep.Systems)) {
+		if res := rep.Systems[name]; res.DrainVsLesserLimit != nil {
+			fmt.Fprintf(w, "%s drain / lesser limit: %.0f %%", name, 100**res.DrainVsLesserLimit)
+			if len(res.DrainRuns) > 1 {
+				fmt.Fprintf(w, " (median of drains %v)", res.DrainRuns)
+			}
+			fmt.Fprintln(w)
 		}
 	}
 	if b := rep.Backlog; b != nil {

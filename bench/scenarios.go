@@ -21,14 +21,19 @@ import (
 // ---- results ----
 
 type systemResult struct {
-	SkippedReason   string          `json:"skipped_reason,omitempty"`
-	Settings        json.RawMessage `json:"settings,omitempty"`
-	DrainEPS        *float64        `json:"drain_eps"`
-	Drain           *drainResult    `json:"drain,omitempty"`
-	Steady          []steadyResult  `json:"steady"`
-	Duplicates      int64           `json:"duplicates"`
-	Missing         int64           `json:"missing"`
-	OrderViolations int64           `json:"order_violations"`
+	SkippedReason string          `json:"skipped_reason,omitempty"`
+	Settings      json.RawMessage `json:"settings,omitempty"`
+	DrainEPS      *float64        `json:"drain_eps"`
+	Drain         *drainResult    `json:"drain,omitempty"`
+	// DrainRuns: every drain's events/s from relay start when BENCH_REPEAT > 1;
+	// drain_eps and drain are the median run.
+	DrainRuns []float64 `json:"drain_eps_runs,omitempty"`
+	// DrainVsLesserLimit: drain_eps / min(kafka_produce_eps, pg_drain_eps).
+	DrainVsLesserLimit *float64       `json:"drain_vs_lesser_limit,omitempty"`
+	Steady             []steadyResult `json:"steady"`
+	Duplicates         int64          `json:"duplicates"`
+	Missing            int64          `json:"missing"`
+	OrderViolations    int64          `json:"order_violations"`
 	// UndeliveredAtCutoff sums the steady runs' undelivered_at_cutoff.
 	UndeliveredAtCutoff int64    `json:"undelivered_at_cutoff,omitempty"`
 	Errors              []string `json:"errors,omitempty"`
@@ -111,10 +116,13 @@ func metricsDelta(a, b map[string]float64, secs float64) map[string]float64 {
 }
 
 type limitsResult struct {
-	KafkaProduceEPS *float64       `json:"kafka_produce_eps"`
-	PGDrainEPS      *float64       `json:"pg_drain_eps"`
-	Settings        map[string]any `json:"settings"`
-	Errors          []string       `json:"errors,omitempty"`
+	KafkaProduceEPS *float64 `json:"kafka_produce_eps"`
+	PGDrainEPS      *float64 `json:"pg_drain_eps"`
+	// Every run's figure when BENCH_REPEAT > 1 (the fields above are their medians).
+	KafkaProduceRuns []float64      `json:"kafka_produce_eps_runs,omitempty"`
+	PGDrainRuns      []float64      `json:"pg_drain_eps_runs,omitempty"`
+	Settings         map[string]any `json:"settings"`
+	Errors           []string       `json:"errors,omitempty"`
 }
 
 type backlogResult struct {

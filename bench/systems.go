@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -135,7 +136,7 @@ func (i *relayboxInstance) insert(ctx context.Context, tx pgx.Tx, evs []BenchEve
 
 // relayboxSettings are the relay's settings in this benchmark: the CLI's defaults.
 func relayboxSettings() map[string]any {
-	return map[string]any{"binary": "relaybox relay (the CLI, defaults)", "batch_size": 1000, "pool_size": 16,
+	return map[string]any{"binary": "relaybox relay (the CLI, defaults)", "batch_size": 1000, "pool_size": 24, "max_inflight_batches": 16, "compression": "snappy", "linger": "2ms",
 		"poll_interval": "1s", "notify": true, "acks": "all", "idempotent": true, "replicas": 1,
 		"delivery_timeout": "0 (never)", "log_level": "warn"}
 }
@@ -148,7 +149,7 @@ func (i *relayboxInstance) start(ctx context.Context) (*proc, error) {
 	env := append(os.Environ(),
 		"DATABASE_URL="+i.h.databaseURL, "KAFKA_BROKERS="+strings.Join(i.h.brokers, ","),
 		"SCHEMA_REGISTRY_URL="+i.h.registryURL, "RELAYBOX_SCHEMA="+i.schema,
-		"RELAYBOX_METRICS_ADDR=127.0.0.1:"+strconv.Itoa(port), "RELAYBOX_LOG_LEVEL=warn")
+		"RELAYBOX_METRICS_ADDR=127.0.0.1:"+strconv.Itoa(port), "RELAYBOX_LOG_LEVEL="+cmp.Or(os.Getenv("BENCH_RELAY_LOG"), "warn"))
 	env = append(env, i.env...)
 	p, err := startProc("relaybox", []string{i.s.bin, "relay"}, env, "", i.h.logPath("relaybox-"+i.schema), nil)
 	if err != nil {

@@ -24,9 +24,8 @@ type outboxRow struct {
 	eventID                                     uuid.UUID
 	topic, key, typ, aggType, subject           string
 	fp                                          []byte
-	payload                                     []byte
-	headers                                     map[string]string
-	rawHeaders                                  []byte
+	framed                                      framedPayload // wire.HeaderLen bytes of room, then the payload
+	headers                                     headerScan
 	occurred, created                           time.Time
 	corr, caus, source, traceparent, tracestate string
 }
@@ -388,11 +387,10 @@ func (r *Relay) read(ctx context.Context, shards []int) ([]outboxRow, error) {
 	var out []outboxRow
 	for rows.Next() {
 		var o outboxRow
-		if err := rows.Scan(&o.id, &o.eventID, &o.topic, &o.key, &o.typ, &o.aggType, &o.subject, &o.fp, &o.payload,
-			&o.rawHeaders, &o.occurred, &o.created, &o.corr, &o.caus, &o.source, &o.traceparent, &o.tracestate); err != nil {
+		if err := rows.Scan(&o.id, &o.eventID, &o.topic, &o.key, &o.typ, &o.aggType, &o.subject, &o.fp, &o.framed,
+			&o.headers, &o.occurred, &o.created, &o.corr, &o.caus, &o.source, &o.traceparent, &o.tracestate); err != nil {
 			return nil, fmt.Errorf("reading shard %d: %w", shard, err)
 		}
-		o.headers = headerMap(o.rawHeaders)
 		out = append(out, o)
 	}
 	if err := rows.Err(); err != nil {
@@ -402,6 +400,46 @@ func (r *Relay) read(ctx context.Context, shards []int) ([]outboxRow, error) {
 		r.cfg.Hooks.OnRead(shard, len(out), time.Since(start))
 	}
 	return out, nil
+}
+
+// appendUUID appends u in its canonical 36-character form.
+func appendUUID(dst []byte, u uuid.UUID) []byte {
+	const hex = "0123456789abcdef"
+	for i, b := range u {
+		if i == 4 || i == 6 || i == 8 || i == 10 {
+			dst = append(dst, '-')
+		}
+		dst = append(dst, hex[b>>4], hex[b&0x0f])
+	}
+	return dst
+}
+
+// framedPayload scans the payload column into a buffer with room for the wire
+// header in front, so framing the record writes 5 bytes instead of copying the
+// payload again.
+type framedPayload []byte
+
+// ScanBytes implements pgtype.BytesScanner; src is driver memory, copied once here.
+func (f *framedPayload) ScanBytes(src []byte) error {
+	if src == nil {
+		return errors.New("payload is NULL")
+	}
+	b := make([]byte, wire.HeaderLen+len(src))
+	copy(b[wire.HeaderLen:], src)
+	*f = b
+	return nil
+}
+
+func (f framedPayload) payload() []byte { return f[wire.HeaderLen:] }
+
+// headerScan scans the headers column (jsonb) straight from driver memory: the
+// common '{}' costs no allocation.
+type headerScan map[string]string
+
+// ScanBytes implements pgtype.BytesScanner.
+func (h *headerScan) ScanBytes(src []byte) error {
+	*h = headerMap(src)
+	return nil
 }
 
 // headerMap reads the headers column. Values should be strings; anything else a
@@ -485,17 +523,37 @@ func (r *Relay) build(ctx context.Context, o *outboxRow) (*kgo.Record, string, s
 	default:
 		return nil, "", "", err
 	}
-	value := wire.Frame(uint32(id), o.payload)
+	value := []byte(o.framed)
+	wire.PutHeader(value, uint32(id))
+	// The key and the header values share one allocation: they live as long as the
+	// record. A slice handed out stays valid if a later append moves the arena.
+	n := len(o.key) + 36 + 35 + len(o.typ) + len(o.aggType) + len(o.corr) + len(o.caus) + len(o.source) +
+		len(o.subject) + len(o.traceparent) + len(o.tracestate)
+	for _, v := range o.headers {
+		n += len(v)
+	}
+	arena := make([]byte, 0, n)
+	mark := 0
+	take := func() []byte {
+		v := arena[mark:len(arena):len(arena)]
+		mark = len(arena)
+		return v
+	}
 	hs := make([]kgo.RecordHeader, 0, 10+len(o.headers))
 	add := func(k, v string) {
 		if v != "" {
-			hs = append(hs, kgo.RecordHeader{Key: k, Value: []byte(v)})
+			arena = append(arena, v...)
+			hs = append(hs, kgo.RecordHeader{Key: k, Value: take()})
 		}
 	}
-	add(envelope.EventID, o.eventID.String())
+	arena = append(arena, o.key...)
+	key := take()
+	arena = appendUUID(arena, o.eventID)
+	hs = append(hs, kgo.RecordHeader{Key: envelope.EventID, Value: take()})
 	add(envelope.EventType, o.typ)
 	add(envelope.AggregateType, o.aggType)
-	add(envelope.OccurredAt, o.occurred.UTC().Format(time.RFC3339Nano))
+	arena = o.occurred.UTC().AppendFormat(arena, time.RFC3339Nano)
+	hs = append(hs, kgo.RecordHeader{Key: envelope.OccurredAt, Value: take()})
 	add(envelope.CorrelationID, o.corr)
 	add(envelope.CausationID, o.caus)
 	add(envelope.Source, o.source)
@@ -515,8 +573,8 @@ func (r *Relay) build(ctx context.Context, o *outboxRow) (*kgo.Record, string, s
 	if size > r.cfg.MaxRecordBytes {
 		return nil, ParkTooLarge, fmt.Sprintf("record is %d bytes, limit %d (MaxRecordBytes)", size, r.cfg.MaxRecordBytes), nil
 	}
-	o.payload = nil // framed into value: let the collector have it while the batch is in flight
-	return &kgo.Record{Topic: o.topic, Key: []byte(o.key), Value: value, Headers: hs}, "", "", nil
+	o.framed = nil // the record holds it now
+	return &kgo.Record{Topic: o.topic, Key: key, Value: value, Headers: hs}, "", "", nil
 }
 
 // classifyProduce returns a park kind for produce errors that retrying cannot fix.

@@ -149,7 +149,8 @@ func New(pool *pgxpool.Pool, cfg *Config) (*Relay, error) {
 	}
 	opts := []kgo.Opt{
 		kgo.RequiredAcks(kgo.AllISRAcks()),
-		kgo.ProducerLinger(2 * time.Millisecond),
+		kgo.ProducerLinger(max(c.Linger, 0)),
+		kgo.ProducerBatchCompression(codec(c.Compression)...),
 		kgo.ProducerBatchMaxBytes(int32(max(c.MaxRecordBytes, 1<<20))),
 		kgo.MaxBufferedRecords(max(10000, 4*c.BatchSize)),
 		kgo.WithLogger(kslog.New(slog.New(minLevel{c.Logger.Handler(), slog.LevelInfo}).With("component", "kafka"))),

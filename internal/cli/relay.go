@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"strings"
 	"time"
@@ -92,6 +93,7 @@ type relayOpts struct {
 	metrics    string
 	poolSize   int
 	checkOnly  bool
+	pprof      bool
 	partitions int
 }
 
@@ -109,6 +111,8 @@ func defineRelay(f *flags) *relayOpts {
 	f.dur(&c.LeaseTTL, "lease-ttl", "RELAYBOX_LEASE_TTL", 15*time.Second, "shard lease time to live")
 	f.dur(&c.HeartbeatInterval, "heartbeat-interval", "RELAYBOX_HEARTBEAT_INTERVAL", 0, "lease renewal interval (default lease-ttl/5)")
 	f.num(&c.MaxRecordBytes, "max-record-bytes", "RELAYBOX_MAX_RECORD_BYTES", 1<<20, "largest record to produce; larger events park")
+	f.str(&c.Compression, "compression", "RELAYBOX_COMPRESSION", "snappy", "compression of produced batches: snappy, lz4, zstd, gzip or none")
+	f.dur(&c.Linger, "linger", "RELAYBOX_LINGER", 2*time.Millisecond, "how long a batch waits for more records (negative: send at once)")
 	f.dur(&c.DeliveryTimeout, "delivery-timeout", "RELAYBOX_DELIVERY_TIMEOUT", 0, "fail records that wait longer for Kafka (0: never; non-zero can reorder a key when the broker fails)")
 	f.dur(&c.Retention, "retention", "RELAYBOX_RETENTION", 0, "keep published rows this long (0: delete at once)")
 	f.boolean(&c.AutoCreateTopics, "auto-create-topics", "RELAYBOX_AUTO_CREATE_TOPICS", false, "create missing topics instead of parking their events")
@@ -116,7 +120,8 @@ func defineRelay(f *flags) *relayOpts {
 	f.dur(&c.UnreadyAfter, "unready-after", "RELAYBOX_UNREADY_AFTER", 30*time.Second, "/readyz fails once a dependency has failed this long")
 	f.str(&c.Channel, "channel", "RELAYBOX_CHANNEL", "relaybox_outbox", "LISTEN channel")
 	f.str(&o.metrics, "metrics-addr", "RELAYBOX_METRICS_ADDR", ":9090", "address for /metrics, /healthz, /readyz (empty: off)")
-	f.num(&o.poolSize, "pool-size", "RELAYBOX_POOL_SIZE", 16, "Postgres connections")
+	f.boolean(&o.pprof, "pprof", "RELAYBOX_PPROF", false, "also serve Go's /debug/pprof/ on the metrics address (CPU and heap profiles)")
+	f.num(&o.poolSize, "pool-size", "RELAYBOX_POOL_SIZE", 0, "Postgres connections (0: max-inflight-batches + 8, so outcome writes and small batches do not queue behind the claims)")
 	f.BoolVar(&o.checkOnly, "check", false, "check Postgres, Kafka and the registry, then exit")
 	return o
 }
@@ -147,6 +152,9 @@ func runRelay(ctx context.Context, args []string, out io.Writer) error {
 		return err
 	}
 	// --check fails at once if Postgres does not answer; the daemon waits for it below.
+	if o.poolSize <= 0 {
+		o.poolSize = max(o.cfg.MaxInFlightBatches, 1) + 8
+	}
 	pool, err := o.poolPing(ctx, int32(o.poolSize), o.checkOnly)
 	if err != nil {
 		return err
@@ -171,20 +179,25 @@ func runRelay(ctx context.Context, args []string, out io.Writer) error {
 		return nil
 	}
 	if o.metrics != "" {
-		srv, err := serveOps(o.metrics, m.registry, r.Ready)
+		srv, err := serveOps(o.metrics, m.registry, r.Ready, o.pprof)
 		if err != nil {
 			return err
 		}
 		defer srv.Close()
-		log.Info("serving /metrics, /healthz, /readyz", "addr", srv.Addr)
+		log.Info("serving /metrics, /healthz, /readyz", "addr", srv.Addr, "pprof", o.pprof)
 	}
 	// Run waits, unready, for a dependency that does not answer (a restart during an
 	// outage); only a schema that is not migrated ends it at once.
 	return r.Run(ctx)
 }
 
-func serveOps(addr string, reg *prometheus.Registry, ready func() error) (*http.Server, error) {
+func serveOps(addr string, reg *prometheus.Registry, ready func() error, profiling bool) (*http.Server, error) {
 	mux := http.NewServeMux()
+	if profiling {
+		mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+		mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	}
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {

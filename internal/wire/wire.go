@@ -28,6 +28,13 @@ func Append(dst []byte, schemaID uint32, body []byte) []byte {
 	return append(dst, body...)
 }
 
+// PutHeader writes the header for schemaID into b[:HeaderLen] (b holds the body
+// from b[HeaderLen:]).
+func PutHeader(b []byte, schemaID uint32) {
+	b[0] = Magic
+	binary.BigEndian.PutUint32(b[1:HeaderLen], schemaID)
+}
+
 // Frame returns a new framed message.
 func Frame(schemaID uint32, body []byte) []byte {
 	return Append(make([]byte, 0, HeaderLen+len(body)), schemaID, body)

@@ -44,3 +44,11 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+func TestPutHeader_WritesMagicAndIDInFrontOfTheBody(t *testing.T) {
+	b := append(make([]byte, HeaderLen), "body"...)
+	PutHeader(b, 0x01020304)
+	if want := Frame(0x01020304, []byte("body")); string(b) != string(want) {
+		t.Fatalf("PutHeader gave % x, Frame gives % x", b, want)
+	}
+}

@@ -1,0 +1,51 @@
+package relay
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+)
+
+func TestAppendUUID_MatchesCanonicalForm(t *testing.T) {
+	for range 100 {
+		u := uuid.New()
+		if got := string(appendUUID([]byte("x"), u)); got != "x"+u.String() {
+			t.Fatalf("appendUUID = %q, want %q", got, "x"+u.String())
+		}
+	}
+}
+
+func TestFramedPayload_LeavesRoomForTheWireHeader(t *testing.T) {
+	var f framedPayload
+	src := []byte("avro body")
+	if err := f.ScanBytes(src); err != nil {
+		t.Fatal(err)
+	}
+	src[0] = 'X' // driver memory is reused after the scan: the payload must be a copy
+	if len(f) != 5+len("avro body") || string(f.payload()) != "avro body" {
+		t.Fatalf("framed = %q", f)
+	}
+	if err := f.ScanBytes(nil); err == nil {
+		t.Fatal("NULL payload scanned without error")
+	}
+}
+
+func TestConfig_CompressionIsCheckedAndDefaultsToSnappy(t *testing.T) {
+	base := Config{Brokers: []string{"127.0.0.1:1"}, RegistryURL: "http://127.0.0.1:1"}
+	c, err := base.withDefaults()
+	if err != nil || c.Compression != "snappy" || c.Linger != 2*time.Millisecond {
+		t.Fatalf("defaults: compression %q, linger %s, err %v", c.Compression, c.Linger, err)
+	}
+	for _, ok := range []string{"lz4", "ZSTD", "gzip", "none"} {
+		base.Compression = ok
+		if _, err := base.withDefaults(); err != nil {
+			t.Errorf("compression %q refused: %v", ok, err)
+		}
+	}
+	base.Compression = "brotli"
+	if _, err := base.withDefaults(); err == nil || !strings.Contains(err.Error(), "brotli") {
+		t.Fatalf("compression brotli: err %v, want a clear refusal", err)
+	}
+}
