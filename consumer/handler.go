@@ -12,10 +12,10 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
-// Message is one record as a [Handler] sees it: the relaybox envelope from the
-// record's headers, where it came from, and the Avro body still encoded. Typed
-// handlers registered with [Handle] receive an [Event] instead.
-type Message struct {
+// Envelope is what every event carries besides its value: the relaybox envelope
+// from the record's headers and where the record came from. [Message] and [Event]
+// embed it.
+type Envelope struct {
 	// ID is the event id (relaybox.event_id header), or Config.DedupKey of the
 	// record when it has none. It is the dedup key in processed_events.
 	ID string
@@ -35,6 +35,12 @@ type Message struct {
 	Topic     string
 	Partition int32
 	Offset    int64
+}
+
+// Message is one record as a [Handler] sees it: its [Envelope] and the Avro body
+// still encoded. Typed handlers registered with [Handle] receive an [Event] instead.
+type Message struct {
+	Envelope
 	// SchemaID is the registry id of the writer schema.
 	SchemaID int
 	// Body is the Avro-encoded value (after the 5-byte wire header). It aliases the
@@ -65,22 +71,7 @@ func (m *Message) Decode(dst any) error {
 
 // Event is a decoded event, as typed handlers registered with [Handle] receive it.
 type Event[T any] struct {
-	// ID is the event id (see Message.ID).
-	ID string
-	// Type is the event type.
-	Type string
-	// Key is the record key (the aggregate id).
-	Key string
-	// AggregateType, CorrelationID, CausationID and Source are the envelope's.
-	AggregateType, CorrelationID, CausationID, Source string
-	// OccurredAt is when the event happened, per its writer.
-	OccurredAt time.Time
-	// Headers holds every record header.
-	Headers map[string]string
-	// Topic, Partition and Offset locate the record.
-	Topic     string
-	Partition int32
-	Offset    int64
+	Envelope
 	// Value is the payload, decoded into T.
 	Value T
 }
@@ -150,12 +141,7 @@ func Handle[T any](c *Consumer, eventType string, fn func(ctx context.Context, t
 				return Permanent(err)
 			}
 		}
-		return fn(ctx, tx, Event[T]{
-			ID: m.ID, Type: m.Type, Key: m.Key, AggregateType: m.AggregateType,
-			CorrelationID: m.CorrelationID, CausationID: m.CausationID, Source: m.Source,
-			OccurredAt: m.OccurredAt, Headers: m.Headers,
-			Topic: m.Topic, Partition: m.Partition, Offset: m.Offset, Value: *p,
-		})
+		return fn(ctx, tx, Event[T]{Envelope: m.Envelope, Value: *p})
 	})
 	c.register(eventType, route{h: h, t: t})
 }

@@ -37,10 +37,10 @@ type deadLetter struct {
 
 // message builds the Message of rec from its headers.
 func (c *Consumer) message(rec *kgo.Record) *Message {
-	m := &Message{
+	m := &Message{Envelope: Envelope{
 		Key: string(rec.Key), Topic: rec.Topic, Partition: rec.Partition, Offset: rec.Offset,
-		Headers: make(map[string]string, len(rec.Headers)), Record: rec,
-	}
+		Headers: make(map[string]string, len(rec.Headers)),
+	}, Record: rec}
 	for _, h := range rec.Headers {
 		m.Headers[h.Key] = string(h.Value)
 	}
