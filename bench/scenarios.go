@@ -16,6 +16,8 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/relaybox/relaybox/relay"
 )
 
 // ---- results ----
@@ -719,17 +721,6 @@ collect:
 	return m
 }
 
-// claimSQL is the relay's claim statement (relay/relay.go, sql.read), copied: the
-// backlog scenario times it in isolation.
-func claimSQL(schema string) string {
-	o := pgx.Identifier{schema, "outbox"}.Sanitize()
-	return `SELECT o.id, o.event_id, o.topic, o.key, o.event_type, o.aggregate_type, o.subject, o.schema_fingerprint,
-			o.payload, o.headers, o.occurred_at, o.created_at, o.correlation_id, o.causation_id, o.source, o.traceparent, o.tracestate
-			FROM ` + o + ` o WHERE o.shard = $1 AND o.published_at IS NULL AND o.parked_at IS NULL
-			AND NOT EXISTS (SELECT 1 FROM ` + o + ` p WHERE p.shard = $1 AND p.key = o.key AND p.parked_at IS NOT NULL)
-			ORDER BY o.id LIMIT $2`
-}
-
 func (h *harness) claimQuery(ctx context.Context, schema string, m *backlogMeasure) error {
 	p50, p99, rows, err := h.timeClaims(ctx, schema, h.cfg.PGBatch)
 	if err != nil {
@@ -749,7 +740,7 @@ func (h *harness) timeClaims(ctx context.Context, schema string, limit int) (p50
 		return 0, 0, 0, err
 	}
 	defer conn.Release()
-	q := claimSQL(schema)
+	q := relay.ClaimSQL(schema)
 	var ds []float64
 	var rowsSum float64
 	for pass := range 4 {

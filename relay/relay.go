@@ -130,6 +130,14 @@ func newStatements(schema string) statements {
 	}
 }
 
+// ClaimSQL is the statement a batch of one shard reads its rows with, for the outbox
+// in schema: $1 is the shard, $2 the most rows (Config.BatchSize). It is exported for
+// EXPLAIN on a real database and for benchmarks that time it; the relay prepares it
+// itself.
+func ClaimSQL(schema string) string {
+	return newStatements(schema).read
+}
+
 // readSQL is a batch's claim: the oldest pending rows of the shards in where, skipping
 // keys blocked behind a parked row, LIMIT $2.
 func readSQL(outbox, where, parkedShard, order string) string {
