@@ -47,7 +47,11 @@ func (t *tracker) markCommitted(i int64, at int64) {
 // highest sequence already seen for key is an order violation; a second receipt of an
 // event is a duplicate (not a violation: redelivery after a crash repeats older events).
 func (t *tracker) observe(key string, seq int64, now int64) {
-	i := t.es.index(key, seq)
+	t.observeIndex(t.es.index(key, seq), seq, now)
+}
+
+// observeIndex is observe for event number i (-1: not one of ours).
+func (t *tracker) observeIndex(i, seq int64, now int64) {
 	if i < 0 || i >= int64(len(t.recv)) {
 		t.unknown.Add(1)
 		return
@@ -116,7 +120,6 @@ func startConsumer(ctx context.Context, brokers []string, topic string, t *track
 
 func (c *consumer) run(ctx context.Context) {
 	defer close(c.done)
-	var ev BenchEvent
 	for {
 		fs := c.cl.PollFetches(ctx)
 		if ctx.Err() != nil || fs.IsClientClosed() {
@@ -124,11 +127,12 @@ func (c *consumer) run(ctx context.Context) {
 		}
 		now := time.Now().UnixNano()
 		fs.EachRecord(func(r *kgo.Record) {
-			if err := decodeValue(r.Value, &ev); err != nil {
+			key, seq, err := decodeKeySeq(r.Value)
+			if err != nil {
 				c.t.bad.Add(1)
 				return
 			}
-			c.t.observe(ev.Key, ev.Seq, now)
+			c.t.observeIndex(c.t.es.indexBytes(key, seq), seq, now)
 		})
 	}
 }

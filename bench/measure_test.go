@@ -60,6 +60,34 @@ func TestTrackerGapThenLate(t *testing.T) {
 	}
 }
 
+func TestDecodeKeySeqReadsWhatTheFullDecoderReads(t *testing.T) {
+	es := newEventSpace(10000, 1024)
+	for _, i := range []int64{0, 9999, 123457, 1 << 40} {
+		ev := es.event(i, [16]byte{1}, timeUnix(42))
+		bare, err := encodeEvent(&ev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for name, v := range map[string][]byte{"bare": bare, "framed": append([]byte{0, 0, 0, 0, 7}, bare...)} {
+			key, seq, err := decodeKeySeq(v)
+			if err != nil {
+				t.Fatalf("%d %s: %v", i, name, err)
+			}
+			if string(key) != ev.Key || seq != ev.Seq || es.indexBytes(key, seq) != i || es.index(ev.Key, ev.Seq) != i {
+				t.Errorf("%d %s: key %q seq %d index %d", i, name, key, seq, es.indexBytes(key, seq))
+			}
+		}
+		for cut := range 45 { // truncated values fail, never panic
+			if _, _, err := decodeKeySeq(bare[:cut]); err == nil && cut < 40 {
+				t.Errorf("%d: value cut at %d bytes decoded", i, cut)
+			}
+		}
+	}
+	if es.indexBytes([]byte("key-x1"), 1) != -1 || es.indexBytes([]byte("nope-1"), 1) != -1 || es.indexBytes([]byte("key-10000"), 0) != -1 {
+		t.Error("indexBytes accepted a key that is not one of ours")
+	}
+}
+
 func TestDecodeValueFramedAndBare(t *testing.T) {
 	es := newEventSpace(10000, 1024)
 	ev := es.event(123457, [16]byte{1}, timeUnix(42))
