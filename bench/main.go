@@ -140,7 +140,7 @@ func run() error {
 			var runs []*drainResult
 			for run := 1; run <= max(1, cfg.Repeat) && ctx.Err() == nil; run++ {
 				h.logf("%s: drain of %d events%s", sys.name(), cfg.N, runTag(run, cfg.Repeat))
-				d, settings, err := h.drain(ctx, sys)
+				d, settings, err := h.drain(ctx, sys, run)
 				if settings != nil {
 					res.Settings = settings
 				}

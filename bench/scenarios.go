@@ -311,9 +311,15 @@ func (h *harness) pgLimit(ctx context.Context) (float64, error) {
 
 // ---- drain ----
 
-func (h *harness) drain(ctx context.Context, sys system) (*drainResult, json.RawMessage, error) {
+// drain runs one drain; run numbers the repeats, each with its own schema, topic and
+// (for the CDC peers) slot and offsets: a repeat must not resume its predecessor.
+func (h *harness) drain(ctx context.Context, sys system, run int) (*drainResult, json.RawMessage, error) {
 	n := int64(h.cfg.N)
-	inst, err := sys.setup(ctx, h, h.runID+"_d")
+	name := h.runID + "_d"
+	if run > 1 {
+		name += strconv.Itoa(run)
+	}
+	inst, err := sys.setup(ctx, h, name)
 	if err != nil {
 		return nil, nil, fmt.Errorf("setup: %w", err)
 	}
