@@ -67,7 +67,9 @@ const (
 	colArray  = 2
 )
 
-// insertStatement returns the statement for rows and its arguments.
+// insertStatement returns the statement for rows and its arguments. Unless notify is
+// disabled, the same statement also sends the NOTIFY (a materialized CTE, evaluated
+// once): one statement per call instead of two.
 func (w *Writer) insertStatement(rows []row) (string, []any) {
 	var shape uint32 // 2 bits per column
 	for i, c := range columns {
@@ -93,6 +95,10 @@ func (w *Writer) insertStatement(rows []row) (string, []any) {
 			args = append(args, c.array(rows))
 		}
 	}
+	notify := !w.cfg.DisableNotify
+	if notify {
+		args = append(args, w.cfg.Channel, shardList(rows))
+	}
 	if s, ok := w.shapes.Load(shape); ok {
 		return s.(string), args
 	}
@@ -114,11 +120,22 @@ func (w *Writer) insertStatement(rows []row) (string, []any) {
 		arrays, aliases = append(arrays, ph+"[]"), append(aliases, alias)
 		exprs = append(exprs, alias)
 	}
-	s := `INSERT INTO ` + w.outboxT + ` (` + strings.Join(names, ", ") + `) `
-	if len(arrays) == 0 {
+	var s, from string
+	if notify {
+		s = `WITH n AS MATERIALIZED (SELECT pg_notify($` + strconv.Itoa(p+1) + `::text, $` + strconv.Itoa(p+2) + `::text)) `
+		from = "n"
+	}
+	s += `INSERT INTO ` + w.outboxT + ` (` + strings.Join(names, ", ") + `) `
+	switch {
+	case len(arrays) > 0:
+		if from != "" {
+			from += ", "
+		}
+		s += `SELECT ` + strings.Join(exprs, ", ") + ` FROM ` + from + `unnest(` + strings.Join(arrays, ", ") + `) AS u(` + strings.Join(aliases, ", ") + `)`
+	case from != "":
+		s += `SELECT ` + strings.Join(exprs, ", ") + ` FROM ` + from
+	default:
 		s += `VALUES (` + strings.Join(exprs, ", ") + `)`
-	} else {
-		s += `SELECT ` + strings.Join(exprs, ", ") + ` FROM unnest(` + strings.Join(arrays, ", ") + `) AS u(` + strings.Join(aliases, ", ") + `)`
 	}
 	w.shapes.Store(shape, s)
 	return s, args

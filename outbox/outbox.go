@@ -131,7 +131,6 @@ type Writer struct {
 	outboxT   string
 	shapes    sync.Map // insert shape -> statement text
 	schemaSQL string
-	notifySQL string
 
 	mu      sync.Mutex
 	parsed  map[string]*schemaInfo // by schema text given in Event.Schema
@@ -179,7 +178,6 @@ func New(pool *pgxpool.Pool, cfg *Config) (*Writer, error) {
 		pool:      pool,
 		outboxT:   outboxT,
 		schemaSQL: `INSERT INTO ` + schemasT + ` (fingerprint, schema) SELECT * FROM unnest($1::bytea[], $2::text[]) ON CONFLICT DO NOTHING`,
-		notifySQL: `SELECT pg_notify($1, $2)`,
 		parsed:    map[string]*schemaInfo{},
 		stored:    map[[32]byte]bool{},
 		storing:   map[[32]byte]*sync.Mutex{},
@@ -405,11 +403,9 @@ func (w *Writer) queue(ctx context.Context, b *pgx.Batch, rows []row) {
 	if len(schemaFPs) > 0 {
 		b.Queue(w.schemaSQL, schemaFPs, schemaTexts)
 	}
+	// The insert carries the NOTIFY too (delivered at commit, never on rollback).
 	sql, args := w.insertStatement(rows)
 	b.Queue(sql, args...)
-	if !w.cfg.DisableNotify { // same round trip; delivered at commit, never on rollback
-		b.Queue(w.notifySQL, w.cfg.Channel, shardList(rows))
-	}
 }
 
 // shardList is the NOTIFY payload: the distinct shards of rows, ascending, comma

@@ -635,3 +635,92 @@ func TestWrite_ManyEventsEveryColumnShapeStoresEachField(t *testing.T) {
 		}
 	}
 }
+
+// The writer's NOTIFY: one per call, at commit only, naming the shards the rows went
+// to (what the database computed), on the configured channel; none with DisableNotify.
+func TestWrite_NotifiesOnceAtCommitNamingTheShards(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	channel := testenv.Name(t, "notify")
+	s := newSetup(t, &outbox.Config{Channel: channel})
+	listener, err := pgx.Connect(ctx, testenv.DatabaseURL(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer listener.Close(ctx)
+	if _, err := listener.Exec(ctx, `LISTEN `+pgx.Identifier{channel}.Sanitize()); err != nil {
+		t.Fatal(err)
+	}
+	next := func(wait time.Duration) (string, bool) {
+		wctx, cancel := context.WithTimeout(ctx, wait)
+		defer cancel()
+		n, err := listener.WaitForNotification(wctx)
+		if err != nil {
+			return "", false
+		}
+		if n.Channel != channel {
+			t.Errorf("notification on %q, want %q", n.Channel, channel)
+		}
+		return n.Payload, true
+	}
+	events := func(keys ...string) []outbox.Event {
+		evs := make([]outbox.Event, len(keys))
+		for i, k := range keys {
+			evs[i] = outbox.Event{Topic: "orders", Key: k, Type: "OrderCreated", Value: OrderCreated{OrderID: k}}
+		}
+		return evs
+	}
+	for _, keys := range [][]string{{"a"}, {"a", "b", "c", "a", "order-17", "order-99"}} {
+		tx, err := s.pool.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.w.Write(ctx, tx, events(keys...)...); err != nil {
+			t.Fatal(err)
+		}
+		if p, ok := next(200 * time.Millisecond); ok {
+			t.Fatalf("notification %q before commit", p)
+		}
+		var want string
+		if err := tx.QueryRow(ctx, `SELECT string_agg(shard::text, ',' ORDER BY shard) FROM (SELECT DISTINCT shard FROM `+
+			pgx.Identifier{s.schema, "outbox"}.Sanitize()+` WHERE key = ANY($1)) s`, keys).Scan(&want); err != nil {
+			t.Fatal(err)
+		}
+		if err := tx.Commit(ctx); err != nil {
+			t.Fatal(err)
+		}
+		p, ok := next(5 * time.Second)
+		if !ok || p != want {
+			t.Fatalf("keys %v: notification %q (received %v), want the shards %q", keys, p, ok, want)
+		}
+		if p, ok := next(300 * time.Millisecond); ok {
+			t.Fatalf("keys %v: a second notification %q for one call", keys, p)
+		}
+	}
+	// Rolled back: no notification.
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.w.Write(ctx, tx, events("z")...); err != nil {
+		t.Fatal(err)
+	}
+	_ = tx.Rollback(ctx)
+	if p, ok := next(300 * time.Millisecond); ok {
+		t.Fatalf("notification %q after rollback", p)
+	}
+	// DisableNotify: rows, no notification.
+	quiet, err := outbox.New(s.pool, &outbox.Config{Schema: s.schema, Channel: channel, DisableNotify: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error { return quiet.Write(ctx, tx, events("q1", "q2")...) }); err != nil {
+		t.Fatal(err)
+	}
+	if p, ok := next(300 * time.Millisecond); ok {
+		t.Fatalf("notification %q with DisableNotify", p)
+	}
+	if n := s.count(t); n != 1+6+2 {
+		t.Fatalf("rows = %d, want 9", n)
+	}
+}
