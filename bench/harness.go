@@ -126,7 +126,8 @@ func parseConfig(args []string) (config, error) {
 	c.DurationS, c.WarmupS = dur.Seconds(), warm.Seconds()
 	c.TxEvents, c.WriterConns = 50, 8
 	c.FillTxEvents, c.FillWorkers = 1000, 5
-	c.PGBatch = 1000
+	// The relay's batch size: the CLI default, or RELAYBOX_BATCH_SIZE when set for the relay.
+	c.PGBatch = atoiOr(envOr("RELAYBOX_BATCH_SIZE", "4000"))
 	if c.Keys%c.TxEvents != 0 || (c.Keys/c.TxEvents)%c.WriterConns != 0 || c.Keys%c.FillTxEvents != 0 || (c.Keys/c.FillTxEvents)%c.FillWorkers != 0 {
 		return c, fmt.Errorf("keys (%d) must be a multiple of %d and %d (per-key commit order of the generators)",
 			c.Keys, c.TxEvents*c.WriterConns, c.FillTxEvents*c.FillWorkers)
@@ -171,21 +172,22 @@ func has(list []string, s string) bool {
 
 // harness holds the services and the run's scratch space.
 type harness struct {
-	cfg         config
-	es          eventSpace
-	pool        *pgxpool.Pool
-	pgConfig    *pgconn.Config
-	adm         *kadm.Client
-	kcl         *kgo.Client
-	brokers     []string
-	databaseURL string
-	registryURL string
-	mainDir     string // the relaybox repository
-	benchDir    string
-	binDir      string
-	runDir      string // logs and peers' scratch dirs
-	runID       string
-	logf        func(format string, args ...any)
+	cfg            config
+	kafkaLimitRuns int
+	es             eventSpace
+	pool           *pgxpool.Pool
+	pgConfig       *pgconn.Config
+	adm            *kadm.Client
+	kcl            *kgo.Client
+	brokers        []string
+	databaseURL    string
+	registryURL    string
+	mainDir        string // the relaybox repository
+	benchDir       string
+	binDir         string
+	runDir         string // logs and peers' scratch dirs
+	runID          string
+	logf           func(format string, args ...any)
 }
 
 func newHarness(ctx context.Context, cfg config, mainDir string) (*harness, error) {

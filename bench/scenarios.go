@@ -192,7 +192,8 @@ func (h *harness) kafkaLimit(ctx context.Context) (float64, error) {
 		recs[i] = &kgo.Record{Key: []byte(ev.Key), Value: v, Headers: []kgo.RecordHeader{
 			{Key: "relaybox.event_id", Value: []byte(ev.EventID)}, {Key: "relaybox.event_type", Value: []byte("BenchEvent")}}}
 	}
-	topic := h.topicName("limit", h.runID+"_k")
+	h.kafkaLimitRuns++ // a repeat must not reuse a topic still being deleted
+	topic := h.topicName("limit", h.runID+"_k"+strconv.Itoa(h.kafkaLimitRuns))
 	if err := h.createTopic(ctx, topic); err != nil {
 		return 0, err
 	}

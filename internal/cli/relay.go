@@ -105,8 +105,8 @@ func defineRelay(f *flags) *relayOpts {
 	c := &o.cfg
 	f.boolean(&c.AutoRegister, "auto-register", "RELAYBOX_AUTO_REGISTER", true, "register schemas missing from the registry (else such events park)")
 	f.str(&c.ReplicaID, "replica-id", "RELAYBOX_REPLICA_ID", "", "this replica's name (default hostname-pid-random)")
-	f.num(&c.BatchSize, "batch-size", "RELAYBOX_BATCH_SIZE", 1000, "rows read per shard per batch")
-	f.num(&c.MaxInFlightBatches, "max-inflight-batches", "RELAYBOX_MAX_INFLIGHT_BATCHES", 16, "shards with a backlog reading and publishing at once (bounds memory)")
+	f.num(&c.BatchSize, "batch-size", "RELAYBOX_BATCH_SIZE", 4000, "rows read per shard per batch")
+	f.num(&c.MaxInFlightBatches, "max-inflight-batches", "RELAYBOX_MAX_INFLIGHT_BATCHES", 4, "shards with a backlog reading and publishing at once (bounds memory)")
 	f.dur(&c.PollInterval, "poll-interval", "RELAYBOX_POLL_INTERVAL", time.Second, "poll interval when no NOTIFY arrives")
 	f.dur(&c.LeaseTTL, "lease-ttl", "RELAYBOX_LEASE_TTL", 15*time.Second, "shard lease time to live")
 	f.dur(&c.HeartbeatInterval, "heartbeat-interval", "RELAYBOX_HEARTBEAT_INTERVAL", 0, "lease renewal interval (default lease-ttl/5)")
@@ -121,7 +121,7 @@ func defineRelay(f *flags) *relayOpts {
 	f.str(&c.Channel, "channel", "RELAYBOX_CHANNEL", "relaybox_outbox", "LISTEN channel")
 	f.str(&o.metrics, "metrics-addr", "RELAYBOX_METRICS_ADDR", ":9090", "address for /metrics, /healthz, /readyz (empty: off)")
 	f.boolean(&o.pprof, "pprof", "RELAYBOX_PPROF", false, "also serve Go's /debug/pprof/ on the metrics address (CPU and heap profiles)")
-	f.num(&o.poolSize, "pool-size", "RELAYBOX_POOL_SIZE", 0, "Postgres connections (0: max-inflight-batches + 8, so outcome writes and small batches do not queue behind the claims)")
+	f.num(&o.poolSize, "pool-size", "RELAYBOX_POOL_SIZE", 0, "Postgres connections (0: max-inflight-batches + 8, at least 16, so outcome writes and small batches do not queue behind the claims)")
 	f.BoolVar(&o.checkOnly, "check", false, "check Postgres, Kafka and the registry, then exit")
 	return o
 }
@@ -153,7 +153,7 @@ func runRelay(ctx context.Context, args []string, out io.Writer) error {
 	}
 	// --check fails at once if Postgres does not answer; the daemon waits for it below.
 	if o.poolSize <= 0 {
-		o.poolSize = max(o.cfg.MaxInFlightBatches, 1) + 8
+		o.poolSize = max(o.cfg.MaxInFlightBatches+8, 16)
 	}
 	pool, err := o.poolPing(ctx, int32(o.poolSize), o.checkOnly)
 	if err != nil {
