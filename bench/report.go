@@ -99,7 +99,7 @@ func printTable(w io.Writer, rep *report) {
 				}
 			}
 			if b.Ratio != nil {
-				fmt.Fprintf(w, "  big/small claim query p50 ratio: %.2f (LIMIT 1000)", *b.Ratio)
+				fmt.Fprintf(w, "  big/small claim query p50 ratio: %.2f (LIMIT %d)", *b.Ratio, rep.Config.PGBatch)
 				if b.RatioLimit100 != nil {
 					fmt.Fprintf(w, ", %.2f (LIMIT 100: %.2f vs %.2f ms)", *b.RatioLimit100, *b.ClaimMS10kLimit100, *b.ClaimMS5MLimit100)
 				}
