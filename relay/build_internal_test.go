@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+
+	"github.com/relaybox/relaybox/internal/wire"
 )
 
 func TestAppendUUID_MatchesCanonicalForm(t *testing.T) {
@@ -24,7 +26,7 @@ func TestFramedPayload_LeavesRoomForTheWireHeader(t *testing.T) {
 		t.Fatal(err)
 	}
 	src[0] = 'X' // driver memory is reused after the scan: the payload must be a copy
-	if len(f) != 5+len("avro body") || string(f.payload()) != "avro body" {
+	if len(f) != 5+len("avro body") || string(f[wire.HeaderLen:]) != "avro body" {
 		t.Fatalf("framed = %q", f)
 	}
 	if err := f.ScanBytes(nil); err == nil {

@@ -430,8 +430,6 @@ func (f *framedPayload) ScanBytes(src []byte) error {
 	return nil
 }
 
-func (f framedPayload) payload() []byte { return f[wire.HeaderLen:] }
-
 // headerScan scans the headers column (jsonb) straight from driver memory: the
 // common '{}' costs no allocation.
 type headerScan map[string]string
