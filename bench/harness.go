@@ -18,6 +18,8 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/relaybox/relaybox/relay"
 )
 
 // config is the run's configuration: environment variables, overridden by flags.
@@ -127,7 +129,7 @@ func parseConfig(args []string) (config, error) {
 	c.TxEvents, c.WriterConns = 50, 8
 	c.FillTxEvents, c.FillWorkers = 1000, 5
 	// The relay's batch size: the CLI default, or RELAYBOX_BATCH_SIZE when set for the relay.
-	c.PGBatch = atoiOr(envOr("RELAYBOX_BATCH_SIZE", "4000"))
+	c.PGBatch = atoiOr(envOr("RELAYBOX_BATCH_SIZE", strconv.Itoa(relay.DefaultBatchSize)))
 	if c.Keys%c.TxEvents != 0 || (c.Keys/c.TxEvents)%c.WriterConns != 0 || c.Keys%c.FillTxEvents != 0 || (c.Keys/c.FillTxEvents)%c.FillWorkers != 0 {
 		return c, fmt.Errorf("keys (%d) must be a multiple of %d and %d (per-key commit order of the generators)",
 			c.Keys, c.TxEvents*c.WriterConns, c.FillTxEvents*c.FillWorkers)

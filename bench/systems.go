@@ -25,6 +25,7 @@ import (
 
 	"github.com/relaybox/relaybox/migrations"
 	"github.com/relaybox/relaybox/outbox"
+	"github.com/relaybox/relaybox/relay"
 )
 
 // A system is one relay under test.
@@ -136,7 +137,7 @@ func (i *relayboxInstance) insert(ctx context.Context, tx pgx.Tx, evs []BenchEve
 
 // relayboxSettings are the relay's settings in this benchmark: the CLI's defaults.
 func relayboxSettings() map[string]any {
-	return map[string]any{"binary": "relaybox relay (the CLI, defaults)", "batch_size": 4000, "pool_size": 16, "max_inflight_batches": 4, "compression": "snappy", "linger": "2ms",
+	return map[string]any{"binary": "relaybox relay (the CLI, defaults)", "batch_size": relay.DefaultBatchSize, "pool_size": 16, "max_inflight_batches": relay.DefaultMaxInFlightBatches, "compression": "snappy", "linger": "2ms",
 		"poll_interval": "1s", "notify": true, "acks": "all", "idempotent": true, "replicas": 1,
 		"delivery_timeout": "0 (never)", "log_level": "warn"}
 }

@@ -41,6 +41,13 @@ type Hooks struct {
 	OnShards func(owned []int)
 }
 
+// Defaults of Config.BatchSize and Config.MaxInFlightBatches (the CLI's too): 16000
+// rows in flight at most.
+const (
+	DefaultBatchSize          = 4000
+	DefaultMaxInFlightBatches = 4
+)
+
 // Config configures a Relay.
 type Config struct {
 	// Schema holds relaybox's tables. Defaults to "relaybox".
@@ -133,10 +140,10 @@ func (c *Config) withDefaults() (Config, error) {
 		r.ReplicaID = fmt.Sprintf("%s-%d-%04x", h, os.Getpid(), time.Now().UnixNano()&0xffff)
 	}
 	if r.BatchSize == 0 {
-		r.BatchSize = 4000
+		r.BatchSize = DefaultBatchSize
 	}
 	if r.MaxInFlightBatches == 0 {
-		r.MaxInFlightBatches = 4
+		r.MaxInFlightBatches = DefaultMaxInFlightBatches
 	}
 	if r.PollInterval == 0 {
 		r.PollInterval = time.Second

@@ -105,8 +105,8 @@ func defineRelay(f *flags) *relayOpts {
 	c := &o.cfg
 	f.boolean(&c.AutoRegister, "auto-register", "RELAYBOX_AUTO_REGISTER", true, "register schemas missing from the registry (else such events park)")
 	f.str(&c.ReplicaID, "replica-id", "RELAYBOX_REPLICA_ID", "", "this replica's name (default hostname-pid-random)")
-	f.num(&c.BatchSize, "batch-size", "RELAYBOX_BATCH_SIZE", 4000, "rows read per shard per batch")
-	f.num(&c.MaxInFlightBatches, "max-inflight-batches", "RELAYBOX_MAX_INFLIGHT_BATCHES", 4, "shards with a backlog reading and publishing at once (bounds memory)")
+	f.num(&c.BatchSize, "batch-size", "RELAYBOX_BATCH_SIZE", relay.DefaultBatchSize, "rows read per shard per batch")
+	f.num(&c.MaxInFlightBatches, "max-inflight-batches", "RELAYBOX_MAX_INFLIGHT_BATCHES", relay.DefaultMaxInFlightBatches, "shards with a backlog reading and publishing at once (bounds memory)")
 	f.dur(&c.PollInterval, "poll-interval", "RELAYBOX_POLL_INTERVAL", time.Second, "poll interval when no NOTIFY arrives")
 	f.dur(&c.LeaseTTL, "lease-ttl", "RELAYBOX_LEASE_TTL", 15*time.Second, "shard lease time to live")
 	f.dur(&c.HeartbeatInterval, "heartbeat-interval", "RELAYBOX_HEARTBEAT_INTERVAL", 0, "lease renewal interval (default lease-ttl/5)")

@@ -42,7 +42,7 @@ func main() {
 func run() error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	batch := 4000 // the CLI's default (relay.Config's too)
+	batch := relay.DefaultBatchSize
 	if v := os.Getenv("RELAYBOX_BATCH_SIZE"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil {
@@ -77,7 +77,7 @@ func run() error {
 		return err
 	}
 	settings, _ := json.Marshal(map[string]any{"binary": "relay-probe (relay.New, CLI defaults, OnRead hook)",
-		"batch_size": batch, "max_inflight_batches": 4, "pool_size": 16, "poll_interval": "1s", "notify": true})
+		"batch_size": batch, "max_inflight_batches": relay.DefaultMaxInFlightBatches, "pool_size": 16, "poll_interval": "1s", "notify": true})
 	fmt.Println("BENCH_SETTINGS " + string(settings))
 	ready := make(chan struct{})
 	go func() { // the only writer of stdout from here on
