@@ -53,10 +53,30 @@ func (r *Relay) Ready() error {
 	if !r.running {
 		return fmt.Errorf("%w: not running", ErrNotReady)
 	}
+	if r.mixed != "" {
+		return fmt.Errorf("%w: replica %s runs in the other mode (at-least-once vs exactly-once); this replica claims no shard until it is gone", ErrNotReady, r.mixed)
+	}
 	for c, since := range r.failing {
 		if d := time.Since(since); d > r.cfg.UnreadyAfter {
 			return fmt.Errorf("%w: %s failing for %s: %v", ErrNotReady, c, d.Round(time.Second), r.lastErr[c])
 		}
 	}
 	return nil
+}
+
+// setMixed records a live replica of the other mode ("" when there is none).
+func (r *Relay) setMixed(other string) {
+	r.healthMu.Lock()
+	defer r.healthMu.Unlock()
+	if other != r.mixed && other != "" {
+		r.log.Error("a replica of the other mode is live: claiming no shard until it is gone (every replica must run in the same mode)",
+			"other", other, "mode", r.mode())
+	}
+	r.mixed = other
+}
+
+func (r *Relay) hookLease(shard int, gen int64, acquired bool) {
+	if r.cfg.Hooks.OnLease != nil {
+		r.cfg.Hooks.OnLease(LeaseEvent{Shard: shard, Generation: gen, Acquired: acquired})
+	}
 }

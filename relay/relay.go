@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -26,10 +27,18 @@ type Relay struct {
 	log  *slog.Logger
 	sql  statements
 
+	kopts []kgo.Opt // the producer's options, for exactly-once mode's per-shard clients
+
 	mu        sync.Mutex
 	shards    map[int]*shardRun
-	inflight  chan struct{} // one slot per shard batch being read and published
+	retired   map[int]*shardRun // halted runs whose batch may still be finishing, by shard
+	inflight  chan struct{}     // one slot per shard batch being read and published
 	releasing map[int]bool
+	drains    sync.WaitGroup // every drain and release goroutine
+
+	fenced  atomic.Int64 // outcome writes that matched rows of a lease no longer held
+	aborted atomic.Int64 // Kafka transactions aborted (exactly-once mode)
+	txnMeta eosMeta      // exactly-once mode: the transactional id prefix and the commit log topic
 
 	schemaMu sync.RWMutex
 	schemas  map[[32]byte]string
@@ -37,6 +46,7 @@ type Relay struct {
 	healthMu   sync.Mutex
 	failing    map[string]time.Time // component -> failing since
 	lastErr    map[string]error
+	mixed      string // a live replica of the other mode (no claims meanwhile)
 	running    bool
 	topicsMade sync.Map
 	closeKafka sync.Once
@@ -71,7 +81,7 @@ func New(pool *pgxpool.Pool, cfg *Config) (*Relay, error) {
 	}
 	return &Relay{
 		cfg: c, pool: pool, kc: kc, adm: kadm.NewClient(kc), log: c.Logger.With("replica", c.ReplicaID),
-		sql: newStatements(c.Schema), shards: map[int]*shardRun{}, inflight: make(chan struct{}, c.MaxInFlightBatches), releasing: map[int]bool{},
+		sql: newStatements(c.Schema), kopts: opts, shards: map[int]*shardRun{}, retired: map[int]*shardRun{}, inflight: make(chan struct{}, c.MaxInFlightBatches), releasing: map[int]bool{},
 		schemas: map[[32]byte]string{}, failing: map[string]time.Time{}, lastErr: map[string]error{},
 	}, nil
 }
@@ -105,6 +115,8 @@ func (r *Relay) Check(ctx context.Context) error {
 // its leases and returns. It first waits for Postgres, Kafka and the registry to
 // answer; it returns an error only if the schema is not migrated.
 func (r *Relay) Run(ctx context.Context) error {
+	// Every path out closes the Kafka client, after every goroutine Run started ended.
+	defer r.closeKafka.Do(r.kc.Close)
 	// A dependency that does not answer at start (a restart during an outage) is waited
 	// for, readiness false meanwhile. A schema that is not migrated is a configuration
 	// error: return it.
@@ -122,10 +134,18 @@ func (r *Relay) Run(ctx context.Context) error {
 		r.log.Warn("waiting for dependencies", "err", err)
 		sleep(ctx, r.backoff(attempt))
 	}
+	if r.cfg.ExactlyOnce {
+		if err := r.prepareExactlyOnce(ctx); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+	}
 	r.healthMu.Lock()
 	r.running = true
 	r.healthMu.Unlock()
-	r.log.Info("relay starting", "schema", r.cfg.Schema, "batch_size", r.cfg.BatchSize, "lease_ttl", r.cfg.LeaseTTL,
+	r.log.Info("relay starting", "schema", r.cfg.Schema, "mode", r.mode(), "batch_size", r.cfg.BatchSize, "lease_ttl", r.cfg.LeaseTTL,
 		"poll_interval", r.cfg.PollInterval, "retention", r.cfg.Retention, "auto_register", r.cfg.AutoRegister)
 	var bg sync.WaitGroup
 	lctx, lcancel := context.WithCancel(context.Background())
@@ -136,7 +156,7 @@ func (r *Relay) Run(ctx context.Context) error {
 	defer tick.Stop()
 	lastPurge := time.Now()
 	for {
-		r.heartbeat(ctx)
+		r.heartbeat(ctx, true)
 		if r.cfg.Retention > 0 && time.Since(lastPurge) > time.Minute {
 			lastPurge = time.Now()
 			r.purge(ctx)
@@ -146,7 +166,6 @@ func (r *Relay) Run(ctx context.Context) error {
 			r.shutdown()
 			lcancel()
 			bg.Wait()
-			r.closeKafka.Do(r.kc.Close)
 			r.healthMu.Lock()
 			r.running = false
 			r.healthMu.Unlock()
@@ -156,25 +175,39 @@ func (r *Relay) Run(ctx context.Context) error {
 	}
 }
 
+// shutdown stops every drain, keeps renewing the leases while their batches finish
+// (a batch waiting on Kafka must not outlive its lease), then releases the leases.
+// After ShutdownGrace the Kafka client is closed: the records still waiting fail
+// and their rows stay for the next owner.
 func (r *Relay) shutdown() {
 	r.mu.Lock()
-	runs := make([]*shardRun, 0, len(r.shards))
+	n := len(r.shards)
 	for _, s := range r.shards {
 		s.halt()
-		runs = append(runs, s)
 	}
 	r.mu.Unlock()
-	// A batch in flight finishes first. One waiting on a broker that is down is
-	// released after a grace period by closing the client: its records fail and its
-	// rows stay for the next owner.
-	grace := time.After(20 * time.Second)
-	for _, s := range runs {
+	done := make(chan struct{})
+	go func() {
+		r.drains.Wait()
+		close(done)
+	}()
+	grace := time.NewTimer(r.cfg.ShutdownGrace)
+	defer grace.Stop()
+	tick := time.NewTicker(r.cfg.HeartbeatInterval)
+	defer tick.Stop()
+wait:
+	for {
 		select {
-		case <-s.done:
-		case <-grace:
-			r.log.Warn("batches still waiting for Kafka at shutdown; closing the Kafka client")
+		case <-done:
+			break wait
+		case <-tick.C:
+			r.heartbeat(context.Background(), false)
+		case <-grace.C:
+			r.log.Warn("batches still waiting for Kafka at shutdown; closing the Kafka client", "grace", r.cfg.ShutdownGrace)
 			r.closeKafka.Do(r.kc.Close)
-			<-s.done
+			r.closeTxnClients()
+			<-done
+			break wait
 		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -183,7 +216,7 @@ func (r *Relay) shutdown() {
 		r.log.Warn("releasing leases on stop failed; they expire after the lease TTL", "err", err)
 	}
 	_, _ = r.pool.Exec(ctx, r.sql.deleteReplica, r.cfg.ReplicaID)
-	r.log.Info("relay stopped; leases released", "shards", len(runs))
+	r.log.Info("relay stopped; leases released", "shards", n)
 }
 
 func (r *Relay) backoff(attempt int) time.Duration {
