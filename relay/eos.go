@@ -125,12 +125,23 @@ func (r *Relay) prepareExactlyOnce(ctx context.Context) error {
 	if err != nil && !errors.Is(err, kerr.TopicAlreadyExists) {
 		return fmt.Errorf("relay: exactly-once: creating the commit log topic %q: %w", topic, err)
 	}
-	td, err := r.adm.ListTopics(cctx, topic)
-	if err != nil {
-		return fmt.Errorf("relay: exactly-once: describing the commit log topic %q: %w", topic, err)
-	}
-	if n := len(td[topic].Partitions); n < 64 {
-		return fmt.Errorf("relay: exactly-once: the commit log topic %q has %d partitions, needs 64 (one per shard)", topic, n)
+	// A topic just created may not be in the metadata yet: ask until it is.
+	for {
+		td, err := r.adm.ListTopics(cctx, topic)
+		if err == nil {
+			err = td[topic].Err
+		}
+		n := len(td[topic].Partitions)
+		if err == nil && n >= 64 {
+			break
+		}
+		if err == nil && n > 0 {
+			return fmt.Errorf("relay: exactly-once: the commit log topic %q has %d partitions, needs 64 (one per shard)", topic, n)
+		}
+		if cctx.Err() != nil {
+			return fmt.Errorf("relay: exactly-once: describing the commit log topic %q: %w", topic, errors.Join(err, cctx.Err()))
+		}
+		sleep(cctx, 200*time.Millisecond)
 	}
 	r.log.Info("exactly-once mode", "transactional_id_prefix", prefix, "commit_log_topic", topic)
 	return nil
@@ -269,17 +280,19 @@ func (r *Relay) drainTxn(ctx context.Context, s *shardRun) (batchResult, error) 
 		t = s.txnRef()
 	}
 	b := &batch{shards: []int{s.shard}, gens: []int64{s.gen}}
+	if len(t.pending) > 0 {
+		// Rows committed to Kafka whose delete failed: nothing is read (it would read
+		// them again) until they are gone.
+		if err := r.record(b, t.pending); err != nil {
+			return res, err
+		}
+		t.pending = nil
+	}
 	if err := r.readBatch(ctx, b); err != nil {
 		return res, err
 	}
 	res.read = len(b.rows)
 	if len(b.rows) == 0 {
-		if len(t.pending) > 0 { // a delete that failed after a commit: try again
-			if err := r.record(b, t.pending); err != nil {
-				return res, err
-			}
-			t.pending = nil
-		}
 		return res, nil
 	}
 	r.buildBatch(ctx, b)
