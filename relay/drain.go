@@ -90,6 +90,9 @@ func (r *Relay) drainLoop(s *shardRun) {
 		// The batch is bounded by its lease: past the deadline it produces nothing and
 		// waits for Kafka no longer (its outcome writes are fenced in any case).
 		ctx, cancel := context.WithDeadline(context.Background(), deadline)
+		for _, g := range group {
+			g.setBatch(cancel) // a lost lease cancels the batch (shardRun.lose)
+		}
 		start := time.Now()
 		var res batchResult
 		var err error
@@ -98,10 +101,11 @@ func (r *Relay) drainLoop(s *shardRun) {
 		} else {
 			res, err = r.drainOnce(ctx, shards, gens)
 		}
-		cancel()
 		for _, g := range group {
+			g.setBatch(nil)
 			g.draining.Store(false)
 		}
+		cancel()
 		for _, g := range group[1:] {
 			g.busy.Unlock()
 			if err != nil || res.read >= r.cfg.BatchSize || res.retry > 0 {
