@@ -467,3 +467,47 @@ func TestFence_ExactlyOnceZombieCommitIsFencedByTheNextOwner(t *testing.T) {
 		t.Fatal("the zombie's record became visible")
 	}
 }
+
+// The outcome write itself is fenced: a batch whose records were acked while its
+// lease passed to another owner (here, changed under it between the acks and the
+// write) deletes nothing, and says so (OnFenced, the fenced counter).
+func TestFence_OutcomeWriteOfALostLeaseChangesNoRow(t *testing.T) {
+	t.Parallel()
+	f := newFenceEnv(t)
+	cfg := f.config(t, registry.New(testenv.RegistryURL(t), registry.Options{}))
+	cfg.LeaseTTL, cfg.HeartbeatInterval = 20*time.Second, 5*time.Second // the heartbeat must not notice first
+	var fenced atomic.Pointer[FencedEvent]
+	cfg.Hooks.OnFenced = func(e FencedEvent) { fenced.Store(&e) }
+	r, err := New(f.pool, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	acked, finish := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	r.testHook = func(p string) {
+		if p == "acked" {
+			first := false
+			once.Do(func() { first = true })
+			if first {
+				close(acked)
+				<-finish
+			}
+		}
+	}
+	start(t, r)
+	s := f.writeOne(t, "k", 1)
+	recv(t, acked, 30*time.Second, "the batch's records acked")
+	f.exec(t, `UPDATE `+f.leases+` SET owner = 'thief', generation = generation + 1, expires_at = now() + interval '1 hour' WHERE shard = $1`, s)
+	close(finish)
+	waitFor(t, 30*time.Second, "the fenced write reported", func() bool { return fenced.Load() != nil })
+	if e := fenced.Load(); e.Rows != 1 || e.Op != "delete" || e.Shards[0] != s {
+		t.Fatalf("fenced event %+v, want 1 row of shard %d on delete", *e, s)
+	}
+	var left int
+	if err := f.pool.QueryRow(context.Background(), `SELECT count(*) FROM `+pgx.Identifier{f.schema, "outbox"}.Sanitize()).Scan(&left); err != nil {
+		t.Fatal(err)
+	}
+	if left != 1 {
+		t.Fatalf("%d rows left, want the fenced row still there for the lease's owner", left)
+	}
+}
