@@ -1,0 +1,145 @@
+package schemacheck_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/relaybox/relaybox/internal/registry"
+	"github.com/relaybox/relaybox/internal/testenv"
+	"github.com/relaybox/relaybox/schemacheck"
+)
+
+// orderV1 is the first version every evolution case starts from.
+const orderV1 = `{"type":"record","name":"Order","namespace":"shop.v1","fields":[
+	{"name":"id","type":"string"},
+	{"name":"qty","type":"int"},
+	{"name":"amount","type":"long"},
+	{"name":"status","type":{"type":"enum","name":"Status","symbols":["NEW","PAID"]}},
+	{"name":"note","type":["null","string","long"],"default":null},
+	{"name":"legacy","type":"string","default":""}]}`
+
+// evolve returns orderV1 with replacements applied (old → new, in order).
+func evolve(t testing.TB, pairs ...string) string {
+	t.Helper()
+	s := orderV1
+	for i := 0; i < len(pairs); i += 2 {
+		if !strings.Contains(s, pairs[i]) {
+			t.Fatalf("evolve: %q not in orderV1", pairs[i])
+		}
+		s = strings.Replace(s, pairs[i], pairs[i+1], 1)
+	}
+	return s
+}
+
+type evolution struct {
+	name string
+	v2   string
+	// backward, forward: Apache Avro's verdict (which the registry enforces) for each
+	// direction; FULL is both.
+	backward, forward bool
+}
+
+func evolutions(t testing.TB) []evolution {
+	return []evolution{
+		{"add field with default", evolve(t, `{"name":"legacy"`, `{"name":"tier","type":"int","default":0},{"name":"legacy"`), true, true},
+		{"add field without default", evolve(t, `{"name":"legacy"`, `{"name":"tier","type":"int"},{"name":"legacy"`), false, true},
+		{"remove field with default", evolve(t, `,
+	{"name":"legacy","type":"string","default":""}`, ``), true, true},
+		{"remove field without default", evolve(t, `
+	{"name":"qty","type":"int"},`, ``), true, false},
+		{"rename field with alias", evolve(t, `{"name":"qty","type":"int"}`, `{"name":"quantity","aliases":["qty"],"type":"int"}`), true, false},
+		{"promote int to long", evolve(t, `{"name":"qty","type":"int"}`, `{"name":"qty","type":"long"}`), true, false},
+		{"narrow long to int", evolve(t, `{"name":"amount","type":"long"}`, `{"name":"amount","type":"int"}`), false, true},
+		{"add enum symbol", evolve(t, `["NEW","PAID"]`, `["NEW","PAID","SHIPPED"]`), true, false},
+		{"remove enum symbol", evolve(t, `["NEW","PAID"]`, `["NEW"]`), false, true},
+		{"add enum symbol, enum has a default", evolve(t, `"symbols":["NEW","PAID"]}`, `"symbols":["NEW","PAID","SHIPPED"],"default":"NEW"}`), true, false},
+		{"widen union", evolve(t, `["null","string","long"]`, `["null","string","long","double"]`), true, false},
+		{"narrow union", evolve(t, `["null","string","long"]`, `["null","string"]`), false, true},
+		{"change namespace", evolve(t, `"namespace":"shop.v1"`, `"namespace":"shop.v2"`), true, true},
+		{"change a field's doc only", evolve(t, `{"name":"id","type":"string"}`, `{"name":"id","type":"string","doc":"the order id"}`), true, true},
+		{"rename record without alias", evolve(t, `"name":"Order"`, `"name":"Purchase"`), false, false},
+		{"rename record with alias", evolve(t, `"name":"Order"`, `"name":"Purchase","aliases":["shop.v1.Order"]`), true, false},
+		{"reorder union branches", evolve(t, `["null","string","long"]`, `["null","long","string"]`), true, true},
+		{"change string to bytes", evolve(t, `{"name":"id","type":"string"}`, `{"name":"id","type":"bytes"}`), true, true},
+		{"promote int to float", evolve(t, `{"name":"qty","type":"int"}`, `{"name":"qty","type":"float"}`), true, false},
+		{"make a field nullable", evolve(t, `{"name":"id","type":"string"}`, `{"name":"id","type":["null","string"],"default":null}`), true, false},
+		{"remove enum symbol, enum has a default", evolve(t, `"symbols":["NEW","PAID"]}`, `"symbols":["NEW"],"default":"NEW"}`), true, true},
+		{"add a logical type", evolve(t, `{"name":"amount","type":"long"}`, `{"name":"amount","type":{"type":"long","logicalType":"timestamp-millis"}}`), true, true},
+	}
+}
+
+func verdict(backward, forward bool, l schemacheck.Level) bool {
+	return (!l.Backward() || backward) && (!l.Forward() || forward)
+}
+
+// The offline verdict equals Apicurio's on every evolution case and level: Apicurio is
+// set to the level on a fresh subject, given v1, and asked about v2.
+func TestCompare_AgreesWithTheRegistry(t *testing.T) {
+	url := testenv.RegistryURL(t)
+	reg := registry.New(url, registry.Options{})
+	for _, ev := range evolutions(t) {
+		for _, level := range []schemacheck.Level{schemacheck.Backward, schemacheck.Forward, schemacheck.Full} {
+			t.Run(fmt.Sprintf("%s/%s", ev.name, level), func(t *testing.T) {
+				t.Parallel()
+				ctx := context.Background()
+				want := verdict(ev.backward, ev.forward, level)
+				problems, err := schemacheck.Compare([]schemacheck.Version{{Label: "v1", Text: orderV1}}, ev.v2, level)
+				if err != nil {
+					t.Fatal(err)
+				}
+				offline := len(problems) == 0
+
+				subject := testenv.Name(t, "evo") + "-value"
+				if err := reg.SetCompatibility(ctx, subject, string(level)); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := reg.ID(ctx, subject, orderV1, true); err != nil {
+					t.Fatal(err)
+				}
+				res, err := reg.CheckCompatibility(ctx, subject, ev.v2)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if res.NoVersion {
+					t.Fatal("registry says the subject holds no version after registering v1")
+				}
+				if offline != res.Compatible {
+					t.Errorf("offline compatible=%v (%v), registry compatible=%v (%v)", offline, problems, res.Compatible, res.Messages)
+				}
+				if res.Compatible != want {
+					t.Errorf("registry compatible=%v, Avro's rules say %v (%v)", res.Compatible, want, res.Messages)
+				}
+				// The registry enforces what it answered: registering v2 fails exactly
+				// when it said incompatible.
+				_, err = reg.ID(ctx, subject, ev.v2, true)
+				if res.Compatible != (err == nil) || (err != nil && !registry.IsIncompatible(err)) {
+					t.Errorf("registering v2: %v, after the registry said compatible=%v", err, res.Compatible)
+				}
+				for _, p := range problems {
+					if p.Level != level || p.Against != "v1" || !strings.Contains(p.Message, "("+string(level)+")") {
+						t.Errorf("problem %+v lacks its level or version", p)
+					}
+				}
+			})
+		}
+	}
+}
+
+// The offline check agrees with Avro's rules without a registry too (this runs
+// everywhere, the registry comparison above where Apicurio runs).
+func TestCompare_EvolutionCases(t *testing.T) {
+	for _, ev := range evolutions(t) {
+		for _, level := range []schemacheck.Level{schemacheck.Backward, schemacheck.Forward, schemacheck.Full, schemacheck.None} {
+			problems, err := schemacheck.Compare([]schemacheck.Version{{Label: "v1", Text: orderV1}}, ev.v2, level)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := level == schemacheck.None || verdict(ev.backward, ev.forward, level)
+			if got := len(problems) == 0; got != want {
+				t.Errorf("%s under %s: compatible=%v, want %v (%v)", ev.name, level, got, want, problems)
+			}
+		}
+	}
+}
