@@ -49,10 +49,14 @@ func ParseLevel(s string) (Level, error) {
 func (l Level) Transitive() bool { return strings.HasSuffix(string(l), "_TRANSITIVE") }
 
 // Backward reports whether the level requires new readers to read old events.
-func (l Level) Backward() bool { return strings.HasPrefix(string(l), "BACKWARD") || strings.HasPrefix(string(l), "FULL") }
+func (l Level) Backward() bool {
+	return strings.HasPrefix(string(l), "BACKWARD") || strings.HasPrefix(string(l), "FULL")
+}
 
 // Forward reports whether the level requires old readers to read new events.
-func (l Level) Forward() bool { return strings.HasPrefix(string(l), "FORWARD") || strings.HasPrefix(string(l), "FULL") }
+func (l Level) Forward() bool {
+	return strings.HasPrefix(string(l), "FORWARD") || strings.HasPrefix(string(l), "FULL")
+}
 
 // Direction is one direction of a compatibility check.
 type Direction string
