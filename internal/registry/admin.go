@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -104,28 +105,66 @@ func (c *Client) CheckCompatibility(ctx context.Context, subject, schema string)
 	return r, nil
 }
 
-// SubjectCompatibility returns the subject's compatibility level, falling back to the
-// global one (GET /config/{subject}?defaultToGlobal=true, then GET /config when the
-// registry answers 404 for the subject). global reports that the level came from the
-// fallback. Apicurio 2.4 answers NONE for a subject without its own rule even when a
-// global rule is configured by property. The call is bound to ctx.
+// SubjectCompatibility returns the subject's compatibility level: its own (GET
+// /config/{subject}), else the registry's global one (GET /config; global is then
+// true). Apicurio 2.4's Confluent API answers NONE for a subject without a rule of its
+// own, and for the global level, even when a global rule is configured; for an
+// Apicurio ccompat URL, a NONE is therefore checked against Apicurio's own rules API
+// (the artifact's COMPATIBILITY rule, then the global one), which is what Apicurio
+// enforces. The call is bound to ctx.
 func (c *Client) SubjectCompatibility(ctx context.Context, subject string) (level string, global bool, err error) {
-	var ans struct {
-		Level  string `json:"compatibilityLevel"`
-		Level2 string `json:"compatibility"`
-	}
-	err = c.do(ctx, "get compatibility", subject, http.MethodGet, "/config/"+url.PathEscape(subject)+"?defaultToGlobal=true", nil, &ans)
+	level, err = c.config(ctx, subject)
 	if IsNotFound(err) {
 		global = true
-		err = c.do(ctx, "get global compatibility", "", http.MethodGet, "/config", nil, &ans)
+		level, err = c.config(ctx, "")
 	}
 	if err != nil {
 		return "", false, err
 	}
+	if i := strings.Index(c.url, "/apis/ccompat/"); level == "NONE" && i >= 0 {
+		native := c.url[:i] + "/apis/registry/v2"
+		if l, err := c.apicurioRule(ctx, native+"/groups/default/artifacts/"+url.PathEscape(subject)+"/rules/COMPATIBILITY"); err == nil {
+			return l, false, nil
+		}
+		if l, err := c.apicurioRule(ctx, native+"/admin/rules/COMPATIBILITY"); err == nil {
+			return l, true, nil
+		}
+	}
+	return level, global, nil
+}
+
+// config reads GET /config/{subject}, or GET /config for subject "".
+func (c *Client) config(ctx context.Context, subject string) (string, error) {
+	var ans struct {
+		Level  string `json:"compatibilityLevel"`
+		Level2 string `json:"compatibility"`
+	}
+	path, op := "/config", "get global compatibility"
+	if subject != "" {
+		path, op = "/config/"+url.PathEscape(subject), "get compatibility"
+	}
+	if err := c.do(ctx, op, subject, http.MethodGet, path, nil, &ans); err != nil {
+		return "", err
+	}
 	if ans.Level == "" {
 		ans.Level = ans.Level2
 	}
-	return strings.ToUpper(ans.Level), global, nil
+	return strings.ToUpper(ans.Level), nil
+}
+
+// apicurioRule reads a rule from Apicurio's own API (an absolute URL).
+func (c *Client) apicurioRule(ctx context.Context, abs string) (string, error) {
+	var ans struct {
+		Config string `json:"config"`
+	}
+	sub := &Client{url: "", timeout: c.timeout, transport: c.transport, user: c.user, pass: c.pass}
+	if err := sub.do(ctx, "get apicurio rule", "", http.MethodGet, abs, nil, &ans); err != nil {
+		return "", err
+	}
+	if ans.Config == "" {
+		return "", errors.New("apicurio rule without config")
+	}
+	return strings.ToUpper(ans.Config), nil
 }
 
 // Subjects lists the registry's subjects. The call is bound to ctx.
