@@ -35,6 +35,8 @@ const (
 	tierBreak = "field `tier` added without a default: new readers cannot read old events (FULL)"
 )
 
+var docsOperations, _ = filepath.Abs("../../docs/operations.md") // before tests change directory
+
 // gitRepo makes a git repository in a temp dir and changes the test's working
 // directory to it; commit writes schemas/order.avsc and commits it.
 func gitRepo(t *testing.T) (commit func(text string)) {
@@ -89,6 +91,18 @@ func TestSchemaCheck_CIFailsTheBreakingCommitOfflineAndAgainstTheRegistry(t *tes
 	}
 	if got := lastLine(stderr); got != "relaybox: schema check: 1 incompatible change(s) in 1 of 1 schema file(s)" {
 		t.Fatalf("stderr %q", got)
+	}
+	// docs/operations.md shows this run and the lines to copy.
+	doc, err := os.ReadFile(docsOperations)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{wantLine, lastLine(stderr),
+		"relaybox schema check --against origin/main --level FULL schemas/*.avsc",
+		"relaybox schema check --registry-url $SCHEMA_REGISTRY_URL --topic orders --strategy topic-record schemas/*.avsc"} {
+		if !strings.Contains(string(doc), want) {
+			t.Errorf("docs/operations.md lacks %q", want)
+		}
 	}
 
 	// --json for CI tools.
