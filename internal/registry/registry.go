@@ -169,10 +169,12 @@ func sleep(ctx context.Context, d time.Duration) error {
 }
 
 // classify turns an srclient or transport error into an *Error or ErrUnavailable. When
-// ctx ended, the error wraps ctx's error (errors.Is(err, context.Canceled) holds).
+// ctx ended, the error wraps both ErrUnavailable and ctx's error (errors.Is(err,
+// context.Canceled) holds): callers that treat ErrUnavailable as "try again later"
+// (the relay, the consumer) never take a cancellation for a verdict on the schema.
 func classify(ctx context.Context, op, subject string, err error) error {
 	if cerr := ctx.Err(); cerr != nil {
-		return fmt.Errorf("schema registry %s: %w", op, cerr)
+		return fmt.Errorf("%w: %s: %w", ErrUnavailable, op, cerr)
 	}
 	var se srclient.Error
 	e, ok := err.(*Error)

@@ -63,6 +63,10 @@ func TestClient_CallsEndWithTheirContext(t *testing.T) {
 			if !errors.Is(err, context.Canceled) {
 				t.Fatalf("err = %v, want context.Canceled", err)
 			}
+			// Callers retry ErrUnavailable; a cancellation is no verdict on a schema.
+			if !errors.Is(err, ErrUnavailable) || IsIncompatible(err) || IsNotFound(err) {
+				t.Fatalf("err = %v, want it unavailable, neither incompatible nor not found", err)
+			}
 		})
 	}
 }
