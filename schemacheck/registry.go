@@ -129,6 +129,17 @@ func (r *Registry) SetLevel(ctx context.Context, subject string, level Level) er
 	return r.c.SetCompatibility(ctx, subject, string(level))
 }
 
+// Versions lists the versions the subject holds, sorted; none (and no error) for a
+// subject the registry does not know.
+func (r *Registry) Versions(ctx context.Context, subject string) ([]int, error) {
+	vs, err := r.c.Versions(ctx, subject)
+	if registry.IsNotFound(err) {
+		return nil, nil
+	}
+	sort.Ints(vs)
+	return vs, err
+}
+
 // Subject is one registry subject as Subjects lists it.
 type Subject struct {
 	Name     string `json:"subject"`
@@ -153,10 +164,9 @@ func (r *Registry) Subjects(ctx context.Context, prefix string) ([]Subject, erro
 			continue
 		}
 		s := Subject{Name: n}
-		if s.Versions, err = r.c.Versions(ctx, n); err != nil && !registry.IsNotFound(err) {
+		if s.Versions, err = r.Versions(ctx, n); err != nil {
 			return nil, err
 		}
-		sort.Ints(s.Versions)
 		if s.Level, s.GlobalLevel, err = r.Level(ctx, n); err != nil {
 			return nil, err
 		}

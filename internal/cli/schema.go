@@ -219,10 +219,16 @@ func checkSchemaFile(ctx context.Context, o *schemaCheckOpts, reg *schemacheck.R
 			return res, fmt.Errorf("schema check: %s: %w", file, err)
 		}
 		res.Against = append(res.Against, "subject "+res.Subject)
-		res.Note = fmt.Sprintf("compatible with subject %s (or the subject holds no version yet)", res.Subject)
-		if l, _, err := reg.Level(ctx, res.Subject); err == nil {
-			res.Level = l
-			res.Note = fmt.Sprintf("%s compatible with subject %s (or the subject holds no version yet)", l, res.Subject)
+		versions, err := reg.Versions(ctx, res.Subject)
+		if err != nil {
+			return res, fmt.Errorf("schema check: %s: %w", file, err)
+		}
+		if res.Level, _, err = reg.Level(ctx, res.Subject); err != nil {
+			return res, fmt.Errorf("schema check: %s: %w", file, err)
+		}
+		res.Note = fmt.Sprintf("%s compatible with subject %s (versions %s)", res.Level, res.Subject, strings.Trim(fmt.Sprint(versions), "[]"))
+		if len(versions) == 0 {
+			res.Note = fmt.Sprintf("new: subject %s holds no version, nothing to check", res.Subject)
 		}
 	}
 	for i := range problems {

@@ -135,6 +135,10 @@ func TestSchemaCheck_CIFailsTheBreakingCommitOfflineAndAgainstTheRegistry(t *tes
 	if code, stdout, stderr := run(t, "schema", "compat", "--registry-url", url, subject, "FULL"); code != 0 || !strings.HasPrefix(stdout, subject+": FULL") {
 		t.Fatalf("schema compat set: exit %d %q %q", code, stdout, stderr)
 	}
+	code, stdout, stderr = run(t, "schema", "check", "--registry-url", url, "--topic", topic, "--strategy", "topic-record", "schemas/order.avsc")
+	if code != 0 || !strings.HasPrefix(stdout, "ok     schemas/order.avsc: new: subject "+subject+" holds no version, nothing to check") {
+		t.Fatalf("registry, no version: exit %d %q %q", code, stdout, stderr)
+	}
 	if _, err := reg.ID(ctx, subject, orderV1, true); err != nil {
 		t.Fatal(err)
 	}
@@ -143,7 +147,7 @@ func TestSchemaCheck_CIFailsTheBreakingCommitOfflineAndAgainstTheRegistry(t *tes
 		code int
 		out  string
 	}{
-		{orderV2, 0, "ok     schemas/order.avsc: FULL compatible with subject " + subject},
+		{orderV2, 0, "ok     schemas/order.avsc: FULL compatible with subject " + subject + " (versions 1)"},
 		{orderV3, 1, "BREAKS subject " + subject + ", schemas/order.avsc: " + tierBreak + " [against registered version 2]"},
 	} {
 		if err := os.WriteFile(filepath.Join("schemas", "order.avsc"), []byte(c.text), 0o644); err != nil {
