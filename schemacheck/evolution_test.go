@@ -11,7 +11,7 @@ import (
 	"github.com/relaybox/relaybox/schemacheck"
 )
 
-// orderV1 is the first version every evolution case starts from.
+// orderV1 is the first version the evolutions cases start from.
 const orderV1 = `{"type":"record","name":"Order","namespace":"shop.v1","fields":[
 	{"name":"id","type":"string"},
 	{"name":"qty","type":"int"},
@@ -35,6 +35,7 @@ func evolve(t testing.TB, pairs ...string) string {
 
 type evolution struct {
 	name string
+	v1   string // orderV1 when empty
 	v2   string
 	// backward, forward: Apache Avro's verdict (which the registry enforces) for each
 	// direction; FULL is both.
@@ -43,31 +44,82 @@ type evolution struct {
 
 func evolutions(t testing.TB) []evolution {
 	return []evolution{
-		{"add field with default", evolve(t, `{"name":"legacy"`, `{"name":"tier","type":"int","default":0},{"name":"legacy"`), true, true},
-		{"add field without default", evolve(t, `{"name":"legacy"`, `{"name":"tier","type":"int"},{"name":"legacy"`), false, true},
-		{"remove field with default", evolve(t, `,
+		{"add field with default", "", evolve(t, `{"name":"legacy"`, `{"name":"tier","type":"int","default":0},{"name":"legacy"`), true, true},
+		{"add field without default", "", evolve(t, `{"name":"legacy"`, `{"name":"tier","type":"int"},{"name":"legacy"`), false, true},
+		{"remove field with default", "", evolve(t, `,
 	{"name":"legacy","type":"string","default":""}`, ``), true, true},
-		{"remove field without default", evolve(t, `
+		{"remove field without default", "", evolve(t, `
 	{"name":"qty","type":"int"},`, ``), true, false},
-		{"rename field with alias", evolve(t, `{"name":"qty","type":"int"}`, `{"name":"quantity","aliases":["qty"],"type":"int"}`), true, false},
-		{"promote int to long", evolve(t, `{"name":"qty","type":"int"}`, `{"name":"qty","type":"long"}`), true, false},
-		{"narrow long to int", evolve(t, `{"name":"amount","type":"long"}`, `{"name":"amount","type":"int"}`), false, true},
-		{"add enum symbol", evolve(t, `["NEW","PAID"]`, `["NEW","PAID","SHIPPED"]`), true, false},
-		{"remove enum symbol", evolve(t, `["NEW","PAID"]`, `["NEW"]`), false, true},
-		{"add enum symbol, enum has a default", evolve(t, `"symbols":["NEW","PAID"]}`, `"symbols":["NEW","PAID","SHIPPED"],"default":"NEW"}`), true, false},
-		{"widen union", evolve(t, `["null","string","long"]`, `["null","string","long","double"]`), true, false},
-		{"narrow union", evolve(t, `["null","string","long"]`, `["null","string"]`), false, true},
-		{"change namespace", evolve(t, `"namespace":"shop.v1"`, `"namespace":"shop.v2"`), true, true},
-		{"change a field's doc only", evolve(t, `{"name":"id","type":"string"}`, `{"name":"id","type":"string","doc":"the order id"}`), true, true},
-		{"rename record without alias", evolve(t, `"name":"Order"`, `"name":"Purchase"`), false, false},
-		{"rename record with alias", evolve(t, `"name":"Order"`, `"name":"Purchase","aliases":["shop.v1.Order"]`), true, false},
-		{"reorder union branches", evolve(t, `["null","string","long"]`, `["null","long","string"]`), true, true},
-		{"change string to bytes", evolve(t, `{"name":"id","type":"string"}`, `{"name":"id","type":"bytes"}`), true, true},
-		{"promote int to float", evolve(t, `{"name":"qty","type":"int"}`, `{"name":"qty","type":"float"}`), true, false},
-		{"make a field nullable", evolve(t, `{"name":"id","type":"string"}`, `{"name":"id","type":["null","string"],"default":null}`), true, false},
-		{"remove enum symbol, enum has a default", evolve(t, `"symbols":["NEW","PAID"]}`, `"symbols":["NEW"],"default":"NEW"}`), true, true},
-		{"add a logical type", evolve(t, `{"name":"amount","type":"long"}`, `{"name":"amount","type":{"type":"long","logicalType":"timestamp-millis"}}`), true, true},
+		{"rename field with alias", "", evolve(t, `{"name":"qty","type":"int"}`, `{"name":"quantity","aliases":["qty"],"type":"int"}`), true, false},
+		{"promote int to long", "", evolve(t, `{"name":"qty","type":"int"}`, `{"name":"qty","type":"long"}`), true, false},
+		{"narrow long to int", "", evolve(t, `{"name":"amount","type":"long"}`, `{"name":"amount","type":"int"}`), false, true},
+		{"add enum symbol", "", evolve(t, `["NEW","PAID"]`, `["NEW","PAID","SHIPPED"]`), true, false},
+		{"remove enum symbol", "", evolve(t, `["NEW","PAID"]`, `["NEW"]`), false, true},
+		{"add enum symbol, enum has a default", "", evolve(t, `"symbols":["NEW","PAID"]}`, `"symbols":["NEW","PAID","SHIPPED"],"default":"NEW"}`), true, false},
+		{"widen union", "", evolve(t, `["null","string","long"]`, `["null","string","long","double"]`), true, false},
+		{"narrow union", "", evolve(t, `["null","string","long"]`, `["null","string"]`), false, true},
+		{"change namespace", "", evolve(t, `"namespace":"shop.v1"`, `"namespace":"shop.v2"`), true, true},
+		{"change a field's doc only", "", evolve(t, `{"name":"id","type":"string"}`, `{"name":"id","type":"string","doc":"the order id"}`), true, true},
+		{"rename record without alias", "", evolve(t, `"name":"Order"`, `"name":"Purchase"`), false, false},
+		{"rename record with alias", "", evolve(t, `"name":"Order"`, `"name":"Purchase","aliases":["shop.v1.Order"]`), true, false},
+		{"reorder union branches", "", evolve(t, `["null","string","long"]`, `["null","long","string"]`), true, true},
+		{"change string to bytes", "", evolve(t, `{"name":"id","type":"string"}`, `{"name":"id","type":"bytes"}`), true, true},
+		{"promote int to float", "", evolve(t, `{"name":"qty","type":"int"}`, `{"name":"qty","type":"float"}`), true, false},
+		{"make a field nullable", "", evolve(t, `{"name":"id","type":"string"}`, `{"name":"id","type":["null","string"],"default":null}`), true, false},
+		{"remove enum symbol, enum has a default", "", evolve(t, `"symbols":["NEW","PAID"]}`, `"symbols":["NEW"],"default":"NEW"}`), true, true},
+		{"add a logical type", "", evolve(t, `{"name":"amount","type":"long"}`, `{"name":"amount","type":{"type":"long","logicalType":"timestamp-millis"}}`), true, true},
 	}
+}
+
+// rec is a record R in namespace x with the given fields.
+func rec(fields string) string {
+	return `{"type":"record","name":"R","namespace":"x","fields":[` + fields + `]}`
+}
+
+const (
+	list   = `{"type":"record","name":"L","fields":[{"name":"v","type":"int"},{"name":"next","type":["null","L"],"default":null}]}`
+	nested = `{"type":"record","name":"N","fields":[{"name":"a","type":"int"}]}`
+)
+
+// moreEvolutions are changes of nested, recursive, named and logical types.
+func moreEvolutions() []evolution {
+	return []evolution{
+		{"change a fixed's size", rec(`{"name":"f","type":{"type":"fixed","name":"F","size":16}}`), rec(`{"name":"f","type":{"type":"fixed","name":"F","size":32}}`), false, false},
+		{"rename a fixed with an alias", rec(`{"name":"f","type":{"type":"fixed","name":"F","size":4}}`), rec(`{"name":"f","type":{"type":"fixed","name":"F2","aliases":["x.F"],"size":4}}`), true, false},
+		{"rename an enum with an alias", rec(`{"name":"e","type":{"type":"enum","name":"E","symbols":["A"]}}`), rec(`{"name":"e","type":{"type":"enum","name":"E2","aliases":["x.E"],"symbols":["A"]}}`), true, false},
+		{"change an enum to a string", rec(`{"name":"e","type":{"type":"enum","name":"E","symbols":["A"]}}`), rec(`{"name":"e","type":"string"}`), false, false},
+		{"promote array items int to long", rec(`{"name":"a","type":{"type":"array","items":"int"}}`), rec(`{"name":"a","type":{"type":"array","items":"long"}}`), true, false},
+		{"narrow map values long to int", rec(`{"name":"m","type":{"type":"map","values":"long"}}`), rec(`{"name":"m","type":{"type":"map","values":"int"}}`), false, true},
+		{"promote int to double", rec(`{"name":"i","type":"int"}`), rec(`{"name":"i","type":"double"}`), true, false},
+		{"change a field's default", rec(`{"name":"i","type":"int","default":1}`), rec(`{"name":"i","type":"int","default":2}`), true, true},
+		{"add a field alias only", rec(`{"name":"a","type":"int"}`), rec(`{"name":"a","aliases":["z"],"type":"int"}`), true, true},
+		{"reorder fields", rec(`{"name":"a","type":"int"},{"name":"b","type":"string"}`), rec(`{"name":"b","type":"string"},{"name":"a","type":"int"}`), true, true},
+		{"single-branch union to its type", rec(`{"name":"s","type":["string"]}`), rec(`{"name":"s","type":"string"}`), true, true},
+		{"change int to long inside a union", rec(`{"name":"u","type":["int","string"]}`), rec(`{"name":"u","type":["long","string"]}`), true, false},
+		{"nested record: add a field without a default", rec(`{"name":"n","type":` + nested + `}`), rec(`{"name":"n","type":{"type":"record","name":"N","fields":[{"name":"a","type":"int"},{"name":"b","type":"int"}]}}`), false, true},
+		{"nested record in a union: add a field without a default", rec(`{"name":"u","type":["null",` + nested + `],"default":null}`), rec(`{"name":"u","type":["null",{"type":"record","name":"N","fields":[{"name":"a","type":"int"},{"name":"b","type":"int"}]}],"default":null}`), false, true},
+		{"make a nested record nullable", rec(`{"name":"n","type":` + nested + `}`), rec(`{"name":"n","type":["null",` + nested + `],"default":null}`), true, false},
+		{"replace a nested record by another name", rec(`{"name":"n","type":{"type":"record","name":"A","fields":[{"name":"a","type":"int"}]}}`), rec(`{"name":"n","type":{"type":"record","name":"B","fields":[{"name":"a","type":"int"}]}}`), false, false},
+		{"recursive record: add a field with a default", list, `{"type":"record","name":"L","fields":[{"name":"v","type":"int"},{"name":"w","type":"int","default":0},{"name":"next","type":["null","L"],"default":null}]}`, true, true},
+		{"recursive record: add a field without a default", list, `{"type":"record","name":"L","fields":[{"name":"v","type":"int"},{"name":"w","type":"int"},{"name":"next","type":["null","L"],"default":null}]}`, false, true},
+		{"top-level string to bytes", `"string"`, `"bytes"`, true, true},
+		{"top-level int to a record", `"int"`, rec(`{"name":"a","type":"int"}`), false, false},
+		// Avro ignores logical types when resolving: these pass everywhere, and the
+		// values are misread (a scale of 2 read as 4; milliseconds read as microseconds).
+		{"change a decimal's precision and scale", rec(`{"name":"d","type":{"type":"bytes","logicalType":"decimal","precision":10,"scale":2}}`), rec(`{"name":"d","type":{"type":"bytes","logicalType":"decimal","precision":12,"scale":4}}`), true, true},
+		{"timestamp-millis to timestamp-micros", rec(`{"name":"t","type":{"type":"long","logicalType":"timestamp-millis"}}`), rec(`{"name":"t","type":{"type":"long","logicalType":"timestamp-micros"}}`), true, true},
+		{"string to uuid", rec(`{"name":"t","type":"string"}`), rec(`{"name":"t","type":{"type":"string","logicalType":"uuid"}}`), true, true},
+	}
+}
+
+func allEvolutions(t testing.TB) []evolution {
+	evs := append(evolutions(t), moreEvolutions()...)
+	for i := range evs {
+		if evs[i].v1 == "" {
+			evs[i].v1 = orderV1
+		}
+	}
+	return evs
 }
 
 func verdict(backward, forward bool, l schemacheck.Level) bool {
@@ -79,13 +131,13 @@ func verdict(backward, forward bool, l schemacheck.Level) bool {
 func TestCompare_AgreesWithTheRegistry(t *testing.T) {
 	url := testenv.RegistryURL(t)
 	reg := registry.New(url, registry.Options{})
-	for _, ev := range evolutions(t) {
+	for _, ev := range allEvolutions(t) {
 		for _, level := range []schemacheck.Level{schemacheck.Backward, schemacheck.Forward, schemacheck.Full} {
 			t.Run(fmt.Sprintf("%s/%s", ev.name, level), func(t *testing.T) {
 				t.Parallel()
 				ctx := context.Background()
 				want := verdict(ev.backward, ev.forward, level)
-				problems, err := schemacheck.Compare([]schemacheck.Version{{Label: "v1", Text: orderV1}}, ev.v2, level)
+				problems, err := schemacheck.Compare([]schemacheck.Version{{Label: "v1", Text: ev.v1}}, ev.v2, level)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -95,7 +147,7 @@ func TestCompare_AgreesWithTheRegistry(t *testing.T) {
 				if err := reg.SetCompatibility(ctx, subject, string(level)); err != nil {
 					t.Fatal(err)
 				}
-				if _, err := reg.ID(ctx, subject, orderV1, true); err != nil {
+				if _, err := reg.ID(ctx, subject, ev.v1, true); err != nil {
 					t.Fatal(err)
 				}
 				res, err := reg.CheckCompatibility(ctx, subject, ev.v2)
@@ -130,9 +182,9 @@ func TestCompare_AgreesWithTheRegistry(t *testing.T) {
 // The offline check agrees with Avro's rules without a registry too (this runs
 // everywhere, the registry comparison above where Apicurio runs).
 func TestCompare_EvolutionCases(t *testing.T) {
-	for _, ev := range evolutions(t) {
+	for _, ev := range allEvolutions(t) {
 		for _, level := range []schemacheck.Level{schemacheck.Backward, schemacheck.Forward, schemacheck.Full, schemacheck.None} {
-			problems, err := schemacheck.Compare([]schemacheck.Version{{Label: "v1", Text: orderV1}}, ev.v2, level)
+			problems, err := schemacheck.Compare([]schemacheck.Version{{Label: "v1", Text: ev.v1}}, ev.v2, level)
 			if err != nil {
 				t.Fatal(err)
 			}

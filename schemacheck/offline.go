@@ -232,16 +232,25 @@ func (w *walker) walk(reader, writer avro.Schema, path string) {
 		switch {
 		case writer.Type() == avro.Union:
 			for _, b := range writer.(*avro.UnionSchema).Types() {
-				if !readable(reader, b) {
-					w.typeChanged(reader, writer, path, at())
-					return
+				if readable(reader, b) {
+					continue
 				}
+				if sameKind(reader, b) {
+					w.walk(reader, b, path) // the branch itself changed inside
+					continue
+				}
+				w.typeChanged(reader, writer, path, at())
+				return
 			}
 		case reader.Type() == avro.Union:
 			for _, b := range reader.(*avro.UnionSchema).Types() {
 				if readable(b, writer) {
 					return
 				}
+			}
+			if rb := branchLike(reader.(*avro.UnionSchema), writer); rb != nil {
+				w.walk(rb, writer, path)
+				return
 			}
 			w.typeChanged(reader, writer, path, at())
 		case !promotes(writer.Type(), reader.Type()):
@@ -305,6 +314,10 @@ func (w *walker) walk(reader, writer avro.Schema, path string) {
 			if readable(r, b) {
 				continue
 			}
+			if rb := branchLike(r, b); rb != nil {
+				w.walk(rb, b, path) // the branch is there, changed inside
+				continue
+			}
 			if w.d == DirBackward {
 				w.add(path, fmt.Sprintf("union %s lost branch %s (was %s, now %s)", at(), typeName(b), typeName(uw), typeName(r)))
 			} else {
@@ -312,6 +325,32 @@ func (w *walker) walk(reader, writer avro.Schema, path string) {
 			}
 		}
 	}
+}
+
+// sameKind reports whether a and b are the same type, and for named types have the
+// same name: one changed version of the other, to be walked into rather than
+// reported as a different type.
+func sameKind(a, b avro.Schema) bool {
+	a, b = deref(a), deref(b)
+	if a.Type() != b.Type() {
+		return false
+	}
+	na, ok := a.(avro.NamedSchema)
+	if !ok {
+		return true
+	}
+	nb := b.(avro.NamedSchema)
+	return na.Name() == nb.Name() || slices.Contains(na.Aliases(), nb.FullName())
+}
+
+// branchLike returns the branch of u that is the same kind as s, or nil.
+func branchLike(u *avro.UnionSchema, s avro.Schema) avro.Schema {
+	for _, b := range u.Types() {
+		if sameKind(b, s) {
+			return b
+		}
+	}
+	return nil
 }
 
 func (w *walker) typeChanged(reader, writer avro.Schema, path, at string) {

@@ -103,3 +103,31 @@ func TestParseLevel(t *testing.T) {
 		t.Fatalf("err = %v", err)
 	}
 }
+
+// A change inside a union branch or a recursive type is reported where it is, once, not
+// as a lost branch.
+func TestCompare_NamesTheFieldInsideUnionsAndRecursiveTypes(t *testing.T) {
+	for _, name := range []string{"nested record in a union: add a field without a default", "recursive record: add a field without a default", "nested record: add a field without a default"} {
+		var ev *evolution
+		for _, e := range moreEvolutions() {
+			if e.name == name {
+				ev = &e
+			}
+		}
+		if ev == nil {
+			t.Fatalf("no evolution %q", name)
+		}
+		problems, err := schemacheck.Compare([]schemacheck.Version{{Label: "v1", Text: ev.v1}}, ev.v2, schemacheck.Full)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := map[string]string{
+			"nested record in a union: add a field without a default": "field `u.b` added without a default",
+			"recursive record: add a field without a default":         "field `w` added without a default",
+			"nested record: add a field without a default":            "field `n.b` added without a default",
+		}[name] + ": new readers cannot read old events (FULL)"
+		if len(problems) != 1 || problems[0].Message != want {
+			t.Errorf("%s: %v\nwant one: %q", name, problems, want)
+		}
+	}
+}
