@@ -2,6 +2,7 @@ package schemacheck_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -109,6 +110,40 @@ func moreEvolutions() []evolution {
 		{"change a decimal's precision and scale", rec(`{"name":"d","type":{"type":"bytes","logicalType":"decimal","precision":10,"scale":2}}`), rec(`{"name":"d","type":{"type":"bytes","logicalType":"decimal","precision":12,"scale":4}}`), true, true},
 		{"timestamp-millis to timestamp-micros", rec(`{"name":"t","type":{"type":"long","logicalType":"timestamp-millis"}}`), rec(`{"name":"t","type":{"type":"long","logicalType":"timestamp-micros"}}`), true, true},
 		{"string to uuid", rec(`{"name":"t","type":"string"}`), rec(`{"name":"t","type":{"type":"string","logicalType":"uuid"}}`), true, true},
+		// Apache Avro reads attribute names exactly: "Default" and "Aliases" are custom
+		// properties to it (hamba/avro alone would honour them).
+		{"add a field with \"Default\" (wrong case)", rec(`{"name":"a","type":"int"}`), rec(`{"name":"a","type":"int"},{"name":"b","type":"int","Default":0}`), false, true},
+		{"rename a field with \"Aliases\" (wrong case)", rec(`{"name":"a","type":"int"}`), rec(`{"name":"b","Aliases":["a"],"type":"int"}`), false, false},
+	}
+}
+
+// The registry refuses these as invalid Avro; the offline check must not pass them.
+func TestParse_RefusesWhatTheRegistryRefuses(t *testing.T) {
+	url := testenv.RegistryURL(t)
+	reg := registry.New(url, registry.Options{})
+	ctx := context.Background()
+	v1 := rec(`{"name":"a","type":"int"}`)
+	for name, v2 := range map[string]string{
+		"record \"Name\"":           `{"type":"record","Name":"R","namespace":"x","fields":[{"name":"a","type":"int"}]}`,
+		"field \"Type\"":            rec(`{"name":"a","Type":"int"}`),
+		"enum \"Symbols\"":          rec(`{"name":"a","type":"int"},{"name":"e","type":{"type":"enum","name":"E","Symbols":["A"]},"default":"A"}`),
+		"empty union with a default": rec(`{"name":"a","type":"int"},{"name":"b","type":[],"default":""}`),
+		"not JSON":                   `{"type":"record",`,
+	} {
+		t.Run(name, func(t *testing.T) {
+			if _, err := schemacheck.Parse(v2); !errors.Is(err, schemacheck.ErrInvalidSchema) {
+				t.Errorf("offline: %v, want ErrInvalidSchema", err)
+			}
+			subject := testenv.Name(t, "invalid") + "-value"
+			if _, err := reg.ID(ctx, subject, v1, true); err != nil {
+				t.Fatal(err)
+			}
+			// Apicurio 2.4.2 answers 422 (or 400 for broken JSON); the empty union with
+			// a default makes it fail with a 500, as it makes hamba/avro panic.
+			if res, err := reg.CheckCompatibility(ctx, subject, v2); err == nil {
+				t.Errorf("registry: %+v, want it refused", res)
+			}
+		})
 	}
 }
 

@@ -1,6 +1,7 @@
 package schemacheck
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -61,15 +62,92 @@ type Version struct {
 // ErrInvalidSchema is returned (wrapped) for a schema text that does not parse.
 var ErrInvalidSchema = errors.New("schema does not parse")
 
-// Parse parses schema text with a cache of its own: hamba/avro's default cache is keyed
-// by name, so two versions of one record parsed with it would see each other's
-// definitions.
-func Parse(text string) (avro.Schema, error) {
-	s, err := avro.ParseWithCache(text, "", &avro.SchemaCache{})
-	if err != nil {
+// Parse parses schema text as the registry reads it, with a cache of its own:
+// hamba/avro's default cache is keyed by name, so two versions of one record parsed
+// with it would see each other's definitions. Two more corrections make hamba/avro
+// read what Apache Avro (the registry) reads:
+//
+//   - hamba/avro matches attribute names case-insensitively ("Default", "Aliases",
+//     "Type" work), Apache Avro exactly (it keeps "Default" as a custom property: the
+//     field has no default). Parse drops the attributes whose names differ from
+//     Avro's only in case before hamba/avro parses the schema.
+//   - hamba/avro panics on some invalid schemas (an empty union with a default): Parse
+//     returns ErrInvalidSchema instead.
+func Parse(text string) (s avro.Schema, err error) {
+	var doc any
+	d := json.NewDecoder(strings.NewReader(text))
+	d.UseNumber()
+	if err := d.Decode(&doc); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalidSchema, err)
+	}
+	if d.More() {
+		return nil, fmt.Errorf("%w: text after the schema", ErrInvalidSchema)
+	}
+	if exactAttributes(doc) {
+		b, err := json.Marshal(doc)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrInvalidSchema, err)
+		}
+		text = string(b)
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			s, err = nil, fmt.Errorf("%w: %v", ErrInvalidSchema, r)
+		}
+	}()
+	if s, err = avro.ParseWithCache(text, "", &avro.SchemaCache{}); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalidSchema, err)
 	}
 	return s, nil
+}
+
+// avroAttributes are the attribute names Apache Avro reads, exactly as it spells them.
+var avroAttributes = []string{"type", "name", "namespace", "fields", "items", "values", "symbols",
+	"size", "default", "aliases", "doc", "order", "logicalType", "precision", "scale"}
+
+// exactAttributes removes, from every schema and field object of a parsed schema
+// document, the attributes whose names differ from Avro's only in case (Apache Avro
+// ignores them; hamba/avro would read them). It does not enter default values, whose
+// keys are field names. It reports whether it removed any.
+func exactAttributes(v any) bool {
+	changed := false
+	switch t := v.(type) {
+	case []any: // a union
+		for _, b := range t {
+			changed = exactAttributes(b) || changed
+		}
+	case map[string]any:
+		changed = dropCaseVariants(t)
+		for _, k := range []string{"type", "items", "values"} {
+			if c, ok := t[k]; ok {
+				changed = exactAttributes(c) || changed
+			}
+		}
+		if fields, ok := t["fields"].([]any); ok {
+			for _, f := range fields {
+				if fm, ok := f.(map[string]any); ok {
+					changed = dropCaseVariants(fm) || changed
+					if c, ok := fm["type"]; ok {
+						changed = exactAttributes(c) || changed
+					}
+				}
+			}
+		}
+	}
+	return changed
+}
+
+func dropCaseVariants(m map[string]any) bool {
+	changed := false
+	for k := range m {
+		for _, a := range avroAttributes {
+			if k != a && strings.EqualFold(k, a) {
+				delete(m, k)
+				changed = true
+			}
+		}
+	}
+	return changed
 }
 
 // Compare checks schema newText against its older versions (oldest first) at level:
