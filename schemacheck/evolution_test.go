@@ -124,9 +124,9 @@ func TestParse_RefusesWhatTheRegistryRefuses(t *testing.T) {
 	ctx := context.Background()
 	v1 := rec(`{"name":"a","type":"int"}`)
 	for name, v2 := range map[string]string{
-		"record \"Name\"":           `{"type":"record","Name":"R","namespace":"x","fields":[{"name":"a","type":"int"}]}`,
-		"field \"Type\"":            rec(`{"name":"a","Type":"int"}`),
-		"enum \"Symbols\"":          rec(`{"name":"a","type":"int"},{"name":"e","type":{"type":"enum","name":"E","Symbols":["A"]},"default":"A"}`),
+		"record \"Name\"":            `{"type":"record","Name":"R","namespace":"x","fields":[{"name":"a","type":"int"}]}`,
+		"field \"Type\"":             rec(`{"name":"a","Type":"int"}`),
+		"enum \"Symbols\"":           rec(`{"name":"a","type":"int"},{"name":"e","type":{"type":"enum","name":"E","Symbols":["A"]},"default":"A"}`),
 		"empty union with a default": rec(`{"name":"a","type":"int"},{"name":"b","type":[],"default":""}`),
 		"not JSON":                   `{"type":"record",`,
 	} {
