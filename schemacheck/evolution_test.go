@@ -230,3 +230,42 @@ func TestCompare_EvolutionCases(t *testing.T) {
 		}
 	}
 }
+
+// The offline check accepts a schema exactly when the registry accepts it, with one
+// known exception where it follows the Avro specification and Apicurio does not.
+func TestParse_ValidExactlyWhereTheRegistryAccepts(t *testing.T) {
+	reg := registry.New(testenv.RegistryURL(t), registry.Options{})
+	for name, c := range map[string]struct {
+		text  string
+		valid bool
+	}{
+		"no fields":                           {rec(``), true},
+		"float default 1":                     {rec(`{"name":"d","type":"float","default":1}`), true},
+		"bytes default":                       {rec(`{"name":"b","type":"bytes","default":"\u00ff"}`), true},
+		"long default 1.5":                    {rec(`{"name":"b","type":"long","default":1.5}`), false},
+		"long default 1.0":                    {rec(`{"name":"b","type":"long","default":1.0}`), false},
+		"long default 1e3":                    {rec(`{"name":"b","type":"long","default":1e3}`), false},
+		"int default over 32 bits":            {rec(`{"name":"b","type":"int","default":3000000000}`), false},
+		"union of int first, default 1.5":     {rec(`{"name":"b","type":["int","null"],"default":1.5}`), false},
+		"timestamp default 1.5":               {rec(`{"name":"b","type":{"type":"long","logicalType":"timestamp-millis"},"default":1.5}`), false},
+		"union default for the second branch": {rec(`{"name":"b","type":["string","null"],"default":null}`), false},
+		"int default null":                    {rec(`{"name":"a","type":"int","default":null}`), false},
+		"enum default not a symbol":           {rec(`{"name":"e","type":{"type":"enum","name":"E","symbols":["A"],"default":"Z"}}`), false},
+		"duplicate field":                     {rec(`{"name":"a","type":"int"},{"name":"a","type":"long"}`), false},
+		"named type defined twice":            {rec(`{"name":"a","type":{"type":"fixed","name":"F","size":1}},{"name":"b","type":{"type":"fixed","name":"F","size":2}}`), false},
+		"union inside a union":                {rec(`{"name":"u","type":["int",["string"]]}`), false},
+		"unknown type":                        {rec(`{"name":"d","type":"foo"}`), false},
+	} {
+		_, perr := schemacheck.Parse(c.text)
+		_, rerr := reg.ID(context.Background(), testenv.Name(t, "valid")+"-value", c.text, true)
+		if (perr == nil) != c.valid || (rerr == nil) != c.valid {
+			t.Errorf("%s: offline %v, registry %v; want valid=%v", name, perr, rerr, c.valid)
+		}
+	}
+	// Known: Avro names start with a letter or _, in every namespace part too; Apicurio
+	// 2.4.2 accepts a namespace "1x", relaybox refuses it.
+	ns := `{"type":"record","name":"R","namespace":"1x","fields":[]}`
+	if _, err := schemacheck.Parse(ns); !errors.Is(err, schemacheck.ErrInvalidSchema) {
+		t.Errorf("namespace 1x: %v", err)
+	}
+}

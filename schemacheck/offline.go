@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/hamba/avro/v2"
@@ -83,6 +84,9 @@ func Parse(text string) (s avro.Schema, err error) {
 	if d.More() {
 		return nil, fmt.Errorf("%w: text after the schema", ErrInvalidSchema)
 	}
+	if err := integralDefaults(doc); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalidSchema, err)
+	}
 	if exactAttributes(doc) {
 		b, err := json.Marshal(doc)
 		if err != nil {
@@ -135,6 +139,71 @@ func exactAttributes(v any) bool {
 		}
 	}
 	return changed
+}
+
+// integralDefaults refuses, as Apache Avro does and hamba/avro does not, a default of
+// an int or long field (or of a union whose first branch is one) that is not an
+// integer literal in the type's range: "default": 1.5 on a long.
+func integralDefaults(v any) error {
+	switch t := v.(type) {
+	case []any:
+		for _, b := range t {
+			if err := integralDefaults(b); err != nil {
+				return err
+			}
+		}
+	case map[string]any:
+		for _, k := range []string{"type", "items", "values"} {
+			if err := integralDefaults(t[k]); err != nil {
+				return err
+			}
+		}
+		fields, _ := t["fields"].([]any)
+		for _, f := range fields {
+			fm, ok := f.(map[string]any)
+			if !ok {
+				continue
+			}
+			if err := integralDefaults(fm["type"]); err != nil {
+				return err
+			}
+			n, ok := fm["default"].(json.Number)
+			if !ok {
+				continue
+			}
+			bits := 0
+			switch primitive(fm["type"]) {
+			case "int":
+				bits = 32
+			case "long":
+				bits = 64
+			default:
+				continue
+			}
+			if _, err := strconv.ParseInt(n.String(), 10, bits); err != nil {
+				return fmt.Errorf("field %v: default %s is not a %d-bit integer", fm["name"], n, bits)
+			}
+		}
+	}
+	return nil
+}
+
+// primitive is the primitive type name a field's default is checked against: the
+// type's, or its first branch's for a union.
+func primitive(t any) string {
+	switch v := t.(type) {
+	case string:
+		return v
+	case []any:
+		if len(v) > 0 {
+			return primitive(v[0])
+		}
+	case map[string]any:
+		if s, ok := v["type"].(string); ok {
+			return s
+		}
+	}
+	return ""
 }
 
 func dropCaseVariants(m map[string]any) bool {
