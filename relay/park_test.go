@@ -59,7 +59,7 @@ func TestRelay_ParksIncompatibleSchemaBlocksItsKeyOnlyAndRetryPublishesInOrder(t
 	topic := testenv.Topic(t, 3)
 	reg := registry.New(e.registry, registry.Options{})
 	subject := topic + "-value"
-	if err := reg.SetCompatibility(subject, "BACKWARD"); err != nil {
+	if err := reg.SetCompatibility(context.Background(), subject, "BACKWARD"); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := reg.ID(context.Background(), subject, seqV1, true); err != nil {
@@ -88,7 +88,7 @@ func TestRelay_ParksIncompatibleSchemaBlocksItsKeyOnlyAndRetryPublishesInOrder(t
 	// The fix: the subject gets a rule the new schema meets (FORWARD: old readers
 	// ignore the added field); Apicurio treats NONE as "no subject rule", so the global
 	// BACKWARD rule would still apply. Then retry by key.
-	if err := reg.SetCompatibility(subject, "FORWARD"); err != nil {
+	if err := reg.SetCompatibility(context.Background(), subject, "FORWARD"); err != nil {
 		t.Fatal(err)
 	}
 	if n, err := relay.RetryParked(context.Background(), e.pool, e.schema, relay.ParkedFilter{Key: "bad"}); err != nil || n != 1 {
@@ -175,7 +175,7 @@ func TestRelay_PublishesCompatibleSchemaEvolution(t *testing.T) {
 	e := newEnv(t)
 	topic := testenv.Topic(t, 1)
 	reg := registry.New(e.registry, registry.Options{})
-	if err := reg.SetCompatibility(topic+"-value", "BACKWARD"); err != nil {
+	if err := reg.SetCompatibility(context.Background(), topic+"-value", "BACKWARD"); err != nil {
 		t.Fatal(err)
 	}
 	e.writeOne(t, topic, "k", 1, 0, seqV1)

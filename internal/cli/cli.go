@@ -1,5 +1,5 @@
 // Package cli implements the relaybox command: relay, migrate, status, parked, dlq,
-// demo. cmd/relaybox/main.go only calls Main.
+// demo, schema. cmd/relaybox/main.go only calls Main.
 //
 // Every flag has an environment variable (shown in -help); a flag given on the command
 // line wins over the variable. Errors print as one line: "relaybox: <what failed>".
@@ -37,6 +37,7 @@ func commands() []command {
 		{"parked", "parked events: parked list|retry|skip", runParked},
 		{"dlq", "dead letters: dlq redrive", runDLQ},
 		{"demo", "run the whole flow in one process on embedded defaults", runDemo},
+		{"schema", "schema governance: schema check|compat|list", runSchema},
 	}
 }
 
