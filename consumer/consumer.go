@@ -74,7 +74,7 @@ func New(pool *pgxpool.Pool, cfg *Config) (*Consumer, error) {
 	co := &Consumer{
 		cfg:    c,
 		pool:   pool,
-		dec:    newDecoder(c.Registry),
+		dec:    newDecoder(c.Registry, c.SchemaNotFoundGrace),
 		log:    c.Logger.With("group", c.Group),
 		prop:   propagation.TraceContext{},
 		routes: map[string]route{},
@@ -116,6 +116,11 @@ func (c *Consumer) client() (*kgo.Client, error) {
 		// may exceed franz-go's 1 MB default batch when the original was near the
 		// broker's limit. The dead-letter topics the consumer creates accept it.
 		kgo.ProducerBatchMaxBytes(deadLetterMaxBytes),
+	}
+	if !cfg.ReadUncommitted {
+		// Records of aborted Kafka transactions (the relay's exactly-once mode) are
+		// never handed to a handler.
+		opts = append(opts, kgo.FetchIsolationLevel(kgo.ReadCommitted()))
 	}
 	if len(cfg.Brokers) > 0 {
 		opts = append(opts, kgo.SeedBrokers(cfg.Brokers...))
