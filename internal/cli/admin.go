@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -29,8 +28,9 @@ func defineAdmin(f *flags) *adminOpts {
 	return o
 }
 
-func runMigrate(ctx context.Context, args []string, out io.Writer) error {
-	f := newFlags("migrate")
+func runMigrate(ctx context.Context, args []string, s *stdio) error {
+	out := s.out
+	f := newFlags("migrate", s)
 	o := defineAdmin(f)
 	target := f.Int("target", 0, "up: last version to apply (0: latest); down: version to roll back to (0: all)")
 	f.Usage = func() {
@@ -92,8 +92,9 @@ func runMigrate(ctx context.Context, args []string, out io.Writer) error {
 	return fmt.Errorf("migrate %q: say up, down or status", sub)
 }
 
-func runStatus(ctx context.Context, args []string, out io.Writer) error {
-	f := newFlags("status")
+func runStatus(ctx context.Context, args []string, s *stdio) error {
+	out := s.out
+	f := newFlags("status", s)
 	o := defineAdmin(f)
 	if err := f.parse(args); err != nil {
 		return err
@@ -140,8 +141,9 @@ func runStatus(ctx context.Context, args []string, out io.Writer) error {
 	return tw.Flush()
 }
 
-func runParked(ctx context.Context, args []string, out io.Writer) error {
-	f := newFlags("parked")
+func runParked(ctx context.Context, args []string, s *stdio) error {
+	out := s.out
+	f := newFlags("parked", s)
 	o := defineAdmin(f)
 	ids := f.String("id", "", "outbox row ids, comma-separated")
 	eventIDs := f.String("event-id", "", "event ids (UUID), comma-separated")

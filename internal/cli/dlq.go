@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 
 	"github.com/relaybox/relaybox/consumer"
 )
@@ -21,8 +20,9 @@ func defineDLQ(f *flags) *dlqOpts {
 	return o
 }
 
-func runDLQ(ctx context.Context, args []string, out io.Writer) error {
-	f := newFlags("dlq")
+func runDLQ(ctx context.Context, args []string, s *stdio) error {
+	out := s.out
+	f := newFlags("dlq", s)
 	o := defineDLQ(f)
 	topic := f.String("topic", "", "dead-letter topic to redrive, e.g. orders.dlq (required)")
 	f.Usage = func() {

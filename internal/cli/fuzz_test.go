@@ -4,6 +4,8 @@ import (
 	"os"
 	"strings"
 	"testing"
+
+	"github.com/relaybox/relaybox/internal/redact"
 )
 
 // FuzzRelayConfig feeds arbitrary flag values and environment values to the relay's
@@ -26,7 +28,7 @@ func FuzzRelayConfig(f *testing.F) {
 				os.Unsetenv(envName)
 			}
 		}()
-		fl := newFlags("relay")
+		fl := newFlags("relay", &stdio{out: discard{}, err: discard{}, secrets: &redact.Set{}})
 		fl.SetOutput(discard{})
 		o := defineRelay(fl)
 		if err := fl.parse([]string{flagName, flagValue}); err != nil {

@@ -6,9 +6,9 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"net/http/pprof"
 	"os"
 	"strings"
@@ -27,7 +27,13 @@ import (
 type kafkaOpts struct {
 	brokers, tlsCA, saslMechanism, saslUser, saslPassword string
 	tls, tlsInsecure                                      bool
+	// allowPlaintext lets credentials cross the network unencrypted (SASL PLAIN
+	// without TLS, registry basic auth over http://): refused otherwise.
+	allowPlaintext bool
 }
+
+// allowPlaintextFlag is the flag that lets credentials cross the network in clear.
+const allowPlaintextFlag = "--allow-plaintext-credentials"
 
 func (f *flags) kafka(k *kafkaOpts) {
 	f.str(&k.brokers, "brokers", "KAFKA_BROKERS", "", "Kafka seed brokers, comma-separated")
@@ -37,14 +43,22 @@ func (f *flags) kafka(k *kafkaOpts) {
 	f.str(&k.saslMechanism, "kafka-sasl-mechanism", "KAFKA_SASL_MECHANISM", "", "SASL mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512")
 	f.str(&k.saslUser, "kafka-sasl-username", "KAFKA_SASL_USERNAME", "", "SASL username")
 	f.secret(&k.saslPassword, "kafka-sasl-password", "KAFKA_SASL_PASSWORD", "SASL password")
+	f.boolean(&k.allowPlaintext, "allow-plaintext-credentials", "RELAYBOX_ALLOW_PLAINTEXT_CREDENTIALS", false,
+		"send credentials unencrypted: SASL PLAIN without TLS, registry basic auth over http:// (refused otherwise; local testing only)")
 }
+
+func (k *kafkaOpts) useTLS() bool { return k.tls || k.tlsCA != "" || k.tlsInsecure }
 
 func (k *kafkaOpts) opts() ([]kgo.Opt, error) {
 	if k.brokers == "" {
 		return nil, errors.New("no Kafka brokers: set KAFKA_BROKERS or --brokers")
 	}
 	opts := []kgo.Opt{kgo.SeedBrokers(strings.Split(k.brokers, ",")...)}
-	if k.tls || k.tlsCA != "" || k.tlsInsecure {
+	if strings.EqualFold(k.saslMechanism, "PLAIN") && !k.useTLS() && !k.allowPlaintext {
+		return nil, errors.New("KAFKA_SASL_MECHANISM PLAIN without TLS sends the password in clear: set KAFKA_TLS (or --kafka-tls), " +
+			"use SCRAM, or pass " + allowPlaintextFlag)
+	}
+	if k.useTLS() {
 		cfg := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: k.tlsInsecure} //nolint:gosec // opt-in for tests
 		if k.tlsCA != "" {
 			pem, err := os.ReadFile(k.tlsCA)
@@ -79,10 +93,31 @@ type registryOpts struct {
 }
 
 func (f *flags) registry(r *registryOpts) {
-	f.str(&r.url, "registry-url", "SCHEMA_REGISTRY_URL", "", "Confluent-compatible schema registry URL (Apicurio: http://host:8080/apis/ccompat/v7)")
+	f.conn(&r.url, "registry-url", "SCHEMA_REGISTRY_URL", "Confluent-compatible schema registry URL (Apicurio: http://host:8080/apis/ccompat/v7)")
 	f.str(&r.user, "registry-username", "SCHEMA_REGISTRY_USERNAME", "", "registry basic-auth username")
 	f.secret(&r.password, "registry-password", "SCHEMA_REGISTRY_PASSWORD", "registry basic-auth password")
 	f.dur(&r.timeout, "registry-timeout", "SCHEMA_REGISTRY_TIMEOUT", 10*time.Second, "timeout of each registry call")
+}
+
+// check moves credentials in the URL's userinfo to user and password (so that no
+// error text carries them), and refuses basic auth over http:// unless allowed.
+func (r *registryOpts) check(allowPlaintext bool) error {
+	u, err := url.Parse(r.url)
+	if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
+		return errors.New("SCHEMA_REGISTRY_URL: want http(s)://host[:port][/path]")
+	}
+	if u.User != nil {
+		if r.user == "" {
+			r.user = u.User.Username()
+			r.password, _ = u.User.Password()
+		}
+		u.User = nil
+		r.url = u.String()
+	}
+	if (r.user != "" || r.password != "") && u.Scheme == "http" && !allowPlaintext {
+		return errors.New("schema registry basic auth over http:// sends the password in clear: use https:// or pass " + allowPlaintextFlag)
+	}
+	return nil
 }
 
 type relayOpts struct {
@@ -127,25 +162,29 @@ func defineRelay(f *flags) *relayOpts {
 }
 
 func registerAll() {
-	defineRelay(newFlags("relay"))
-	defineAdmin(newFlags("admin"))
-	defineDLQ(newFlags("dlq"))
-	defineDemo(newFlags("demo"))
+	defineRelay(newFlags("relay", nil))
+	defineAdmin(newFlags("admin", nil))
+	defineDLQ(newFlags("dlq", nil))
+	defineDemo(newFlags("demo", nil))
 }
 
-func runRelay(ctx context.Context, args []string, out io.Writer) error {
-	f := newFlags("relay")
+func runRelay(ctx context.Context, args []string, s *stdio) error {
+	out := s.out
+	f := newFlags("relay", s)
 	o := defineRelay(f)
 	if err := f.parse(args); err != nil {
 		return err
 	}
 	o.cfg.TopicPartitions = int32(o.partitions)
-	log, err := o.logger(os.Stderr)
+	log, err := o.logger(s.err)
 	if err != nil {
 		return err
 	}
 	if o.registry.url == "" {
 		return errors.New("no schema registry: set SCHEMA_REGISTRY_URL or --registry-url")
+	}
+	if err := o.registry.check(o.kafka.allowPlaintext); err != nil {
+		return err
 	}
 	kopts, err := o.kafka.opts()
 	if err != nil {
@@ -179,7 +218,13 @@ func runRelay(ctx context.Context, args []string, out io.Writer) error {
 		return nil
 	}
 	if o.metrics != "" {
-		srv, err := serveOps(o.metrics, m.registry, r.Ready, o.pprof)
+		ready := func() error { // error texts may carry a URL: scrubbed
+			if err := r.Ready(); err != nil {
+				return errors.New(s.secrets.Error(err))
+			}
+			return nil
+		}
+		srv, err := serveOps(o.metrics, m.registry, ready, o.pprof)
 		if err != nil {
 			return err
 		}

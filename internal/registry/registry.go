@@ -19,6 +19,8 @@ import (
 	"github.com/hamba/avro/v2"
 	"github.com/riferrei/srclient"
 	"golang.org/x/sync/singleflight"
+
+	"github.com/relaybox/relaybox/internal/redact"
 )
 
 // Options configures a Client.
@@ -58,7 +60,8 @@ func New(url string, o Options) *Client {
 	if o.Username != "" {
 		sr.SetCredentials(o.Username, o.Password)
 	}
-	return &Client{url: url, sr: sr, ids: map[string]int{}, schemas: map[int]avro.Schema{}}
+	// url is for error texts only: without the userinfo's password.
+	return &Client{url: redact.URL(url), sr: sr, ids: map[string]int{}, schemas: map[int]avro.Schema{}}
 }
 
 // Error is a registry answer that is not a success.
@@ -77,6 +80,10 @@ func (e *Error) Error() string {
 	return fmt.Sprintf("%s: %d %s", s, e.Code, e.Message)
 }
 
+// codeReadOnly is the registry's "operation not permitted" answer in read-only
+// mode (during an import or a failover): retried like an outage.
+const codeReadOnly = 42205
+
 // ErrUnavailable wraps transport failures (connection refused, timeouts, 5xx).
 var ErrUnavailable = errors.New("schema registry unavailable")
 
@@ -90,7 +97,9 @@ func IsIncompatible(err error) bool {
 	if strings.Contains(e.Message, "already exists") {
 		return false
 	}
-	return e.Code == 409 || e.Code == 422 || e.Code/100 == 422 || strings.Contains(e.Message, "ncompatible")
+	// 42201 is an invalid schema; 42204 (invalid mode) and 42205 (read-only mode) say
+	// nothing about the schema: not incompatible (classify makes 42205 unavailable).
+	return e.Code == 409 || e.Code == 422 || e.Code == 42201 || strings.Contains(e.Message, "ncompatible")
 }
 
 // IsNotFound reports whether the registry does not know the subject, version or id.
@@ -123,7 +132,7 @@ func classify(op, subject string, err error) error {
 	var se srclient.Error
 	if errors.As(err, &se) {
 		e := &Error{Op: op, Subject: subject, Code: se.Code, Message: se.Message}
-		if e.Code >= 500 && e.Code < 600 || e.Code/100 >= 500 && e.Code/100 < 600 {
+		if e.Code >= 500 && e.Code < 600 || e.Code/100 >= 500 && e.Code/100 < 600 || e.Code == codeReadOnly {
 			return fmt.Errorf("%w: %v", ErrUnavailable, e)
 		}
 		return e
