@@ -223,7 +223,9 @@ func (f *flags) parse(args []string) error {
 	f.Visit(func(fl *flag.Flag) { set[fl.Name] = true })
 	var errs []error
 	for _, b := range f.bindings {
-		if v, ok := os.LookupEnv(b.env); ok && !set[b.flag] {
+		// An empty variable sets a string flag to "" (RELAYBOX_METRICS_ADDR= turns the
+		// endpoint off) and leaves any other flag at its default.
+		if v, ok := os.LookupEnv(b.env); ok && !set[b.flag] && (v != "" || b.want == "") {
 			if err := f.Set(b.flag, v); err != nil {
 				if b.secret {
 					errs = append(errs, fmt.Errorf("$%s: not a valid value", b.env))

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 
 	"github.com/relaybox/relaybox/consumer"
 )
@@ -43,7 +44,8 @@ func runDLQ(ctx context.Context, args []string, s *stdio) error {
 	if err != nil {
 		return err
 	}
-	n, err := consumer.Redrive(ctx, *topic, &consumer.RedriveOptions{KafkaOpts: kopts, Group: o.group})
+	log := slog.New(slog.NewTextHandler(s.err, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	n, err := consumer.Redrive(ctx, *topic, &consumer.RedriveOptions{KafkaOpts: kopts, Group: o.group, Logger: log})
 	if err != nil {
 		return err
 	}
