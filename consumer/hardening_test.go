@@ -328,3 +328,44 @@ func TestConsumer_ReadsCommittedRecordsOnlyByDefault(t *testing.T) {
 		}
 	}
 }
+
+// Anyone who can write to a dead-letter topic can forge the header naming where a
+// redrive sends a record: Redrive produces only to the topic(s) the dead-letter topic
+// belongs to, refuses and reports the rest, and sends everything to To when told.
+func TestRedrive_RefusesRecordsNamingAnotherTopic(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	topic := e.topic(t, 1)
+	victim := testenv.Topic(t, 1)
+	recs := keyed(t, e, topic, "genuine", "forged")
+	recs[0].Headers = append(recs[0].Headers, kgo.RecordHeader{Key: consumer.HeaderDLQTopic, Value: []byte(topic)})
+	recs[1].Headers = append(recs[1].Headers, kgo.RecordHeader{Key: consumer.HeaderDLQTopic, Value: []byte(victim)})
+	for _, r := range recs {
+		r.Topic = topic + ".dlq"
+	}
+	produceTo(t, recs...)
+
+	ctx := context.Background()
+	ropts := &consumer.RedriveOptions{Brokers: e.brokers, Group: testenv.Name(t, "r"), Logger: testLogger(t), IdleTimeout: 5 * time.Second}
+	moved, err := consumer.Redrive(ctx, topic+".dlq", ropts)
+	var refused *consumer.RedriveRefusedError
+	if moved != 1 || !errors.As(err, &refused) || refused.Refused[victim] != 1 || len(refused.Refused) != 1 {
+		t.Fatalf("Redrive = %d, %v; want 1 moved and the record naming %s refused", moved, err, victim)
+	}
+	if got := readTopic(t, topic, 1, 30*time.Second); string(got[0].Key) != "genuine" {
+		t.Errorf("redriven %q, want genuine", got[0].Key)
+	}
+	ends, err := kadm.NewClient(testenv.Client(t)).ListEndOffsets(ctx, victim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o, _ := ends.Lookup(victim, 0); o.Offset != 0 {
+		t.Errorf("the victim topic got %d record(s) from the redrive", o.Offset)
+	}
+
+	// An explicit destination takes every record.
+	ropts.Group, ropts.To = testenv.Name(t, "r2"), topic
+	if moved, err := consumer.Redrive(ctx, topic+".dlq", ropts); moved != 2 || err != nil {
+		t.Errorf("Redrive with To = %d, %v; want 2", moved, err)
+	}
+}
