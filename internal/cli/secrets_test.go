@@ -189,7 +189,9 @@ func TestSecrets_RelayLogsAndEndpointsCarryNoPassword(t *testing.T) {
 	var b strings.Builder
 	w := &lockedWriter{b: &b}
 	done := make(chan int, 1)
-	go func() { done <- mainContext(ctx, []string{"relay", "--metrics-addr", addr, "--log-level", "debug"}, w, w) }()
+	go func() {
+		done <- mainContext(ctx, []string{"relay", "--metrics-addr", addr, "--log-level", "debug"}, w, w)
+	}()
 	logs := func() string { w.mu.Lock(); defer w.mu.Unlock(); return b.String() }
 	get := func(path string) (int, string) {
 		resp, err := http.Get("http://" + addr + path)
