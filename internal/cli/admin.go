@@ -11,8 +11,11 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/relaybox/relaybox/migrations"
+	"github.com/relaybox/relaybox/outbox"
 	"github.com/relaybox/relaybox/relay"
 )
 
@@ -33,6 +36,7 @@ func runMigrate(ctx context.Context, args []string, s *stdio) error {
 	f := newFlags("migrate", s)
 	o := defineAdmin(f)
 	target := f.Int("target", 0, "up: last version to apply (0: latest); down: version to roll back to (0: all)")
+	force := f.Bool("force", false, "down to 0: drop the outbox even with unpublished events in it (they are lost)")
 	f.Usage = func() {
 		fmt.Fprintln(f.Output(), "usage: relaybox migrate up|down|status [flags]")
 		f.PrintDefaults()
@@ -55,6 +59,11 @@ func runMigrate(ctx context.Context, args []string, s *stdio) error {
 		dir := migrations.Up
 		if sub == "down" {
 			dir = migrations.Down
+			if *target == 0 && !*force {
+				if err := refuseDropWithPending(ctx, pool, o.schema); err != nil {
+					return err
+				}
+			}
 		}
 		res, err := migrations.Migrate(ctx, pool, &migrations.Options{Schema: o.schema, Direction: dir, TargetVersion: *target})
 		if err != nil {
@@ -90,6 +99,29 @@ func runMigrate(ctx context.Context, args []string, s *stdio) error {
 		return tw.Flush()
 	}
 	return fmt.Errorf("migrate %q: say up, down or status", sub)
+}
+
+// refuseDropWithPending fails while schema's outbox holds events not yet published
+// (parked ones included): rolling back every migration drops the table with them.
+func refuseDropWithPending(ctx context.Context, pool *pgxpool.Pool, schema string) error {
+	table := pgx.Identifier{schema, "outbox"}.Sanitize()
+	var exists bool
+	if err := pool.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL`, table).Scan(&exists); err != nil {
+		return fmt.Errorf("migrate down: checking the outbox: %w", err)
+	}
+	if !exists {
+		return nil
+	}
+	var pending, parked int64
+	if err := pool.QueryRow(ctx, `SELECT count(*), count(*) FILTER (WHERE parked_at IS NOT NULL) FROM `+table+` WHERE published_at IS NULL`).
+		Scan(&pending, &parked); err != nil {
+		return fmt.Errorf("migrate down: counting unpublished events: %w", err)
+	}
+	if pending > 0 {
+		return fmt.Errorf("migrate down: schema %q has %d unpublished event(s) (%d of them parked) that dropping the outbox would lose; "+
+			"let the relay publish them (relaybox status), skip the parked ones, or pass --force", schema, pending, parked)
+	}
+	return nil
 }
 
 func runStatus(ctx context.Context, args []string, s *stdio) error {
@@ -151,6 +183,8 @@ func runParked(ctx context.Context, args []string, s *stdio) error {
 	reason := f.String("reason", "", "substring of the parking reason, e.g. too_large")
 	all := f.Bool("all", false, "every parked event (retry/skip need this or a filter)")
 	limit := f.Int("limit", 100, "list: most rows shown")
+	var channel string
+	f.str(&channel, "channel", "RELAYBOX_CHANNEL", outbox.DefaultChannel, "retry: the relays' LISTEN channel, notified so that they publish at once")
 	f.Usage = func() {
 		fmt.Fprintln(f.Output(), "usage: relaybox parked list|retry|skip [--id N,..|--event-id U,..|--key K|--reason R|--all]")
 		f.PrintDefaults()
@@ -199,7 +233,7 @@ func runParked(ctx context.Context, args []string, s *stdio) error {
 		}
 		return tw.Flush()
 	case "retry":
-		n, err := relay.RetryParked(ctx, pool, o.schema, filter)
+		n, err := relay.RetryParkedOn(ctx, pool, o.schema, channel, filter)
 		if err != nil {
 			return err
 		}

@@ -20,6 +20,7 @@ import (
 	"github.com/twmb/franz-go/pkg/sasl/plain"
 	"github.com/twmb/franz-go/pkg/sasl/scram"
 
+	"github.com/relaybox/relaybox/outbox"
 	"github.com/relaybox/relaybox/relay"
 )
 
@@ -153,7 +154,7 @@ func defineRelay(f *flags) *relayOpts {
 	f.boolean(&c.AutoCreateTopics, "auto-create-topics", "RELAYBOX_AUTO_CREATE_TOPICS", false, "create missing topics instead of parking their events")
 	f.num(&o.partitions, "topic-partitions", "RELAYBOX_TOPIC_PARTITIONS", 12, "partitions of auto-created topics")
 	f.dur(&c.UnreadyAfter, "unready-after", "RELAYBOX_UNREADY_AFTER", 30*time.Second, "/readyz fails once a dependency has failed this long")
-	f.str(&c.Channel, "channel", "RELAYBOX_CHANNEL", "relaybox_outbox", "LISTEN channel")
+	f.str(&c.Channel, "channel", "RELAYBOX_CHANNEL", outbox.DefaultChannel, "LISTEN channel")
 	f.str(&o.metrics, "metrics-addr", "RELAYBOX_METRICS_ADDR", ":9090", "address for /metrics, /healthz, /readyz (empty: off)")
 	f.boolean(&o.pprof, "pprof", "RELAYBOX_PPROF", false, "also serve Go's /debug/pprof/ on the metrics address (CPU and heap profiles)")
 	f.num(&o.poolSize, "pool-size", "RELAYBOX_POOL_SIZE", 0, "Postgres connections (0: max-inflight-batches + 8, at least 16, so outcome writes and small batches do not queue behind the claims)")
