@@ -193,6 +193,12 @@ type Config struct {
 	// of CleanBatch. See "Retention" in the package doc for the duplicate window
 	// this opens. Defaults to 0 (never delete).
 	CleanAfter time.Duration
+	// CleanCommittedOnly makes the cleaner in Run use [Consumer.CleanCommitted]:
+	// a row is deleted only once it is older than CleanAfter and the group's
+	// committed offset of its partition is past its record. Prefer it: it costs one
+	// offset fetch per cleaning, and never deletes the row of a record Kafka can
+	// still deliver to the group; see "Retention" in the package doc.
+	CleanCommittedOnly bool
 	// CleanInterval defaults to 1h.
 	CleanInterval time.Duration
 	// CleanBatch defaults to 10000.

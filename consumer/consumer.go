@@ -33,6 +33,7 @@ type Consumer struct {
 
 	insertSQL, cleanSQL string
 	bulkInsertSQL       string
+	cleanCommittedSQL   string
 
 	mu         sync.Mutex
 	started    bool
@@ -87,6 +88,11 @@ func New(pool *pgxpool.Pool, cfg *Config) (*Consumer, error) {
 		VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING`
 	co.cleanSQL = `DELETE FROM ` + table + ` WHERE consumer_group = $1 AND event_id IN (
 		SELECT event_id FROM ` + table + ` WHERE consumer_group = $1 AND processed_at < now() - $2::interval LIMIT $3)`
+	co.cleanCommittedSQL = `DELETE FROM ` + table + ` WHERE consumer_group = $1 AND event_id IN (
+		SELECT p.event_id FROM ` + table + ` p
+		JOIN unnest($4::text[], $5::int[], $6::bigint[]) AS c(topic, part, committed)
+		  ON p.topic = c.topic AND p."partition" = c.part AND p."offset" < c.committed
+		WHERE p.consumer_group = $1 AND p.processed_at < now() - $2::interval LIMIT $3)`
 
 	return co, nil
 }

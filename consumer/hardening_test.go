@@ -369,3 +369,51 @@ func TestRedrive_RefusesRecordsNamingAnotherTopic(t *testing.T) {
 		t.Errorf("Redrive with To = %d, %v; want 2", moved, err)
 	}
 }
+
+// CleanCommitted deletes a row only when it is old enough AND the group's committed
+// offset of its partition is past the row's record: a record processed but not
+// committed (or a group rewound) keeps its row, so its redelivery is still a
+// duplicate. Plain Clean deletes by age alone.
+func TestConsumer_CleanCommittedKeepsRowsKafkaCanStillRedeliver(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	topic := e.topic(t, 1)
+	produceTo(t, keyed(t, e, topic, "a", "b", "c", "d", "e", "f")...)
+	var n counters
+	cfg := e.config(t, topic)
+	cfg.Hooks = n.hooks()
+	c := e.newConsumer(t, cfg)
+	consumer.Handle(c, "Seq", e.applySeq("c", nil))
+	stop := run(t, c)
+	waitFor(t, 60*time.Second, "6 applied", func() bool { return n.processed.Load() == 6 })
+	stop() // commits offset 6
+	ctx := context.Background()
+	adm := kadm.NewClient(testenv.Client(t))
+	// The group's commit stands at 3 (its last commits lost, or the group rewound):
+	// records 3, 4 and 5 will be delivered again.
+	back := kadm.Offsets{}
+	back.Add(kadm.Offset{Topic: topic, Partition: 0, At: 3, LeaderEpoch: -1})
+	if resp, err := adm.CommitOffsets(ctx, cfg.Group, back); err != nil || resp.Error() != nil {
+		t.Fatalf("rewinding the group: %v %v", err, resp.Error())
+	}
+	pe := e.table("processed_events")
+	if _, err := e.pool.Exec(ctx, `UPDATE `+pe+` SET processed_at = now() - interval '2 hours'`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.pool.Exec(ctx, `INSERT INTO `+pe+` (consumer_group, event_id, topic, "partition", "offset", processed_at)
+		VALUES ($1, 'uncommitted-topic', 'never-committed', 0, 0, now() - interval '2 hours')`, cfg.Group); err != nil {
+		t.Fatal(err)
+	}
+	deleted, err := c.CleanCommitted(ctx, time.Hour, 2)
+	if err != nil || deleted != 3 {
+		t.Fatalf("CleanCommitted = %d, %v; want the 3 rows below the committed offset", deleted, err)
+	}
+	rows, _ := e.pool.Query(ctx, `SELECT event_id FROM `+pe+` ORDER BY event_id`)
+	left, _ := pgx.CollectRows(rows, pgx.RowTo[string])
+	if want := []string{"e-d", "e-e", "e-f", "uncommitted-topic"}; !slices.Equal(left, want) {
+		t.Errorf("rows left %v, want %v", left, want)
+	}
+	if deleted, err := c.Clean(ctx, time.Hour, 2); err != nil || deleted != 4 {
+		t.Errorf("plain Clean = %d, %v; want all 4 old rows (age alone)", deleted, err)
+	}
+}
