@@ -119,25 +119,19 @@ var (
 // secretEnvVars lists the variables holding secrets (passwords). The passwords in
 // connection URLs are masked by pattern (redact.URL), not as literal values: a
 // development password such as "relaybox" would mask every mention of the name.
-func secretEnvVars() []string {
+func secretEnvVars() []string { return envNames(envSecret) }
+
+// EnvVars lists every environment variable a relaybox command reads.
+func EnvVars() []string { return envNames(envSeen) }
+
+// envNames returns the sorted keys of set, once every flag set has been defined
+// (variables are recorded as flag sets are defined).
+func envNames(set map[string]bool) []string {
 	registerAll()
 	envMu.Lock()
 	defer envMu.Unlock()
-	out := make([]string, 0, len(envSecret))
-	for k := range envSecret {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
-}
-
-// EnvVars lists every environment variable a relaybox command reads.
-func EnvVars() []string {
-	registerAll() // variables are recorded as flag sets are defined
-	envMu.Lock()
-	defer envMu.Unlock()
-	out := make([]string, 0, len(envSeen))
-	for k := range envSeen {
+	out := make([]string, 0, len(set))
+	for k := range set {
 		out = append(out, k)
 	}
 	sort.Strings(out)
