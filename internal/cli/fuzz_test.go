@@ -7,6 +7,8 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/relaybox/relaybox/internal/redact"
 )
 
 // FuzzRelayConfig feeds arbitrary flag values and environment values to the relay's
@@ -33,7 +35,7 @@ func FuzzRelayConfig(f *testing.F) {
 				os.Unsetenv(envName)
 			}
 		}()
-		fl := newFlags("relay")
+		fl := newFlags("relay", &stdio{out: discard{}, err: discard{}, secrets: &redact.Set{}})
 		fl.SetOutput(discard{})
 		o := defineRelay(fl)
 		if err := fl.parse([]string{flagName, flagValue}); err != nil {

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"os"
 	"strings"
 	"text/tabwriter"
@@ -16,18 +15,19 @@ import (
 )
 
 // runSchema is `relaybox schema check|compat|list`: schema governance (issue 19).
-func runSchema(ctx context.Context, args []string, out io.Writer) error {
+func runSchema(ctx context.Context, args []string, s *stdio) error {
+	out := s.out
 	usage := "usage: relaybox schema check|compat|list [flags] (relaybox schema <sub> -help for its flags)"
 	if len(args) == 0 {
 		return errors.New("schema: say check, compat or list; " + usage)
 	}
 	switch args[0] {
 	case "check":
-		return runSchemaCheck(ctx, args[1:], out)
+		return runSchemaCheck(ctx, args[1:], s)
 	case "compat":
-		return runSchemaCompat(ctx, args[1:], out)
+		return runSchemaCompat(ctx, args[1:], s)
 	case "list":
-		return runSchemaList(ctx, args[1:], out)
+		return runSchemaList(ctx, args[1:], s)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprintln(out, usage)
 		return nil
@@ -91,8 +91,9 @@ func (e errIncompatible) Error() string {
 	return fmt.Sprintf("schema check: %d incompatible change(s) in %d of %d schema file(s)", e.problems, e.files, e.total)
 }
 
-func runSchemaCheck(ctx context.Context, args []string, out io.Writer) error {
-	f := newFlags("schema check")
+func runSchemaCheck(ctx context.Context, args []string, s *stdio) error {
+	out := s.out
+	f := newFlags("schema check", s)
 	o := &schemaCheckOpts{}
 	f.registry(&o.registry)
 	f.StringVar(&o.against, "against", "", "offline: check each file against the same file at this git ref (e.g. origin/main); no registry needed")
@@ -242,8 +243,9 @@ func checkSchemaFile(ctx context.Context, o *schemaCheckOpts, reg *schemacheck.R
 	return res, nil
 }
 
-func runSchemaCompat(ctx context.Context, args []string, out io.Writer) error {
-	f := newFlags("schema compat")
+func runSchemaCompat(ctx context.Context, args []string, s *stdio) error {
+	out := s.out
+	f := newFlags("schema compat", s)
 	var r registryOpts
 	f.registry(&r)
 	asJSON := f.Bool("json", false, "print JSON")
@@ -304,8 +306,9 @@ func runSchemaCompat(ctx context.Context, args []string, out io.Writer) error {
 	return nil
 }
 
-func runSchemaList(ctx context.Context, args []string, out io.Writer) error {
-	f := newFlags("schema list")
+func runSchemaList(ctx context.Context, args []string, s *stdio) error {
+	out := s.out
+	f := newFlags("schema list", s)
 	var r registryOpts
 	f.registry(&r)
 	prefix := f.String("prefix", "", "only subjects whose names start with this")

@@ -21,6 +21,8 @@ import (
 	"github.com/hamba/avro/v2"
 	"github.com/riferrei/srclient"
 	"golang.org/x/sync/singleflight"
+
+	"github.com/relaybox/relaybox/internal/redact"
 )
 
 // Options configures a Client.
@@ -35,7 +37,8 @@ type Options struct {
 
 // Client is a caching schema registry client. Safe for concurrent use.
 type Client struct {
-	url        string
+	url        string // for requests
+	shown      string // for error texts: the URL without its userinfo's password
 	timeout    time.Duration
 	transport  http.RoundTripper // normalizer over the configured transport
 	user, pass string
@@ -56,7 +59,7 @@ func New(url string, o Options) *Client {
 	if base == nil {
 		base = http.DefaultTransport
 	}
-	return &Client{url: strings.TrimRight(url, "/"), timeout: o.Timeout, transport: normalizer{base},
+	return &Client{url: strings.TrimRight(url, "/"), shown: redact.URL(url), timeout: o.Timeout, transport: normalizer{base},
 		user: o.Username, pass: o.Password, ids: map[string]int{}, schemas: map[int]avro.Schema{}}
 }
 
@@ -100,6 +103,10 @@ func (e *Error) Error() string {
 	return fmt.Sprintf("%s: %d %s", s, e.Code, e.Message)
 }
 
+// codeReadOnly is the registry's "operation not permitted" answer in read-only
+// mode (during an import or a failover): retried like an outage.
+const codeReadOnly = 42205
+
 // ErrUnavailable wraps transport failures (connection refused, timeouts, 5xx).
 var ErrUnavailable = errors.New("schema registry unavailable")
 
@@ -113,7 +120,9 @@ func IsIncompatible(err error) bool {
 	if strings.Contains(e.Message, "already exists") {
 		return false
 	}
-	return e.Code == 409 || e.Code == 422 || e.Code/100 == 422 || strings.Contains(e.Message, "ncompatible")
+	// 42201 is an invalid schema; 42204 (invalid mode) and 42205 (read-only mode) say
+	// nothing about the schema: not incompatible (classify makes 42205 unavailable).
+	return e.Code == 409 || e.Code == 422 || e.Code == 42201 || strings.Contains(e.Message, "ncompatible")
 }
 
 // IsNotFound reports whether the registry does not know the subject, version or id.
@@ -182,7 +191,7 @@ func classify(ctx context.Context, op, subject string, err error) error {
 		e, ok = &Error{Op: op, Subject: subject, Code: se.Code, Message: se.Message}, true
 	}
 	if ok {
-		if is5xx(e.Code) {
+		if is5xx(e.Code) || e.Code == codeReadOnly {
 			return fmt.Errorf("%w: %v", ErrUnavailable, e)
 		}
 		return e
@@ -280,7 +289,7 @@ func (c *Client) Schema(ctx context.Context, id int) (avro.Schema, error) {
 // Check verifies that the registry answers GET /subjects. The call is bound to ctx.
 func (c *Client) Check(ctx context.Context) error {
 	if _, err := c.sr(ctx).GetSubjects(); err != nil {
-		return classify(ctx, "GET /subjects at "+c.url, "", err)
+		return classify(ctx, "GET /subjects at "+c.shown, "", err)
 	}
 	return nil
 }
