@@ -37,6 +37,7 @@ func commands() []command {
 		{"parked", "parked events: parked list|retry|skip", runParked},
 		{"dlq", "dead letters: dlq redrive", runDLQ},
 		{"demo", "run the whole flow in one process on embedded defaults", runDemo},
+		{"version", "print the version and commit of this binary", runVersion},
 	}
 }
 
