@@ -3,10 +3,12 @@ package relay_test
 import (
 	"context"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/twmb/franz-go/pkg/kadm"
 
 	"github.com/relaybox/relaybox/internal/registry"
 	"github.com/relaybox/relaybox/internal/testenv"
@@ -71,7 +73,14 @@ func TestRelay_ParksIncompatibleSchemaBlocksItsKeyOnlyAndRetryPublishesInOrder(t
 	for s := int64(1); s <= 5; s++ {
 		e.writeOne(t, topic, "good", s, 0, "")
 	}
-	e.relay(t, nil)
+	var badReads atomic.Int64 // reads of the shard of key "bad"
+	e.relay(t, func(c *relay.Config) {
+		c.Hooks.OnRead = func(shard, _ int, _ time.Duration) {
+			if shard == outbox.Shard("bad") {
+				badReads.Add(1)
+			}
+		}
+	})
 	got := readBack(t, topic, 6, 30*time.Second)
 	parked := waitParked(t, e, relay.ParkedFilter{Reason: relay.ParkIncompatible}, 1)
 	if len(parked) != 1 || parked[0].Key != "bad" || !strings.HasPrefix(parked[0].Reason, relay.ParkIncompatible) {
@@ -80,7 +89,18 @@ func TestRelay_ParksIncompatibleSchemaBlocksItsKeyOnlyAndRetryPublishesInOrder(t
 	if len(got.byKey["good"]) != 5 || len(got.byKey["bad"]) != 1 {
 		t.Fatalf("published %v; want good 1..5 and bad 1 only", got.byKey)
 	}
-	time.Sleep(time.Second) // the key stays blocked: seq 3 must not overtake 2
+	// The key stays blocked: seq 3 must not overtake 2, however often its shard is read.
+	after := badReads.Load()
+	waitFor(t, 20*time.Second, "three more reads of the parked key's shard", func() bool { return badReads.Load() >= after+3 })
+	ends, err := kadm.NewClient(testenv.Client(t)).ListEndOffsets(context.Background(), topic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var onTopic int64
+	ends.Each(func(o kadm.ListedOffset) { onTopic += o.Offset })
+	if onTopic != 6 {
+		t.Fatalf("%d records on the topic after the park, want 6 (good 1..5, bad 1): bad 3 overtook the parked bad 2", onTopic)
+	}
 	st, err := relay.ReadStatus(context.Background(), e.pool, e.schema)
 	if err != nil || st.Parked != 1 || st.ParkedByReason[relay.ParkIncompatible] != 1 || st.Backlog != 1 {
 		t.Fatalf("status %+v %v", st, err)

@@ -42,6 +42,7 @@ func commands() []command {
 		{"dlq", "dead letters: dlq redrive", []string{"redrive"}, runDLQ},
 		{"demo", "run the whole flow in one process on embedded defaults", nil, runDemo},
 		{"schema", "schema governance: schema check|compat|list", []string{"check", "compat", "list"}, runSchema},
+		{"version", "print the version and commit of this binary", nil, runVersion},
 	}
 }
 

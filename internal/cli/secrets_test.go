@@ -51,7 +51,7 @@ func acceptedFlags(t *testing.T, args ...string) map[string]bool {
 	for _, m := range flagLine.FindAllStringSubmatch(out, -1) {
 		got[m[1]] = true
 	}
-	if len(got) == 0 {
+	if len(got) == 0 && !strings.HasPrefix(out, "usage: relaybox "+args[0]) { // a command may take no flag (version)
 		t.Fatalf("%v -h lists no flags: %q", args, out)
 	}
 	return got
