@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -88,10 +90,23 @@ func attackerInputs(t *testing.T) []secretInputs {
 	}
 	host, port, _ := strings.Cut(dead, ":")
 	dsn["DATABASE_URL"] = "host=" + host + " port=" + port + " user=relaybox password=" + leak + " dbname=app sslmode=disable"
+	// libpq's own sources of the password, which pgx reads: PGPASSWORD and a .pgpass file.
+	pgpass := map[string]string{}
+	for k, v := range env {
+		pgpass[k] = v
+	}
+	passfile := filepath.Join(t.TempDir(), "pgpass")
+	if err := os.WriteFile(passfile, []byte(host+":"+port+":*:relaybox:"+leak+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	pgpass["DATABASE_URL"] = "postgres://relaybox@" + dead + "/app?sslmode=disable"
+	pgpass["PGPASSFILE"] = passfile
+	pgpass["PGPASSWORD"] = leak
 	flagEnv := map[string]string{"KAFKA_BROKERS": dead, "DATABASE_URL": "", "SCHEMA_REGISTRY_URL": "", "KAFKA_SASL_PASSWORD": "", "SCHEMA_REGISTRY_PASSWORD": ""}
 	out := []secretInputs{
 		{name: "env", env: env},
 		{name: "env-dsn", env: dsn},
+		{name: "pgpass", env: pgpass},
 		{name: "flags", env: flagEnv, flags: map[string]string{
 			"database-url": urls["DATABASE_URL"], "registry-url": urls["SCHEMA_REGISTRY_URL"],
 			"kafka-sasl-password": leak, "registry-password": leak,
