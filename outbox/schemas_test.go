@@ -90,7 +90,7 @@ func TestCheckSchemas_ServiceRefusesToStartWithAnIncompatibleType(t *testing.T) 
 	if !errors.Is(err, outbox.ErrIncompatibleSchema) || !errors.As(err, &se) || len(se.Problems) != 1 {
 		t.Fatalf("breaking release started: %v", err)
 	}
-	want := "not starting: 1 incompatible schema change(s): subject " + subject + ": field `tier` added without a default: new readers cannot read old events (FULL) [against registered version 1]"
+	want := "not starting: 1 incompatible schema change(s): subject " + subject + ": field `tier` added without a default: new readers cannot read old events under FULL [against registered version 1]"
 	if err.Error() != want {
 		t.Fatalf("err = %q\nwant  %q", err, want)
 	}

@@ -19,7 +19,7 @@
 //	problems, err := schemacheck.Compare([]string{oldText}, newText, schemacheck.Full)
 //	for _, p := range problems {
 //		fmt.Println(p.Message)
-//		// field `tier` added without a default: new readers cannot read old events (FULL)
+//		// field `tier` added without a default: new readers cannot read old events under FULL
 //	}
 //
 // # Against a registry

@@ -205,7 +205,7 @@ func TestCompare_AgreesWithTheRegistry(t *testing.T) {
 					t.Errorf("registering v2: %v, after the registry said compatible=%v", err, res.Compatible)
 				}
 				for _, p := range problems {
-					if p.Level != level || p.Against != "v1" || !strings.Contains(p.Message, "("+string(level)+")") {
+					if p.Level != level || p.Against != "v1" || !strings.HasSuffix(p.Message, " under "+string(level)) {
 						t.Errorf("problem %+v lacks its level or version", p)
 					}
 				}

@@ -22,5 +22,5 @@ func ExampleCompare() {
 	// Output:
 	// FORWARD: 0 problem(s)
 	// FULL: 1 problem(s)
-	// field `tier` added without a default: new readers cannot read old events (FULL) [against main:order.avsc]
+	// field `tier` added without a default: new readers cannot read old events under FULL [against main:order.avsc]
 }

@@ -29,7 +29,7 @@ type Problem struct {
 	// registry did not say).
 	Path string `json:"path,omitempty"`
 	// Message says what changed and who breaks, e.g. "field `tier` added without a
-	// default: new readers cannot read old events (FULL)".
+	// default: new readers cannot read old events under FULL".
 	Message string `json:"message"`
 }
 
@@ -255,7 +255,7 @@ func Compare(older []Version, newText string, level Level) ([]Problem, error) {
 			}
 			for _, p := range check(reader, writer, d) {
 				p.Level, p.Against = level, v.Label
-				p.Message += " (" + string(level) + ")"
+				p.Message += " under " + string(level)
 				out = append(out, p)
 			}
 		}

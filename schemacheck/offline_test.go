@@ -21,7 +21,7 @@ func TestCompare_MessageNamesFieldChangeAndWhoBreaks(t *testing.T) {
 	}
 	p := problems[0]
 	p.Subject, p.File = "orders-value", "schemas/order.avsc"
-	want := "subject orders-value, schemas/order.avsc: field `tier` added without a default: new readers cannot read old events (FULL) [against HEAD~1:order.avsc]"
+	want := "subject orders-value, schemas/order.avsc: field `tier` added without a default: new readers cannot read old events under FULL [against HEAD~1:order.avsc]"
 	if p.String() != want || p.Path != "tier" || p.Direction != schemacheck.DirBackward {
 		t.Fatalf("got %q (%+v)\nwant %q", p.String(), p, want)
 	}
@@ -30,13 +30,13 @@ func TestCompare_MessageNamesFieldChangeAndWhoBreaks(t *testing.T) {
 func TestCompare_MessagesPerChange(t *testing.T) {
 	for _, c := range []struct{ name, v2, want string }{
 		{"remove field", evolve(t, `
-	{"name":"qty","type":"int"},`, ``), "field `qty` removed, and the old schema gives it no default: old readers cannot read new events (FULL)"},
-		{"long to int", evolve(t, `{"name":"amount","type":"long"}`, `{"name":"amount","type":"int"}`), "type of `amount` changed from long to int: new readers cannot read old events (FULL)"},
-		{"int to long", evolve(t, `{"name":"qty","type":"int"}`, `{"name":"qty","type":"long"}`), "type of `qty` changed from int to long: old readers cannot read new events (FULL)"},
-		{"add symbol", evolve(t, `["NEW","PAID"]`, `["NEW","PAID","SHIPPED"]`), "symbol `SHIPPED` added to enum `status`, whose old version has no default: old readers cannot read new events (FULL)"},
-		{"remove symbol", evolve(t, `["NEW","PAID"]`, `["NEW"]`), "symbol `PAID` removed from enum `status` (which has no default): new readers cannot read old events (FULL)"},
-		{"narrow union", evolve(t, `["null","string","long"]`, `["null","string"]`), "union `note` lost branch long (was [null, string, long], now [null, string]): new readers cannot read old events (FULL)"},
-		{"widen union", evolve(t, `["null","string","long"]`, `["null","string","long","double"]`), "union `note` gained branch double (was [null, string, long], now [null, string, long, double]): old readers cannot read new events (FULL)"},
+	{"name":"qty","type":"int"},`, ``), "field `qty` removed, and the old schema gives it no default: old readers cannot read new events under FULL"},
+		{"long to int", evolve(t, `{"name":"amount","type":"long"}`, `{"name":"amount","type":"int"}`), "type of `amount` changed from long to int: new readers cannot read old events under FULL"},
+		{"int to long", evolve(t, `{"name":"qty","type":"int"}`, `{"name":"qty","type":"long"}`), "type of `qty` changed from int to long: old readers cannot read new events under FULL"},
+		{"add symbol", evolve(t, `["NEW","PAID"]`, `["NEW","PAID","SHIPPED"]`), "symbol `SHIPPED` added to enum `status`, whose old version has no default: old readers cannot read new events under FULL"},
+		{"remove symbol", evolve(t, `["NEW","PAID"]`, `["NEW"]`), "symbol `PAID` removed from enum `status` (which has no default): new readers cannot read old events under FULL"},
+		{"narrow union", evolve(t, `["null","string","long"]`, `["null","string"]`), "union `note` lost branch long (was [null, string, long], now [null, string]): new readers cannot read old events under FULL"},
+		{"widen union", evolve(t, `["null","string","long"]`, `["null","string","long","double"]`), "union `note` gained branch double (was [null, string, long], now [null, string, long, double]): old readers cannot read new events under FULL"},
 	} {
 		problems, err := schemacheck.Compare([]schemacheck.Version{{Label: "v1", Text: orderV1}}, c.v2, schemacheck.Full)
 		if err != nil {
@@ -125,7 +125,7 @@ func TestCompare_NamesTheFieldInsideUnionsAndRecursiveTypes(t *testing.T) {
 			"nested record in a union: add a field without a default": "field `u.b` added without a default",
 			"recursive record: add a field without a default":         "field `w` added without a default",
 			"nested record: add a field without a default":            "field `n.b` added without a default",
-		}[name] + ": new readers cannot read old events (FULL)"
+		}[name] + ": new readers cannot read old events under FULL"
 		if len(problems) != 1 || problems[0].Message != want {
 			t.Errorf("%s: %v\nwant one: %q", name, problems, want)
 		}

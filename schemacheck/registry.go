@@ -70,11 +70,11 @@ func (r *Registry) Check(ctx context.Context, subject, schema string) ([]Problem
 	}
 	if len(out) == 0 {
 		msg := "the registry refuses it"
+		if level != "" {
+			msg += " under " + string(level)
+		}
 		if len(res.Messages) > 0 {
 			msg += ": " + strings.Join(res.Messages, "; ")
-		}
-		if level != "" {
-			msg += " (" + string(level) + ")"
 		}
 		out = []Problem{{Level: level, Against: "latest registered version", Message: msg}}
 	}

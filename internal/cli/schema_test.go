@@ -32,7 +32,7 @@ const (
   {"name":"currency","type":"string","default":"EUR"},
   {"name":"tier","type":"int"}]}
 `
-	tierBreak = "field `tier` added without a default: new readers cannot read old events (FULL)"
+	tierBreak = "field `tier` added without a default: new readers cannot read old events under FULL"
 )
 
 var docsOperations, _ = filepath.Abs("../../docs/operations.md") // before tests change directory

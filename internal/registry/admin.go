@@ -121,8 +121,7 @@ func (c *Client) SubjectCompatibility(ctx context.Context, subject string) (leve
 	if err != nil {
 		return "", false, err
 	}
-	if i := strings.Index(c.url, "/apis/ccompat/"); level == "NONE" && i >= 0 {
-		native := c.url[:i] + "/apis/registry/v2"
+	if native := c.apicurioNative(); level == "NONE" && native != "" {
 		if l, err := c.apicurioRule(ctx, native+"/groups/default/artifacts/"+url.PathEscape(subject)+"/rules/COMPATIBILITY"); err == nil {
 			return l, false, nil
 		}
@@ -152,13 +151,18 @@ func (c *Client) config(ctx context.Context, subject string) (string, error) {
 	return strings.ToUpper(ans.Level), nil
 }
 
+// absolute returns a client whose do takes absolute URLs (same transport, auth and
+// timeout), for Apicurio's own API next to its Confluent-compatible one.
+func (c *Client) absolute() *Client {
+	return &Client{timeout: c.timeout, transport: c.transport, user: c.user, pass: c.pass}
+}
+
 // apicurioRule reads a rule from Apicurio's own API (an absolute URL).
-func (c *Client) apicurioRule(ctx context.Context, abs string) (string, error) {
+func (c *Client) apicurioRule(ctx context.Context, url string) (string, error) {
 	var ans struct {
 		Config string `json:"config"`
 	}
-	sub := &Client{url: "", timeout: c.timeout, transport: c.transport, user: c.user, pass: c.pass}
-	if err := sub.do(ctx, "get apicurio rule", "", http.MethodGet, abs, nil, &ans); err != nil {
+	if err := c.absolute().do(ctx, "get apicurio rule", "", http.MethodGet, url, nil, &ans); err != nil {
 		return "", err
 	}
 	if ans.Config == "" {
@@ -167,11 +171,59 @@ func (c *Client) apicurioRule(ctx context.Context, abs string) (string, error) {
 	return strings.ToUpper(ans.Config), nil
 }
 
-// Subjects lists the registry's subjects. The call is bound to ctx.
+// Subjects lists the registry's subjects. Apicurio 2.4's Confluent API lists 1000
+// subjects at most (registry.ccompat.max-subjects): for an Apicurio ccompat URL the
+// subjects are read, page by page, from Apicurio's own API (the artifacts of the
+// default group) instead. The call is bound to ctx.
 func (c *Client) Subjects(ctx context.Context) ([]string, error) {
+	if native := c.apicurioNative(); native != "" {
+		if out, err := c.apicurioArtifacts(ctx, native); err == nil {
+			return out, nil
+		}
+	}
 	var out []string
 	err := c.do(ctx, "list subjects", "", http.MethodGet, "/subjects", nil, &out)
 	return out, err
+}
+
+// apicurioNative returns the base URL of Apicurio's own API for an Apicurio
+// Confluent-compatible URL (.../apis/ccompat/v7), else "".
+func (c *Client) apicurioNative() string {
+	if i := strings.Index(c.url, "/apis/ccompat/"); i >= 0 {
+		return c.url[:i] + "/apis/registry/v2"
+	}
+	return ""
+}
+
+// apicurioArtifacts lists the ids of the default group's artifacts: in pages of
+// 10000, oldest first (a stable order, unlike the names many artifacts share), without
+// duplicates.
+func (c *Client) apicurioArtifacts(ctx context.Context, native string) ([]string, error) {
+	abs := c.absolute()
+	const page = 10000
+	seen := map[string]bool{}
+	var out []string
+	for offset := 0; ; offset += page {
+		var ans struct {
+			Artifacts []struct {
+				ID string `json:"id"`
+			} `json:"artifacts"`
+			Count int `json:"count"`
+		}
+		path := fmt.Sprintf("%s/groups/default/artifacts?limit=%d&offset=%d&orderby=createdOn&order=asc", native, page, offset)
+		if err := abs.do(ctx, "list apicurio artifacts", "", http.MethodGet, path, nil, &ans); err != nil {
+			return nil, err
+		}
+		for _, a := range ans.Artifacts {
+			if !seen[a.ID] {
+				seen[a.ID] = true
+				out = append(out, a.ID)
+			}
+		}
+		if len(ans.Artifacts) < page || offset+page >= ans.Count {
+			return out, nil
+		}
+	}
 }
 
 // Versions lists the versions a subject holds. The call is bound to ctx.

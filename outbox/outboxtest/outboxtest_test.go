@@ -100,7 +100,7 @@ func TestRequireGitCompatible_FailsTheUsersTestOnABreak(t *testing.T) {
 		t.Fatalf("unchanged type: %q", errs)
 	}
 	errs := run(t, func(tb testing.TB) { outboxtest.RequireGitCompatible(tb, o, v2("shipments")...) })
-	want := "incompatible schema: subject shipments-value, schemas/shipments-value.avsc: field `carrier` added without a default: new readers cannot read old events (FULL) [against HEAD:schemas/shipments-value.avsc]"
+	want := "incompatible schema: subject shipments-value, schemas/shipments-value.avsc: field `carrier` added without a default: new readers cannot read old events under FULL [against HEAD:schemas/shipments-value.avsc]"
 	if len(errs) != 2 || errs[0] != want || !strings.Contains(errs[1], "differs from the event type's schema") {
 		t.Fatalf("breaking type: %q\nwant first %q", errs, want)
 	}
