@@ -30,7 +30,8 @@ type Hooks struct {
 	// OnRead: the claim query of a batch returned rows rows of shard in d (the time
 	// a relay needs to find its next events; it should not grow with the backlog).
 	OnRead func(shard, rows int, d time.Duration)
-	// OnPublished: one record acked, latency from its commit to the ack.
+	// OnPublished: one record acked; latency from its created_at (now() of the
+	// transaction that wrote it, so the transaction's start, not its commit) to the ack.
 	OnPublished func(latency time.Duration)
 	// OnError: a failure of kind ErrorKafka, ErrorRegistry, ErrorPostgres or
 	// ErrorLease.

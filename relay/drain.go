@@ -90,10 +90,11 @@ func (r *Relay) drainLoop(s *shardRun) {
 		// The batch is bounded by its lease: past the deadline it produces nothing and
 		// waits for Kafka no longer (its outcome writes are fenced in any case).
 		ctx, cancel := context.WithDeadline(context.Background(), deadline)
+		start := time.Now()
 		for _, g := range group {
 			g.setBatch(cancel) // a lost lease cancels the batch (shardRun.lose)
+			g.batchSince.Store(start.UnixNano())
 		}
-		start := time.Now()
 		var res batchResult
 		var err error
 		if r.cfg.ExactlyOnce {
@@ -103,9 +104,16 @@ func (r *Relay) drainLoop(s *shardRun) {
 		}
 		for _, g := range group {
 			g.setBatch(nil)
+			g.batchSince.Store(0)
 			g.draining.Store(false)
 		}
 		cancel()
+		// Readiness: rows read and none moved (published or parked) is no progress.
+		if res.read > 0 && res.published+res.parked == 0 {
+			s.stuckSince.CompareAndSwap(0, start.UnixNano())
+		} else if err == nil || res.published+res.parked > 0 {
+			s.stuckSince.Store(0)
+		}
 		for _, g := range group[1:] {
 			g.busy.Unlock()
 			if err != nil || res.read >= r.cfg.BatchSize || res.retry > 0 {

@@ -31,6 +31,9 @@ type shardRun struct {
 	failing  atomic.Bool        // its drain is backing off after a failure (a wake waits)
 	txn      *shardTxn          // exactly-once mode: the shard's transactional producer
 	cancel   context.CancelFunc // cancels the batch draining it (set while one runs)
+
+	stuckSince atomic.Int64 // unix nanos since its batches read rows and moved none (0: moving)
+	batchSince atomic.Int64 // unix nanos the running batch started (0: none)
 }
 
 // setBatch records the cancel func of the batch that drains s (nil when done).
