@@ -67,3 +67,52 @@ func TestRelay_UnreadyWhileSomeEventsCannotMoveThoughOthersFlow(t *testing.T) {
 	reg.refuse.Store(false)
 	waitUntil(t, 60*time.Second, "ready again once the event moved", func() bool { return r.Ready() == nil && published(t, stuck) == 1 })
 }
+
+// notFoundFirst answers "not found" for its first n calls (a registry that does not yet
+// see a schema registered a moment ago), then passes calls through.
+type notFoundFirst struct {
+	relay.Registry
+	n atomic.Int64
+}
+
+func (r *notFoundFirst) ID(ctx context.Context, subject, schema string, register bool) (int, error) {
+	if r.n.Add(-1) >= 0 {
+		return 0, &registry.Error{Op: "lookup", Subject: subject, Code: 40403, Message: "Schema not found"}
+	}
+	return r.Registry.ID(ctx, subject, schema, register)
+}
+
+// With AutoRegister off, a 404 for a schema that is registered is retried within
+// SchemaNotFoundGrace instead of parking the event at once; past the grace it parks.
+func TestRelay_SchemaNotFoundIsRetriedWithinTheGraceThenParks(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	topic := testEnvTopic(t, 1)
+	real := registry.New(e.registry, registry.Options{})
+	reg := &notFoundFirst{Registry: real}
+	reg.n.Store(3)
+	var parked atomic.Int64
+	e.relay(t, func(c *relay.Config) {
+		c.Registry, c.RegistryURL, c.AutoRegister, c.MaxBackoff = reg, "", false, 200*time.Millisecond
+		c.Hooks.OnParked = func(string) { parked.Add(1) }
+	})
+	// Register the event's schema first, as a deploy pipeline would.
+	e.writeOne(t, topic, "k", 1, 0, "")
+	var schema string
+	if err := e.pool.QueryRow(context.Background(), `SELECT schema FROM `+pgx.Identifier{e.schema, "schemas"}.Sanitize()+` LIMIT 1`).Scan(&schema); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := real.ID(context.Background(), topic+"-value", schema, true); err != nil {
+		t.Fatal(err)
+	}
+	if got := readBack(t, topic, 1, 60*time.Second); got.distinct != 1 {
+		t.Fatal("the event was not published after the registry saw its schema")
+	}
+	if parked.Load() != 0 {
+		t.Fatalf("%d events parked while the 404s lasted less than the grace", parked.Load())
+	}
+	// A schema that stays unknown parks once the grace is over.
+	reg.n.Store(1 << 40)
+	e.writeOne(t, topic, "k2", 1, 0, "")
+	waitUntil(t, 60*time.Second, "the event parked after the grace", func() bool { return parked.Load() == 1 })
+}

@@ -51,6 +51,7 @@ type Relay struct {
 	mixed      string // a live replica of the other mode (no claims meanwhile)
 	running    bool
 	topicsMade sync.Map
+	notFound   sync.Map // subject+fingerprint -> when the registry first said "not found"
 	closeKafka sync.Once
 }
 
