@@ -193,7 +193,7 @@ func (r *Relay) decide(ctx context.Context, b *batch) {
 		default:
 			o.done = append(o.done, p.row.id)
 			if r.cfg.Hooks.OnPublished != nil {
-				r.cfg.Hooks.OnPublished(now.Sub(p.row.created))
+				r.cfg.Hooks.OnPublished(PublishedEvent{Latency: now.Sub(p.row.created)})
 			}
 		}
 	}
@@ -287,7 +287,7 @@ func (r *Relay) record(b *batch, extra []int64) error {
 		kind, _, _ := strings.Cut(o.parkReasons[i], ":")
 		r.log.Warn("event parked", "shards", b.shards, "id", id, "reason", o.parkReasons[i])
 		if r.cfg.Hooks.OnParked != nil {
-			r.cfg.Hooks.OnParked(kind)
+			r.cfg.Hooks.OnParked(ParkEvent{Reason: kind, ID: id})
 		}
 	}
 	if fenced > 0 {

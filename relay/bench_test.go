@@ -79,7 +79,8 @@ func BenchmarkDrain(b *testing.B) {
 			var once sync.Once
 			r, err := relay.New(pool, &relay.Config{Schema: schema, Brokers: testenv.Brokers(b), RegistryURL: testenv.RegistryURL(b),
 				AutoRegister: true, BatchSize: 2000, Logger: testenv.Logger(b),
-				Hooks: relay.Hooks{OnBatch: func(_, _, p int, _ time.Duration) {
+				Hooks: relay.Hooks{OnBatch: func(e relay.BatchEvent) {
+					p := e.Published
 					if published.Add(int64(p)) >= int64(n) {
 						once.Do(func() { close(done) })
 					}

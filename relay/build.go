@@ -58,7 +58,7 @@ func (r *Relay) read(ctx context.Context, shards []int) ([]outboxRow, error) {
 		return nil, fmt.Errorf("reading shard %d: %w", shard, err)
 	}
 	if r.cfg.Hooks.OnRead != nil {
-		r.cfg.Hooks.OnRead(shard, len(out), time.Since(start))
+		r.cfg.Hooks.OnRead(ReadEvent{Shard: shard, Rows: len(out), Duration: time.Since(start)})
 	}
 	return out, nil
 }

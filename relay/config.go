@@ -22,25 +22,24 @@ type Registry interface {
 	ID(ctx context.Context, subject, schema string, register bool) (int, error)
 }
 
-// Hooks observe the relay (for metrics). Any may be nil. They must not block.
+// Hooks observe the relay (for metrics: package relayboxprom-style collectors, or the
+// CLI's). Any may be nil. They must not block. Each takes one struct, so fields can be
+// added without breaking callers (pgx's tracer, franz-go's hooks).
 type Hooks struct {
-	// OnBatch: a batch of shard finished: read rows read, published rows acked and
-	// removed, in d from read to delete.
-	OnBatch func(shard, read, published int, d time.Duration)
-	// OnRead: the claim query of a batch returned rows rows of shard in d (the time
-	// a relay needs to find its next events; it should not grow with the backlog).
-	OnRead func(shard, rows int, d time.Duration)
-	// OnPublished: one record acked; latency from its created_at (now() of the
-	// transaction that wrote it, so the transaction's start, not its commit) to the ack.
-	OnPublished func(latency time.Duration)
+	// OnBatch: a batch finished.
+	OnBatch func(BatchEvent)
+	// OnRead: a batch's read query returned (the time a relay needs to find its next
+	// events; it should not grow with the backlog).
+	OnRead func(ReadEvent)
+	// OnPublished: one record acked.
+	OnPublished func(PublishedEvent)
 	// OnError: a failure of kind ErrorKafka, ErrorRegistry, ErrorPostgres or
 	// ErrorLease.
-	OnError func(kind string, err error)
-	// OnParked: an event parked with reason kind ("incompatible_schema",
-	// "schema_not_registered", "too_large", "topic_missing", "invalid").
-	OnParked func(kind string)
+	OnError func(ErrorEvent)
+	// OnParked: an event parked.
+	OnParked func(ParkEvent)
 	// OnShards: the set of shards this replica owns changed.
-	OnShards func(owned []int)
+	OnShards func(ShardsEvent)
 	// OnLease: a drain of a shard started under a lease generation, or stopped
 	// because the lease was lost.
 	OnLease func(LeaseEvent)
@@ -49,6 +48,45 @@ type Hooks struct {
 	OnFenced func(FencedEvent)
 	// OnTransaction: exactly-once mode ended a Kafka transaction.
 	OnTransaction func(TransactionEvent)
+}
+
+// BatchEvent is the argument of Hooks.OnBatch.
+type BatchEvent struct {
+	Shard     int           // the shard whose drain ran the batch (it may have drained others with it)
+	Read      int           // rows read
+	Published int           // rows acked and removed (or marked)
+	Duration  time.Duration // from read to the outcome's commit
+}
+
+// ReadEvent is the argument of Hooks.OnRead.
+type ReadEvent struct {
+	Shard    int // the first shard of the batch
+	Rows     int
+	Duration time.Duration // includes the wait for a pool connection
+}
+
+// PublishedEvent is the argument of Hooks.OnPublished.
+type PublishedEvent struct {
+	// Latency is from the event's created_at (now() of the transaction that wrote it:
+	// its start, not its commit) to the ack.
+	Latency time.Duration
+}
+
+// ErrorEvent is the argument of Hooks.OnError.
+type ErrorEvent struct {
+	Kind string // ErrorKafka, ErrorRegistry, ErrorPostgres or ErrorLease
+	Err  error
+}
+
+// ParkEvent is the argument of Hooks.OnParked.
+type ParkEvent struct {
+	Reason string // ParkIncompatible, ParkNotRegistered, ParkTooLarge, ParkTopicMissing or ParkInvalid
+	ID     int64  // the outbox row
+}
+
+// ShardsEvent is the argument of Hooks.OnShards.
+type ShardsEvent struct {
+	Owned []int // sorted
 }
 
 // LeaseEvent is the argument of Hooks.OnLease.

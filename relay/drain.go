@@ -128,7 +128,7 @@ func (r *Relay) drainLoop(s *shardRun) {
 		lastRead = res.read
 		s.sparse.Store(lastRead < max(1, r.cfg.BatchSize/4))
 		if r.cfg.Hooks.OnBatch != nil && res.read > 0 {
-			r.cfg.Hooks.OnBatch(s.shard, res.read, res.published, time.Since(start))
+			r.cfg.Hooks.OnBatch(BatchEvent{Shard: s.shard, Read: res.read, Published: res.published, Duration: time.Since(start)})
 		}
 		s.failing.Store(err != nil || res.retry > 0)
 		var wait time.Duration

@@ -183,7 +183,7 @@ func TestFence_BatchWhoseLeaseIsLostBeforeProduceDoesNotProduce(t *testing.T) {
 		}
 	}
 	batches := make(chan struct{}, 10)
-	cfg.Hooks.OnBatch = func(int, int, int, time.Duration) { batches <- struct{}{} }
+	cfg.Hooks.OnBatch = func(BatchEvent) { batches <- struct{}{} }
 	r, err := New(f.pool, cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -330,8 +330,8 @@ func TestFence_ShardClaimedBackWaitsForItsOldDrainAndRunLeavesNoGoroutine(t *tes
 	reacquired := make(chan struct{})
 	var reOnce sync.Once
 	var gens sync.Map
-	cfg.Hooks.OnRead = func(s, _ int, _ time.Duration) {
-		if int64(s) == shard.Load() {
+	cfg.Hooks.OnRead = func(e ReadEvent) {
+		if int64(e.Shard) == shard.Load() {
 			reads.Add(1)
 		} else {
 			otherReads.Add(1)

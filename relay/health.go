@@ -24,7 +24,7 @@ const componentKafkaPing = "kafka ping"
 
 func (r *Relay) hookErr(kind string, err error) {
 	if r.cfg.Hooks.OnError != nil {
-		r.cfg.Hooks.OnError(kind, err)
+		r.cfg.Hooks.OnError(ErrorEvent{Kind: kind, Err: err})
 	}
 }
 

@@ -94,7 +94,7 @@ func TestRelay_SchemaNotFoundIsRetriedWithinTheGraceThenParks(t *testing.T) {
 	var parked atomic.Int64
 	e.relay(t, func(c *relay.Config) {
 		c.Registry, c.RegistryURL, c.AutoRegister, c.MaxBackoff = reg, "", false, 200*time.Millisecond
-		c.Hooks.OnParked = func(string) { parked.Add(1) }
+		c.Hooks.OnParked = func(relay.ParkEvent) { parked.Add(1) }
 	})
 	// Register the event's schema first, as a deploy pipeline would.
 	e.writeOne(t, topic, "k", 1, 0, "")

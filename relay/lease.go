@@ -259,7 +259,7 @@ func (r *Relay) apply(held map[int]lease, start bool) {
 		}()
 	}
 	if changed && r.cfg.Hooks.OnShards != nil {
-		r.cfg.Hooks.OnShards(r.ownedLocked())
+		r.cfg.Hooks.OnShards(ShardsEvent{Owned: r.ownedLocked()})
 	}
 }
 
@@ -314,7 +314,7 @@ func (r *Relay) releaseExcess(n int) {
 			}
 			delete(r.releasing, run.shard)
 			if r.cfg.Hooks.OnShards != nil {
-				r.cfg.Hooks.OnShards(r.ownedLocked())
+				r.cfg.Hooks.OnShards(ShardsEvent{Owned: r.ownedLocked()})
 			}
 			r.mu.Unlock()
 			if err != nil {

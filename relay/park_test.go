@@ -75,8 +75,8 @@ func TestRelay_ParksIncompatibleSchemaBlocksItsKeyOnlyAndRetryPublishesInOrder(t
 	}
 	var badReads atomic.Int64 // reads of the shard of key "bad"
 	e.relay(t, func(c *relay.Config) {
-		c.Hooks.OnRead = func(shard, _ int, _ time.Duration) {
-			if shard == outbox.Shard("bad") {
+		c.Hooks.OnRead = func(e relay.ReadEvent) {
+			if e.Shard == outbox.Shard("bad") {
 				badReads.Add(1)
 			}
 		}

@@ -86,12 +86,12 @@ func TestRelay_SurvivesPostgresRestartWithoutRestart(t *testing.T) {
 		UnreadyAfter: 2 * time.Second, MaxBackoff: time.Second, Logger: testLogger(t),
 		BatchSize: 20, MaxInFlightBatches: 1,
 		Hooks: relay.Hooks{
-			OnError: func(kind string, _ error) {
-				if kind == "postgres" {
+			OnError: func(e relay.ErrorEvent) {
+				if e.Kind == relay.ErrorPostgres {
 					pgErrors.Add(1)
 				}
 			},
-			OnPublished: func(time.Duration) { published.Add(1) },
+			OnPublished: func(relay.PublishedEvent) { published.Add(1) },
 		}})
 	if err != nil {
 		t.Fatal(err)

@@ -209,12 +209,12 @@ func (e *env) quietRelay(t *testing.T, mod func(*relay.Config)) *relay.Relay {
 			mod(c)
 		}
 		next := c.Hooks.OnRead
-		c.Hooks.OnRead = func(shard, rows int, d time.Duration) {
+		c.Hooks.OnRead = func(e relay.ReadEvent) {
 			mu.Lock()
-			read[shard] = true
+			read[e.Shard] = true
 			mu.Unlock()
 			if next != nil {
-				next(shard, rows, d)
+				next(e)
 			}
 		}
 	})
@@ -379,8 +379,8 @@ func TestRelay_CommitOnManyShardsIsDrainedInFewBatches(t *testing.T) {
 	topic := testenv.Topic(t, 3)
 	var reads, rowsRead atomic.Int64
 	e.quietRelay(t, func(c *relay.Config) {
-		c.Hooks.OnRead = func(_, rows int, _ time.Duration) {
-			if rows > 0 {
+		c.Hooks.OnRead = func(e relay.ReadEvent) {
+			if rows := e.Rows; rows > 0 {
 				reads.Add(1)
 				rowsRead.Add(int64(rows))
 			}

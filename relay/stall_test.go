@@ -46,7 +46,8 @@ func TestRelay_BrokerStallFailsNoRecordAndKeepsKeyOrder(t *testing.T) {
 	var firstFailure atomic.Value
 	r, err := relay.New(pool, &relay.Config{Schema: schema, Brokers: []string{brokers}, RegistryURL: testenv.RegistryURL(t),
 		AutoRegister: true, PollInterval: 100 * time.Millisecond, UnreadyAfter: 3 * time.Second, Logger: testLogger(t),
-		Hooks: relay.Hooks{OnError: func(kind string, err error) {
+		Hooks: relay.Hooks{OnError: func(ev relay.ErrorEvent) {
+			kind, err := ev.Kind, ev.Err
 			if kind == "kafka" && !strings.Contains(err.Error(), "kafka ping") {
 				recordFailures.Add(1)
 				firstFailure.CompareAndSwap(nil, err.Error())

@@ -214,7 +214,7 @@ func runDemo(ctx context.Context, args []string, s *stdio) error {
 	// The relay.
 	r, err := relay.New(pool, &relay.Config{Schema: relaySchema, Brokers: brokers, RegistryURL: regURL, AutoRegister: true,
 		PollInterval: 500 * time.Millisecond, Logger: quiet,
-		Hooks: relay.Hooks{OnBatch: func(_, _, p int, _ time.Duration) { published.Add(int64(p)) }}})
+		Hooks: relay.Hooks{OnBatch: func(e relay.BatchEvent) { published.Add(int64(e.Published)) }}})
 	if err != nil {
 		return err
 	}

@@ -86,16 +86,16 @@ func newRelayMetrics(pool *pgxpool.Pool, schema string) *relayMetrics {
 
 func (m *relayMetrics) hooks() relay.Hooks {
 	return relay.Hooks{
-		OnBatch: func(_, read, published int, d time.Duration) {
-			m.batchSize.Observe(float64(read))
-			m.batchTime.Observe(d.Seconds())
-			m.published.Add(float64(published))
+		OnBatch: func(e relay.BatchEvent) {
+			m.batchSize.Observe(float64(e.Read))
+			m.batchTime.Observe(e.Duration.Seconds())
+			m.published.Add(float64(e.Published))
 		},
-		OnRead:      func(_, rows int, d time.Duration) { m.readTime.Observe(d.Seconds()) },
-		OnPublished: func(l time.Duration) { m.latency.Observe(l.Seconds()) },
-		OnError:     func(kind string, _ error) { m.errors.WithLabelValues(kind).Inc() },
-		OnParked:    func(reason string) { m.parkedTot.WithLabelValues(reason).Inc() },
-		OnShards:    func(owned []int) { m.owned.Set(float64(len(owned))) },
+		OnRead:      func(e relay.ReadEvent) { m.readTime.Observe(e.Duration.Seconds()) },
+		OnPublished: func(e relay.PublishedEvent) { m.latency.Observe(e.Latency.Seconds()) },
+		OnError:     func(e relay.ErrorEvent) { m.errors.WithLabelValues(e.Kind).Inc() },
+		OnParked:    func(e relay.ParkEvent) { m.parkedTot.WithLabelValues(e.Reason).Inc() },
+		OnShards:    func(e relay.ShardsEvent) { m.owned.Set(float64(len(e.Owned))) },
 		OnFenced:    func(e relay.FencedEvent) { m.fenced.WithLabelValues(e.Op).Add(float64(e.Rows)) },
 		OnTransaction: func(e relay.TransactionEvent) {
 			m.txnTime.Observe(e.Duration.Seconds())

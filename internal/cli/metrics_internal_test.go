@@ -8,6 +8,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	dto "github.com/prometheus/client_model/go"
+	"github.com/relaybox/relaybox/relay"
 )
 
 // A status query that fails (Postgres down) costs only its own series: the scrape
@@ -25,7 +26,7 @@ func TestMetrics_FailedStatusQueryCostsOnlyItsOwnSeries(t *testing.T) {
 	}
 	defer pool.Close()
 	m := newRelayMetrics(pool, "relaybox")
-	m.hooks().OnError("postgres", fmt.Errorf("down"))
+	m.hooks().OnError(relay.ErrorEvent{Kind: relay.ErrorPostgres, Err: fmt.Errorf("down")})
 	mfs, err := m.registry.Gather()
 	if err != nil {
 		t.Fatalf("scrape failed as a whole: %v", err)

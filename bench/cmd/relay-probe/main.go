@@ -66,9 +66,9 @@ func run() error {
 		Schema: os.Getenv("RELAYBOX_SCHEMA"), Brokers: strings.Split(os.Getenv("KAFKA_BROKERS"), ","),
 		RegistryURL: os.Getenv("SCHEMA_REGISTRY_URL"), AutoRegister: true, BatchSize: batch,
 		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
-		Hooks: relay.Hooks{OnRead: func(shard, rows int, d time.Duration) {
+		Hooks: relay.Hooks{OnRead: func(e relay.ReadEvent) {
 			select {
-			case reads <- read{shard, rows, d}:
+			case reads <- read{e.Shard, e.Rows, e.Duration}:
 			default: // never block the relay; a lost sample is only a lost sample
 			}
 		}},
