@@ -175,9 +175,9 @@ func (r *Relay) build(ctx context.Context, o *outboxRow) (*kgo.Record, string, s
 	id, err := r.cfg.Registry.ID(ctx, o.subject, text, r.cfg.AutoRegister)
 	switch {
 	case err == nil:
-	case registry.IsIncompatible(err):
+	case errors.Is(err, ErrSchemaIncompatible) || registry.IsIncompatible(err):
 		return nil, ParkIncompatible, err.Error(), nil
-	case registry.IsNotFound(err) && !r.cfg.AutoRegister:
+	case (errors.Is(err, ErrSchemaNotRegistered) || registry.IsNotFound(err)) && !r.cfg.AutoRegister:
 		// A registry may answer 404 for a schema registered a moment ago (Apicurio's
 		// visibility lag, a lagging replica, a proxy): retried for SchemaNotFoundGrace
 		// before it counts as permanent.

@@ -16,11 +16,20 @@ import (
 	"github.com/relaybox/relaybox/outbox"
 )
 
-// Registry resolves a schema to its registry id. *registry.Client (from NewRegistry)
-// implements it.
+// Registry resolves a schema to its registry id; the relay's own client (built from
+// RegistryURL) implements it. A custom Registry says why it cannot give an id by
+// wrapping ErrSchemaIncompatible (the event parks as incompatible_schema) or
+// ErrSchemaNotRegistered (with AutoRegister off: retried for SchemaNotFoundGrace, then
+// parked); any other error means the registry is unavailable, and the event is retried.
 type Registry interface {
 	ID(ctx context.Context, subject, schema string, register bool) (int, error)
 }
+
+// Errors a custom Registry wraps to classify its failures (see Registry).
+var (
+	ErrSchemaIncompatible  = errors.New("relay: schema incompatible with its subject")
+	ErrSchemaNotRegistered = errors.New("relay: schema not registered under its subject")
+)
 
 // Hooks observe the relay (for metrics: package relayboxprom-style collectors, or the
 // CLI's). Any may be nil. They must not block. Each takes one struct, so fields can be

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -115,4 +116,27 @@ func TestRelay_SchemaNotFoundIsRetriedWithinTheGraceThenParks(t *testing.T) {
 	reg.n.Store(1 << 40)
 	e.writeOne(t, topic, "k2", 1, 0, "")
 	waitUntil(t, 60*time.Second, "the event parked after the grace", func() bool { return parked.Load() == 1 })
+}
+
+// sentinel answers every lookup with err.
+type sentinel struct{ err error }
+
+func (s sentinel) ID(context.Context, string, string, bool) (int, error) { return 0, s.err }
+
+// A custom Registry classifies its failures with the exported sentinels: an
+// incompatible schema parks its event (it is not retried for ever as "unavailable").
+func TestRelay_CustomRegistryCanSayIncompatible(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	topic := testEnvTopic(t, 1)
+	var reasons sync.Map
+	e.relay(t, func(c *relay.Config) {
+		c.Registry, c.RegistryURL = sentinel{fmt.Errorf("my registry: %w", relay.ErrSchemaIncompatible)}, ""
+		c.Hooks.OnParked = func(p relay.ParkEvent) { reasons.Store(p.Reason, true) }
+	})
+	e.writeOne(t, topic, "k", 1, 0, "")
+	waitUntil(t, 60*time.Second, "the event parked as incompatible", func() bool {
+		_, ok := reasons.Load(relay.ParkIncompatible)
+		return ok
+	})
 }
