@@ -145,7 +145,24 @@ const (
 	DefaultPollInterval        = time.Second
 	DefaultShutdownGrace       = 20 * time.Second
 	DefaultSchemaNotFoundGrace = 10 * time.Second
+	DefaultCompression         = "snappy"
+	DefaultLinger              = 2 * time.Millisecond
+	DefaultMaxRecordBytes      = 1 << 20
+	DefaultTopicPartitions     = 12
+	DefaultUnreadyAfter        = 30 * time.Second
+	DefaultMaxBackoff          = 30 * time.Second
 )
+
+// DefaultPoolSize is the Postgres pool a relay with cfg needs (what the CLI sizes its
+// pool to): the batches in flight plus 8, at least 16, so that outcome writes and the
+// small batches of shards that keep up do not queue behind the reads.
+func DefaultPoolSize(cfg *Config) int {
+	n := DefaultMaxInFlightBatches
+	if cfg != nil && cfg.MaxInFlightBatches > 0 {
+		n = cfg.MaxInFlightBatches
+	}
+	return max(n+8, 16)
+}
 
 // Config configures a Relay.
 type Config struct {
@@ -284,22 +301,22 @@ func (c *Config) withDefaults() (Config, error) {
 		r.HeartbeatInterval = r.LeaseTTL / 5
 	}
 	if r.Compression == "" {
-		r.Compression = "snappy"
+		r.Compression = DefaultCompression
 	}
 	if r.Linger == 0 {
-		r.Linger = 2 * time.Millisecond
+		r.Linger = DefaultLinger
 	}
 	if r.MaxRecordBytes == 0 {
-		r.MaxRecordBytes = 1 << 20
+		r.MaxRecordBytes = DefaultMaxRecordBytes
 	}
 	if r.TopicPartitions == 0 {
-		r.TopicPartitions = 12
+		r.TopicPartitions = DefaultTopicPartitions
 	}
 	if r.UnreadyAfter == 0 {
-		r.UnreadyAfter = 30 * time.Second
+		r.UnreadyAfter = DefaultUnreadyAfter
 	}
 	if r.MaxBackoff == 0 {
-		r.MaxBackoff = 30 * time.Second
+		r.MaxBackoff = DefaultMaxBackoff
 	}
 	if r.Logger == nil {
 		r.Logger = slog.Default()

@@ -150,14 +150,14 @@ func defineRelay(f *flags) *relayOpts {
 	f.str(&c.TransactionalIDPrefix, "transactional-id-prefix", "RELAYBOX_TRANSACTIONAL_ID_PREFIX", "", "exactly-once: prefix of the shards' transactional ids (default relaybox-<database system identifier>-<schema>)")
 	f.str(&c.CommitLogTopic, "commit-log-topic", "RELAYBOX_COMMIT_LOG_TOPIC", "", "exactly-once: compacted topic recording what each transaction carried (default <prefix>.commits)")
 	f.dur(&c.HeartbeatInterval, "heartbeat-interval", "RELAYBOX_HEARTBEAT_INTERVAL", 0, "lease renewal interval (default lease-ttl/5)")
-	f.num(&c.MaxRecordBytes, "max-record-bytes", "RELAYBOX_MAX_RECORD_BYTES", 1<<20, "largest record to produce; larger events park")
-	f.str(&c.Compression, "compression", "RELAYBOX_COMPRESSION", "snappy", "compression of produced batches: snappy, lz4, zstd, gzip or none")
-	f.dur(&c.Linger, "linger", "RELAYBOX_LINGER", 2*time.Millisecond, "how long a batch waits for more records (negative: send at once)")
+	f.num(&c.MaxRecordBytes, "max-record-bytes", "RELAYBOX_MAX_RECORD_BYTES", relay.DefaultMaxRecordBytes, "largest record to produce; larger events park")
+	f.str(&c.Compression, "compression", "RELAYBOX_COMPRESSION", relay.DefaultCompression, "compression of produced batches: snappy, lz4, zstd, gzip or none")
+	f.dur(&c.Linger, "linger", "RELAYBOX_LINGER", relay.DefaultLinger, "how long a batch waits for more records (negative: send at once)")
 	f.dur(&c.DeliveryTimeout, "delivery-timeout", "RELAYBOX_DELIVERY_TIMEOUT", 0, "fail records that wait longer for Kafka (0: never; non-zero can reorder a key when the broker fails)")
 	f.dur(&c.Retention, "retention", "RELAYBOX_RETENTION", 0, "keep published rows this long (0: delete at once)")
 	f.boolean(&c.AutoCreateTopics, "auto-create-topics", "RELAYBOX_AUTO_CREATE_TOPICS", false, "create missing topics instead of parking their events")
-	f.num(&o.partitions, "topic-partitions", "RELAYBOX_TOPIC_PARTITIONS", 12, "partitions of auto-created topics")
-	f.dur(&c.UnreadyAfter, "unready-after", "RELAYBOX_UNREADY_AFTER", 30*time.Second, "/readyz fails once a dependency has failed this long")
+	f.num(&o.partitions, "topic-partitions", "RELAYBOX_TOPIC_PARTITIONS", relay.DefaultTopicPartitions, "partitions of auto-created topics")
+	f.dur(&c.UnreadyAfter, "unready-after", "RELAYBOX_UNREADY_AFTER", relay.DefaultUnreadyAfter, "/readyz fails once a dependency has failed this long")
 	f.str(&c.Channel, "channel", "RELAYBOX_CHANNEL", outbox.DefaultChannel, "LISTEN channel")
 	f.str(&o.metrics, "metrics-addr", "RELAYBOX_METRICS_ADDR", ":9090", "address for /metrics, /healthz, /readyz (empty: off)")
 	f.boolean(&o.pprof, "pprof", "RELAYBOX_PPROF", false, "also serve Go's /debug/pprof/ on the metrics address (CPU and heap profiles)")
@@ -197,7 +197,7 @@ func runRelay(ctx context.Context, args []string, s *stdio) error {
 	}
 	// --check fails at once if Postgres does not answer; the daemon waits for it below.
 	if o.poolSize <= 0 {
-		o.poolSize = max(o.cfg.MaxInFlightBatches+8, 16)
+		o.poolSize = relay.DefaultPoolSize(&o.cfg)
 	}
 	pool, err := o.poolPing(ctx, int32(o.poolSize), o.checkOnly)
 	if err != nil {
