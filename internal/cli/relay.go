@@ -91,6 +91,14 @@ func (k *kafkaOpts) opts() ([]kgo.Opt, error) {
 type registryOpts struct {
 	url, user, password string
 	timeout             time.Duration
+	allowPlaintext      bool // commands without Kafka flags (schema) set it with allowPlaintext
+}
+
+// allowPlaintext defines --allow-plaintext-credentials for a command that has no Kafka
+// flags (the Kafka flags define it for the others).
+func (f *flags) allowPlaintext(v *bool) {
+	f.boolean(v, "allow-plaintext-credentials", "RELAYBOX_ALLOW_PLAINTEXT_CREDENTIALS", false,
+		"send registry basic auth over http:// (refused otherwise; local testing only)")
 }
 
 func (f *flags) registry(r *registryOpts) {

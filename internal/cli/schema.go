@@ -56,6 +56,9 @@ func (r registryOpts) schemaRegistry() (*schemacheck.Registry, error) {
 	if r.url == "" {
 		return nil, errors.New("no schema registry: set SCHEMA_REGISTRY_URL or --registry-url")
 	}
+	if err := r.check(r.allowPlaintext); err != nil { // userinfo out of the URL; no basic auth in clear
+		return nil, err
+	}
 	return schemacheck.NewRegistry(r.url, &schemacheck.RegistryOptions{Username: r.user, Password: r.password, Timeout: r.timeout}), nil
 }
 
@@ -96,6 +99,7 @@ func runSchemaCheck(ctx context.Context, args []string, s *stdio) error {
 	f := newFlags("schema check", s)
 	o := &schemaCheckOpts{}
 	f.registry(&o.registry)
+	f.allowPlaintext(&o.registry.allowPlaintext)
 	f.StringVar(&o.against, "against", "", "offline: check each file against the same file at this git ref (e.g. origin/main); no registry needed")
 	f.StringVar(&o.level, "level", string(schemacheck.DefaultLevel), "offline: compatibility level: BACKWARD, FORWARD, FULL, their _TRANSITIVE forms (against every version in the ref's history), NONE")
 	f.StringVar(&o.subject, "subject", "", "registry subject (registry mode needs it, or --topic)")
@@ -248,6 +252,7 @@ func runSchemaCompat(ctx context.Context, args []string, s *stdio) error {
 	f := newFlags("schema compat", s)
 	var r registryOpts
 	f.registry(&r)
+	f.allowPlaintext(&r.allowPlaintext)
 	asJSON := f.Bool("json", false, "print JSON")
 	f.Usage = func() {
 		fmt.Fprintln(f.Output(), "usage: relaybox schema compat <subject> [LEVEL]   read, or set, a subject's compatibility level")
@@ -311,6 +316,7 @@ func runSchemaList(ctx context.Context, args []string, s *stdio) error {
 	f := newFlags("schema list", s)
 	var r registryOpts
 	f.registry(&r)
+	f.allowPlaintext(&r.allowPlaintext)
 	prefix := f.String("prefix", "", "only subjects whose names start with this")
 	asJSON := f.Bool("json", false, "print JSON")
 	if err := f.parse(args); err != nil {

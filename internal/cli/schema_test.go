@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"os"
@@ -243,5 +244,22 @@ func TestSchemaCompatAndList(t *testing.T) {
 	}
 	if code, _, stderr := run(t, "schema", "compat", "--registry-url", url, subject, "STRICT"); code != 1 || !strings.Contains(stderr, `compatibility level "STRICT"`) {
 		t.Fatalf("bad level: exit %d %q", code, stderr)
+	}
+}
+
+// The schema commands refuse registry basic auth over http:// unless told, as the relay
+// does.
+func TestSchema_RefusesBasicAuthOverPlainHTTPUnlessAllowed(t *testing.T) {
+	for _, args := range [][]string{
+		{"schema", "list", "--registry-url", "http://u:secret@127.0.0.1:1/apis/ccompat/v7"},
+		{"schema", "compat", "--registry-url", "http://127.0.0.1:1", "--registry-username", "u", "--registry-password", "secret", "s"},
+	} {
+		var out, errOut bytes.Buffer
+		if code := Main(args, &out, &errOut); code == 0 || !strings.Contains(errOut.String(), "allow-plaintext-credentials") {
+			t.Fatalf("%v: exit %d, stderr %q: want a refusal naming --allow-plaintext-credentials", args, code, errOut.String())
+		}
+		if strings.Contains(out.String()+errOut.String(), "secret") {
+			t.Fatalf("%v printed the password", args)
+		}
 	}
 }
