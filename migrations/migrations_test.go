@@ -59,13 +59,17 @@ func TestMigrate_UpDownUpRoundTrip(t *testing.T) {
 	if res, err := migrations.Migrate(ctx, pool, opts); err != nil || len(res.Versions) != 0 {
 		t.Fatalf("second up: %v %v", res, err)
 	}
-	// Down to 1 drops processed_events only.
+	// Down to 1 rolls back 3 (the fencing columns), then 2 (processed_events).
 	res, err = migrations.Migrate(ctx, pool, &migrations.Options{Schema: schema, Direction: migrations.Down, TargetVersion: 1})
-	if err != nil || len(res.Versions) != 1 || res.Versions[0] != 2 {
+	if err != nil || len(res.Versions) != 2 || res.Versions[0] != 3 || res.Versions[1] != 2 {
 		t.Fatalf("down to 1: %v %v", res, err)
 	}
+	var gen int
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM information_schema.columns WHERE table_schema = $1 AND column_name = 'generation'`, schema).Scan(&gen); err != nil || gen != 0 {
+		t.Fatalf("after down to 1, %d generation columns (err %v), want 0", gen, err)
+	}
 	st, _ := migrations.Status(ctx, pool, opts)
-	if !st[0].Applied || st[1].Applied {
+	if !st[0].Applied || st[1].Applied || st[2].Applied {
 		t.Fatalf("status after down to 1: %+v", st)
 	}
 	// All the way down, then up again.
