@@ -1,6 +1,8 @@
-package cli
+package main
 
 import (
+	"bytes"
+	"context"
 	"encoding/json"
 	"testing"
 
@@ -10,7 +12,9 @@ import (
 
 func demoSummary(t *testing.T, args ...string) DemoSummary {
 	t.Helper()
-	code, out, errs := run(t, append([]string{"demo", "--json"}, args...)...)
+	var stdout, stderr bytes.Buffer
+	code := run(context.Background(), append([]string{"--json"}, args...), &stdout, &stderr)
+	out, errs := stdout.String(), stderr.String()
 	var s DemoSummary
 	if err := json.Unmarshal([]byte(out), &s); err != nil {
 		t.Fatalf("demo exit %d, stdout %q is not one JSON object: %v\nstderr: %s", code, out, err, errs)
