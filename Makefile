@@ -47,9 +47,9 @@ LDFLAGS := -X github.com/relaybox/relaybox/internal/cli.version=$(VERSION) -X gi
 build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o relaybox ./cmd/relaybox
 
-## demo: the whole flow in one process
+## demo: the whole flow in one process (examples/demo; DEMO_ARGS=--json for the summary as JSON)
 demo:
-	$(GO) run ./cmd/relaybox demo
+	$(GO) run ./examples/demo $(DEMO_ARGS)
 
 FUZZTIME ?= 5m
 ## fuzz: run every fuzz target for FUZZTIME each (default 5m)

@@ -27,13 +27,9 @@
 //	}
 //	return tx.SendBatch(ctx, b).Close()
 //
-// What an event costs, measured by BenchmarkBusinessTx (a one-row business
-// transaction on a local Postgres with fsync on, ~450 µs alone): one event about
-// 1.25× the transaction alone with Queue and 1.5× with Write (its own round trip);
-// 100 events about 3.8-4×. Most of it is the outbox row itself: a plain SQL INSERT
-// of the same rows costs 1.2× and 3.5×, the same rows in a copy of the table without
-// its indexes, CHECKs and generated shard 1.1× and 2.3×, a minimal (id, payload) row
-// 1.08× and 1.9×.
+// What an event adds to a business transaction, with Queue and with Write, is
+// measured by BenchmarkBusinessTx; the figures are in docs/benchmarks.md ("The
+// writer's cost"). Most of it is the outbox row itself, not the writer.
 //
 // # Avro
 //

@@ -196,8 +196,8 @@ type Config struct {
 	// owns: the relay's memory is about this times BatchSize rows, however large the
 	// backlog. Shards that keep up run their small batches without waiting for a slot.
 	// Defaults to 4: with the default BatchSize, 16000 rows. Fewer, larger batches
-	// drain faster than many small ones on the same cores (docs/benchmarks.md: 4 × 4000
-	// drained 83k events/s where 16 × 1000 drained 63k); Postgres does less per row.
+	// drain faster than many small ones on the same cores, as Postgres does less per
+	// row (docs/benchmarks.md, "Against the targets").
 	MaxInFlightBatches int
 	// PollInterval is how often idle shards are polled without a NOTIFY. Defaults to 1s.
 	PollInterval time.Duration

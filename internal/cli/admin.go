@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"strconv"
 	"strings"
@@ -44,6 +45,10 @@ func runMigrate(ctx context.Context, args []string, s *stdio) error {
 	if len(args) == 0 {
 		f.Usage()
 		return errors.New("migrate: say up, down or status")
+	}
+	if isHelp(args[0]) {
+		f.Usage()
+		return flag.ErrHelp
 	}
 	sub := args[0]
 	if err := f.parse(args[1:]); err != nil {
@@ -193,6 +198,10 @@ func runParked(ctx context.Context, args []string, s *stdio) error {
 	if len(args) == 0 {
 		f.Usage()
 		return errors.New("parked: say list, retry or skip")
+	}
+	if isHelp(args[0]) {
+		f.Usage()
+		return flag.ErrHelp
 	}
 	sub := args[0]
 	if err := f.parse(args[1:]); err != nil {

@@ -1,5 +1,6 @@
 // Package cli implements the relaybox command: relay, migrate, status, parked, dlq,
-// demo, schema. cmd/relaybox/main.go only calls Main.
+// schema, version. cmd/relaybox/main.go only calls Main. (The demo is a program of
+// its own, examples/demo, so that this binary links none of its fakes.)
 //
 // Every flag has an environment variable (shown in -help); a flag given on the command
 // line wins over the variable. Errors print as one line: "relaybox: <what failed>".
@@ -40,7 +41,6 @@ func commands() []command {
 		{"status", "backlog, oldest age, leases and owners, parked events by reason", nil, runStatus},
 		{"parked", "parked events: parked list|retry|skip", []string{"list", "retry", "skip"}, runParked},
 		{"dlq", "dead letters: dlq redrive", []string{"redrive"}, runDLQ},
-		{"demo", "run the whole flow in one process on embedded defaults", nil, runDemo},
 		{"schema", "schema governance: schema check|compat|list", []string{"check", "compat", "list"}, runSchema},
 		{"version", "print the version and commit of this binary", nil, runVersion},
 	}
@@ -68,7 +68,7 @@ func mainContext(ctx context.Context, args []string, stdout, stderr io.Writer) i
 		secrets.Add(os.Getenv(env))
 	}
 	s := &stdio{out: secrets.Writer(stdout), err: secrets.Writer(stderr), secrets: secrets}
-	if len(args) < 1 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+	if len(args) < 1 || args[0] == "help" || isHelp(args[0]) {
 		usage(s.err)
 		if len(args) < 1 {
 			return 2
@@ -92,6 +92,16 @@ func mainContext(ctx context.Context, args []string, stdout, stderr io.Writer) i
 	fmt.Fprintf(s.err, "relaybox: unknown command %q\n", args[0])
 	usage(s.err)
 	return 2
+}
+
+// isHelp reports whether arg asks for help the way the flag package understands it
+// (-h, -help, --h, --help).
+func isHelp(arg string) bool {
+	switch arg {
+	case "-h", "-help", "--h", "--help":
+		return true
+	}
+	return false
 }
 
 type exitError int

@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"log/slog"
 
@@ -31,6 +32,10 @@ func runDLQ(ctx context.Context, args []string, s *stdio) error {
 	f.Usage = func() {
 		fmt.Fprintln(f.Output(), "usage: relaybox dlq redrive --topic <topic>.dlq [flags]")
 		f.PrintDefaults()
+	}
+	if len(args) > 0 && isHelp(args[0]) {
+		f.Usage()
+		return flag.ErrHelp
 	}
 	if len(args) == 0 || args[0] != "redrive" {
 		f.Usage()

@@ -178,7 +178,6 @@ func registerAll() {
 	defineRelay(newFlags("relay", nil))
 	defineAdmin(newFlags("admin", nil))
 	defineDLQ(newFlags("dlq", nil))
-	defineDemo(newFlags("demo", nil))
 }
 
 func runRelay(ctx context.Context, args []string, s *stdio) error {

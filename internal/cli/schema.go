@@ -28,7 +28,7 @@ func runSchema(ctx context.Context, args []string, s *stdio) error {
 		return runSchemaCompat(ctx, args[1:], s)
 	case "list":
 		return runSchemaList(ctx, args[1:], s)
-	case "-h", "-help", "--help", "help":
+	case "-h", "-help", "--h", "--help", "help":
 		fmt.Fprintln(out, usage)
 		return nil
 	}

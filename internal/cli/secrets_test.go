@@ -252,7 +252,7 @@ func TestFlags_DefaultsNeverComeFromTheEnvironment(t *testing.T) {
 	}
 	var b strings.Builder
 	s := &stdio{out: &b, err: &b, secrets: &redact.Set{}}
-	for _, name := range []string{"relay", "admin", "dlq", "demo"} {
+	for _, name := range []string{"relay", "admin", "dlq"} {
 		f := newFlags(name, s)
 		switch name {
 		case "relay":
@@ -261,8 +261,6 @@ func TestFlags_DefaultsNeverComeFromTheEnvironment(t *testing.T) {
 			defineAdmin(f)
 		case "dlq":
 			defineDLQ(f)
-		case "demo":
-			defineDemo(f)
 		}
 		f.PrintDefaults()
 		f.VisitAll(func(fl *flag.Flag) {

@@ -1,6 +1,6 @@
 // Package pgtemp runs a private, throwaway PostgreSQL cluster from local server
-// binaries (initdb, pg_ctl) on a free 127.0.0.1 port: for `relaybox demo` and for tests
-// that must stop and restart their own Postgres. As root, where initdb refuses to run,
+// binaries (initdb, pg_ctl) on a free 127.0.0.1 port: for the demo (examples/demo)
+// and for tests that must stop and restart their own Postgres. As root, where initdb refuses to run,
 // the cluster runs as the postgres user if there is one, else as nobody.
 package pgtemp
 

