@@ -1,0 +1,249 @@
+package chaos
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/relaybox/relaybox/internal/testenv"
+)
+
+// kinds are the fault kinds; a run injects each at least once (when it has as many
+// faults as kinds).
+var kinds = []string{"relay_kill", "relay_zombie", "consumer_kill", "kafka_kill", "postgres_restart", "registry_pause", "slow_network"}
+
+// fault is one scheduled fault.
+type fault struct {
+	at     time.Duration
+	kind   string
+	target int
+	pause  time.Duration
+	hard   bool
+}
+
+// FaultRecord is one injected fault in the report, with whether it did harm and what
+// was observed.
+type FaultRecord struct {
+	At        float64 `json:"at_s"`
+	Kind      string  `json:"kind"`
+	Target    string  `json:"target"`
+	Effective bool    `json:"effective"`
+	Evidence  string  `json:"evidence"`
+}
+
+// harness is what the faults act on and observe.
+type harness struct {
+	t         *testing.T
+	pool      *pgxpool.Pool
+	pg        *testenv.PGService
+	kafka     *testenv.Service
+	proxy     *testenv.DelayProxy
+	registry  *testenv.Service
+	regProxy  *registryProxy
+	relays    []*process
+	consumers []*process
+	metrics   []string // relays' metrics addresses, by relay index
+	// version is the schema version writers use now; bumped during the run.
+	version atomic.Int64
+	// writeFailures counts writer transactions that failed (and were retried).
+	writeFailures atomic.Int64
+	// locks serialise the faults on one target (made before the faults start).
+	locks map[string]*sync.Mutex
+}
+
+// lockName is the lock a fault takes: its process, or its kind for the services (a
+// Kafka kill may overlap a slow network).
+func (h *harness) lockName(f fault) string {
+	switch f.kind {
+	case "relay_kill", "relay_zombie", "consumer_kill":
+		return h.target(f)
+	}
+	return f.kind
+}
+
+// target names the process or service a fault acts on.
+func (h *harness) target(f fault) string {
+	switch f.kind {
+	case "relay_kill", "relay_zombie":
+		return h.relays[f.target%len(h.relays)].name
+	case "consumer_kill":
+		return h.consumers[f.target%len(h.consumers)].name
+	case "kafka_kill", "slow_network":
+		return "kafka"
+	case "postgres_restart":
+		return "postgres"
+	}
+	return "registry"
+}
+
+// inject runs one fault to its end and returns whether it did harm, and what was
+// observed. Harm is measured, never assumed: a fault that lands where it can hurt
+// nothing (a relay killed while it owns no shard, Kafka killed while Postgres is down
+// too) is reported as not effective.
+func (h *harness) inject(f fault) (bool, string) {
+	ctx := context.Background()
+	switch f.kind {
+	case "relay_kill":
+		// Harm: the relay had work (owned shards with a backlog, or was publishing).
+		i := f.target % len(h.relays)
+		p := h.relays[i]
+		m0, err0 := scrape(h.metrics[i])
+		time.Sleep(time.Second)
+		m1, err1 := scrape(h.metrics[i])
+		owned, backlog, derr := h.ownedWork(ctx, p.name)
+		p.kill()
+		time.Sleep(f.pause / 2)
+		p.start(h.t)
+		published := -1.0
+		if err0 == nil && err1 == nil {
+			published = m1.published - m0.published
+		}
+		if derr != nil {
+			return published > 0, fmt.Sprintf("published %.0f in its last second; its leases unknown (%v)", published, derr)
+		}
+		return owned > 0 && (backlog > 0 || published > 0), fmt.Sprintf("owned %d shards holding %d unpublished rows; published %.0f in its last second (-1: not scraped)", owned, backlog, published)
+	case "relay_zombie":
+		// Harm: a lease lost, i.e. another replica took a shard the frozen one held.
+		p := h.relays[f.target%len(h.relays)]
+		shards, err := h.ownedShards(ctx, p.name)
+		p.signal(syscall.SIGSTOP)
+		time.Sleep(5*time.Second + f.pause/2) // past the 4s lease
+		var taken int
+		terr := err
+		if err == nil && len(shards) > 0 {
+			terr = h.pool.QueryRow(ctx, `SELECT count(*) FROM relaybox.shard_leases WHERE shard = ANY($1) AND owner IS NOT NULL AND owner <> $2`, shards, p.name).Scan(&taken)
+		}
+		p.signal(syscall.SIGCONT)
+		if terr != nil {
+			return false, fmt.Sprintf("leases unknown: %v", terr)
+		}
+		return taken > 0, fmt.Sprintf("held %d shards when frozen; %d of them taken by another replica before it woke", len(shards), taken)
+	case "consumer_kill":
+		// Harm: the consumer had work (applied effects in its last 3 seconds).
+		p := h.consumers[f.target%len(h.consumers)]
+		var applied int64
+		err := h.pool.QueryRow(ctx, `SELECT count(*) FROM effects WHERE consumer = $1 AND at > clock_timestamp() - interval '3 seconds'`, p.name).Scan(&applied)
+		p.kill()
+		time.Sleep(f.pause / 2)
+		p.start(h.t)
+		if err != nil {
+			return false, fmt.Sprintf("its work unknown: %v", err)
+		}
+		return applied > 0, fmt.Sprintf("applied %d effects in its last 3 s", applied)
+	case "kafka_kill":
+		// Harm: events waited, i.e. the unpublished backlog grew while the broker was down.
+		b0, err0 := h.backlog(ctx)
+		h.kafka.Stop(true)
+		time.Sleep(f.pause)
+		b1, err1 := h.backlog(ctx)
+		h.kafka.Start()
+		if err0 != nil || err1 != nil {
+			return false, fmt.Sprintf("backlog unknown: %v %v", err0, err1)
+		}
+		return b1 > b0, fmt.Sprintf("unpublished backlog %d at the kill, %d at the restart", b0, b1)
+	case "postgres_restart":
+		// Harm: writer transactions failed.
+		w0 := h.writeFailures.Load()
+		h.pg.Stop(f.hard)
+		time.Sleep(f.pause / 2)
+		h.pg.Start()
+		failed := h.writeFailures.Load() - w0
+		return failed > 0, fmt.Sprintf("%d writer transactions failed (hard %v)", failed, f.hard)
+	case "registry_pause":
+		// By construction: writers switch to a schema version never resolved before,
+		// and a consumer restarts (cold cache) while the registry is frozen. Harm:
+		// registry requests that arrived during the pause and were not answered.
+		win := h.regProxy.open()
+		v := h.version.Add(1)
+		paused := make(chan struct{})
+		go func() { h.registry.Pause(f.pause + 2*time.Second); close(paused) }()
+		time.Sleep(500 * time.Millisecond)
+		c := h.consumers[f.target%len(h.consumers)]
+		m := h.locks[c.name]
+		m.Lock()
+		c.stop()
+		c.start(h.t)
+		m.Unlock()
+		<-paused
+		h.regProxy.close()
+		// Requests that arrived during the pause end when their client gives up or
+		// the thawed registry answers.
+		deadline := time.Now().Add(30 * time.Second)
+		for win.inflight.Load() > 0 && time.Now().Before(deadline) {
+			time.Sleep(100 * time.Millisecond)
+		}
+		return win.refused.Load() > 0, fmt.Sprintf("schema v%d written from the pause on, %s restarted in it; %d registry requests arrived during the pause, %d not answered",
+			v, c.name, win.arrived.Load(), win.refused.Load())
+	case "slow_network":
+		// Harm: relay batches slower than the added round trip (two delayed chunks),
+		// most of those completed while the network was slow.
+		d := time.Duration(20+f.target*90) * time.Millisecond // 20, 110 or 200 ms per chunk
+		m0 := h.scrapeAll()
+		h.proxy.SetDelay(d)
+		time.Sleep(f.pause + 3*time.Second)
+		m1 := h.scrapeAll()
+		h.proxy.SetDelay(0)
+		var batches, slow float64
+		for i := range h.relays {
+			a, ok0 := m0[i]
+			b, ok1 := m1[i]
+			if !ok0 || !ok1 || b.batches < a.batches {
+				continue // not scraped, or restarted in between
+			}
+			batches += b.batches - a.batches
+			slow += b.slowerThan(2*d) - a.slowerThan(2*d)
+		}
+		return batches > 0 && slow*2 >= batches, fmt.Sprintf("%v per chunk: %.0f of %.0f relay batches took longer than %v", d, slow, batches, 2*d)
+	}
+	panic("unknown fault kind " + f.kind)
+}
+
+// ownedShards lists the shards whose live lease replica holds.
+func (h *harness) ownedShards(ctx context.Context, replica string) ([]int32, error) {
+	rows, err := h.pool.Query(ctx, `SELECT shard FROM relaybox.shard_leases WHERE owner = $1 AND expires_at > now()`, replica)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var shards []int32
+	for rows.Next() {
+		var s int32
+		if err := rows.Scan(&s); err != nil {
+			return nil, err
+		}
+		shards = append(shards, s)
+	}
+	return shards, rows.Err()
+}
+
+// ownedWork is how many shards replica holds and their unpublished rows.
+func (h *harness) ownedWork(ctx context.Context, replica string) (owned, backlog int64, err error) {
+	err = h.pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM relaybox.shard_leases WHERE owner = $1 AND expires_at > now()),
+		(SELECT count(*) FROM relaybox.outbox o JOIN relaybox.shard_leases l USING (shard)
+		  WHERE l.owner = $1 AND l.expires_at > now() AND o.published_at IS NULL AND o.parked_at IS NULL)`, replica).Scan(&owned, &backlog)
+	return owned, backlog, err
+}
+
+// backlog is the number of unpublished, unparked outbox rows.
+func (h *harness) backlog(ctx context.Context) (int64, error) {
+	var n int64
+	err := h.pool.QueryRow(ctx, `SELECT count(*) FROM relaybox.outbox WHERE published_at IS NULL AND parked_at IS NULL`).Scan(&n)
+	return n, err
+}
+
+// scrapeAll scrapes every relay that answers, by index.
+func (h *harness) scrapeAll() map[int]relayMetrics {
+	out := map[int]relayMetrics{}
+	for i, addr := range h.metrics {
+		if m, err := scrape(addr); err == nil {
+			out[i] = m
+		}
+	}
+	return out
+}

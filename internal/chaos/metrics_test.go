@@ -1,0 +1,85 @@
+package chaos
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// relayMetrics is what the fault suite reads from a relay's /metrics.
+type relayMetrics struct {
+	published float64
+	// batches is relaybox_relay_batch_seconds: its count and cumulative buckets.
+	batches float64
+	buckets map[float64]float64 // le -> cumulative count
+}
+
+// slowerThan is how many batches took longer than d, as far as the buckets tell:
+// the count less the largest bucket whose bound is at most d.
+func (m relayMetrics) slowerThan(d time.Duration) float64 {
+	best, under := -1.0, 0.0
+	for le, n := range m.buckets {
+		if le <= d.Seconds() && le > best {
+			best, under = le, n
+		}
+	}
+	return m.batches - under
+}
+
+// scrape reads a relay's /metrics (a relay whose collector cannot reach Postgres
+// answers 500: an error here).
+func scrape(addr string) (relayMetrics, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/metrics", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return relayMetrics{}, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return relayMetrics{}, fmt.Errorf("%s/metrics: %s", addr, resp.Status)
+	}
+	m := relayMetrics{buckets: map[float64]float64{}}
+	found := 0
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if strings.HasPrefix(line, "#") {
+			continue
+		}
+		name, value, ok := strings.Cut(line, " ")
+		if !ok {
+			continue
+		}
+		v, err := strconv.ParseFloat(strings.TrimSpace(value), 64)
+		if err != nil {
+			continue
+		}
+		switch {
+		case name == "relaybox_relay_published_total":
+			m.published = v
+			found++
+		case name == "relaybox_relay_batch_seconds_count":
+			m.batches = v
+			found++
+		case strings.HasPrefix(name, `relaybox_relay_batch_seconds_bucket{le="`):
+			le := strings.TrimSuffix(strings.TrimPrefix(name, `relaybox_relay_batch_seconds_bucket{le="`), `"}`)
+			if f, err := strconv.ParseFloat(le, 64); err == nil {
+				m.buckets[f] = v
+			}
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return relayMetrics{}, err
+	}
+	if found != 2 || len(m.buckets) == 0 {
+		return relayMetrics{}, fmt.Errorf("%s/metrics: relaybox_relay_published_total or relaybox_relay_batch_seconds missing", addr)
+	}
+	return m, nil
+}

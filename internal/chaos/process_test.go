@@ -1,0 +1,106 @@
+package chaos
+
+import (
+	"os"
+	"os/exec"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+)
+
+type process struct {
+	name string
+	args []string
+	env  []string
+	log  string
+	mu   sync.Mutex
+	cmd  *exec.Cmd
+	done chan struct{}
+	hold bool // a fault or the end of the run owns it: the supervisor keeps off
+	// exits counts the times it exited by itself and was restarted by the supervisor.
+	exits atomic.Int64
+}
+
+func (p *process) start(t *testing.T) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.startLocked(t)
+	p.hold = false
+}
+
+func (p *process) startLocked(t *testing.T) {
+	f, err := os.OpenFile(p.log, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+	if err != nil {
+		t.Error(err)
+		return
+	}
+	p.cmd = exec.Command(p.args[0], p.args[1:]...)
+	p.cmd.Env = append(os.Environ(), p.env...)
+	p.cmd.Stdout, p.cmd.Stderr = f, f
+	if err := p.cmd.Start(); err != nil {
+		t.Errorf("starting %s: %v", p.name, err)
+		return
+	}
+	done := make(chan struct{})
+	p.done = done
+	cmd := p.cmd
+	go func() { cmd.Wait(); f.Close(); close(done) }()
+}
+
+// supervise restarts the process when it exits by itself (as a service manager would).
+func (p *process) supervise(t *testing.T) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.hold || p.done == nil {
+		return
+	}
+	select {
+	case <-p.done:
+		p.exits.Add(1)
+		p.startLocked(t)
+	default:
+	}
+}
+
+func (p *process) signal(sig syscall.Signal) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cmd != nil && p.cmd.Process != nil {
+		_ = p.cmd.Process.Signal(sig)
+	}
+}
+
+func (p *process) kill() {
+	p.mu.Lock()
+	p.hold = true
+	d := p.done
+	if p.cmd != nil && p.cmd.Process != nil {
+		_ = p.cmd.Process.Signal(syscall.SIGCONT)
+		_ = p.cmd.Process.Signal(syscall.SIGKILL)
+	}
+	p.mu.Unlock()
+	if d != nil {
+		<-d
+	}
+}
+
+func (p *process) stop() {
+	p.mu.Lock()
+	p.hold = true
+	d := p.done
+	if p.cmd != nil && p.cmd.Process != nil {
+		_ = p.cmd.Process.Signal(syscall.SIGCONT)
+		_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	}
+	p.mu.Unlock()
+	if d == nil {
+		return
+	}
+	select {
+	case <-d:
+	case <-time.After(20 * time.Second):
+		p.kill()
+	}
+}

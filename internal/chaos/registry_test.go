@@ -1,0 +1,111 @@
+package chaos
+
+import (
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"strings"
+	"sync/atomic"
+	"testing"
+)
+
+// schemaText is version v of the Tick schema: v 1 is the Go type's own (key, seq);
+// each later version adds a long field with a default, so every version is BACKWARD
+// compatible with the one before and the consumers' reader schema (Tick) reads all.
+// A writer switching version means a schema the relay has never resolved: it must
+// register it (or look it up) in the registry before it can publish.
+func schemaText(v int) string {
+	if v <= 1 {
+		return ""
+	}
+	fields := []string{`{"name":"key","type":"string"}`, `{"name":"seq","type":"long"}`}
+	for i := 2; i <= v; i++ {
+		fields = append(fields, fmt.Sprintf(`{"name":"v%d","type":"long","default":%d}`, i, i))
+	}
+	return `{"type":"record","name":"Tick","fields":[` + strings.Join(fields, ",") + `]}`
+}
+
+// registryProxy sits between the relays and consumers and the registry, and counts
+// the requests that arrived while a pause window was open and were not answered
+// (the registry frozen: the client gave up, or the upstream failed): the observed
+// harm of a registry_pause.
+type registryProxy struct {
+	url    string
+	window atomic.Pointer[registryWindow]
+	failed atomic.Int64 // all requests not answered, over the run
+}
+
+// registryWindow counts the requests that arrived during one pause.
+type registryWindow struct {
+	arrived, refused, inflight atomic.Int64
+}
+
+func newRegistryProxy(t *testing.T, upstream string) *registryProxy {
+	t.Helper()
+	u, err := url.Parse(upstream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := u.Path // the Confluent-compatible base path, e.g. /apis/ccompat/v7
+	u.Path = ""
+	p := &registryProxy{}
+	rp := httputil.NewSingleHostReverseProxy(u)
+	rp.ErrorHandler = func(w http.ResponseWriter, _ *http.Request, err error) {
+		http.Error(w, "registry proxy: "+err.Error(), http.StatusBadGateway)
+	}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		win := p.window.Load()
+		if win != nil {
+			win.arrived.Add(1)
+			win.inflight.Add(1)
+			defer win.inflight.Add(-1)
+		}
+		sw := &statusWriter{ResponseWriter: w}
+		rp.ServeHTTP(sw, r)
+		if sw.status == 0 || sw.status >= 500 || r.Context().Err() != nil {
+			p.failed.Add(1)
+			if win != nil {
+				win.refused.Add(1)
+			}
+		}
+	}))
+	t.Cleanup(srv.Close)
+	p.url = srv.URL + base
+	return p
+}
+
+// open starts counting a pause window; close stops attributing new arrivals to it.
+func (p *registryProxy) open() *registryWindow {
+	w := &registryWindow{}
+	p.window.Store(w)
+	return w
+}
+
+func (p *registryProxy) close() { p.window.Store(nil) }
+
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.status == 0 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+func (w *statusWriter) Flush() {
+	if f, ok := w.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
