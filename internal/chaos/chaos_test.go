@@ -196,9 +196,15 @@ func runChaos(t *testing.T, pl plan) {
 	rng := rand.New(rand.NewPCG(pl.seed, pl.seed^0x9e3779b97f4a7c15))
 	t.Logf("chaos seed %d (CHAOS_SEED=%d reproduces the fault schedule), %s: %d events on %d keys at %d/s, %d faults", pl.seed, pl.seed, pl.mode, pl.events, pl.keys, pl.rate, pl.faults)
 	dir := t.TempDir()
+	if keep := os.Getenv("CHAOS_LOGS"); keep != "" { // the processes' logs, kept after the run
+		if err := os.MkdirAll(keep, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		dir = keep
+	}
 	pg, dbURL := testenv.OwnPostgres(t)
 	kafka, brokers, proxy := testenv.OwnKafkaBehindProxy(t)
-	reg, regURL := testenv.OwnRegistry(t)
+	_, regURL := testenv.OwnRegistry(t)
 	regProxy := newRegistryProxy(t, regURL)
 	ctx := context.Background()
 	pcfg, err := pgxpool.ParseConfig(dbURL)
@@ -242,7 +248,7 @@ func runChaos(t *testing.T, pl plan) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &harness{t: t, pool: pool, pg: pg, kafka: kafka, proxy: proxy, registry: reg, regProxy: regProxy, locks: map[string]*sync.Mutex{}}
+	h := &harness{t: t, pool: pool, pg: pg, kafka: kafka, proxy: proxy, regProxy: regProxy, locks: map[string]*sync.Mutex{}}
 	h.version.Store(1)
 	for i := range 3 {
 		name := fmt.Sprintf("relay-%d", i)

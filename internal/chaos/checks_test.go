@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -188,5 +189,43 @@ func TestVerdict_ModeAndFaultKinds(t *testing.T) {
 	rep.Undecodable = 1
 	if got := verdict(rep, plan{mode: atLeastOnce}); len(got) != 1 {
 		t.Errorf("undecodable: %v, want it", got)
+	}
+}
+
+// TestRegistryProxy_PauseHoldsRequests: during a pause no request reaches the
+// registry; a client that gives up is counted as refused, one that waits is answered
+// once the pause ends.
+func TestRegistryProxy_PauseHoldsRequests(t *testing.T) {
+	var reached atomic.Int64
+	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		reached.Add(1)
+		fmt.Fprintln(w, "{}")
+	}))
+	defer upstream.Close()
+	p := newRegistryProxy(t, upstream.URL+"/apis/ccompat/v7")
+	win, end := p.startPause()
+	impatient := &http.Client{Timeout: 100 * time.Millisecond}
+	if resp, err := impatient.Get(p.url + "/subjects"); err == nil {
+		resp.Body.Close()
+		t.Fatal("answered during the pause")
+	}
+	patient := make(chan error, 1)
+	go func() {
+		resp, err := (&http.Client{Timeout: 30 * time.Second}).Get(p.url + "/subjects")
+		if err == nil {
+			resp.Body.Close()
+		}
+		patient <- err
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for win.arrived.Load() < 2 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	end()
+	if err := <-patient; err != nil {
+		t.Errorf("a client waiting through the pause: %v", err)
+	}
+	if win.arrived.Load() != 2 || win.refused.Load() != 1 || reached.Load() != 1 {
+		t.Errorf("arrived %d refused %d reached the registry %d, want 2 1 1", win.arrived.Load(), win.refused.Load(), reached.Load())
 	}
 }

@@ -44,7 +44,6 @@ type harness struct {
 	pg        *testenv.PGService
 	kafka     *testenv.Service
 	proxy     *testenv.DelayProxy
-	registry  *testenv.Service
 	regProxy  *registryProxy
 	relays    []*process
 	consumers []*process
@@ -157,12 +156,11 @@ func (h *harness) inject(f fault) (bool, string) {
 		return failed > 0, fmt.Sprintf("%d writer transactions failed (hard %v)", failed, f.hard)
 	case "registry_pause":
 		// By construction: writers switch to a schema version never resolved before,
-		// and a consumer restarts (cold cache) while the registry is frozen. Harm:
-		// registry requests that arrived during the pause and were not answered.
-		win := h.regProxy.open()
+		// and a consumer restarts (cold cache) while the registry does not answer.
+		// Harm: registry requests that arrived during the pause and were not answered.
 		v := h.version.Add(1)
-		paused := make(chan struct{})
-		go func() { h.registry.Pause(f.pause + 2*time.Second); close(paused) }()
+		paused := make(chan *registryWindow)
+		go func() { paused <- h.regProxy.pause(f.pause + 2*time.Second) }()
 		time.Sleep(500 * time.Millisecond)
 		c := h.consumers[f.target%len(h.consumers)]
 		m := h.locks[c.name]
@@ -170,8 +168,7 @@ func (h *harness) inject(f fault) (bool, string) {
 		c.stop()
 		c.start(h.t)
 		m.Unlock()
-		<-paused
-		h.regProxy.close()
+		win := <-paused
 		// Requests that arrived during the pause end when their client gives up or
 		// the thawed registry answers.
 		deadline := time.Now().Add(30 * time.Second)

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 )
 
 // schemaText is version v of the Tick schema: v 1 is the Go type's own (key, seq);
@@ -27,14 +28,21 @@ func schemaText(v int) string {
 	return `{"type":"record","name":"Tick","fields":[` + strings.Join(fields, ",") + `]}`
 }
 
-// registryProxy sits between the relays and consumers and the registry, and counts
-// the requests that arrived while a pause window was open and were not answered
-// (the registry frozen: the client gave up, or the upstream failed): the observed
-// harm of a registry_pause.
+// registryProxy sits between the relays and consumers and the registry. It makes the
+// registry pauses: while paused it holds every request (the registry does not answer),
+// and forwards those whose client still waits when the pause ends. It counts the
+// requests that arrived during a pause and were not answered (the client gave up, or
+// the upstream failed): the observed harm of a registry_pause.
+//
+// The pause is made here rather than by freezing the registry (SIGSTOP): Apicurio
+// frozen in the middle of a registration kept a transaction of its H2 store open
+// after it resumed, and every later registration waited on that row lock (seed
+// 1796029200983974505: no schema could be registered for the rest of the run).
 type registryProxy struct {
 	url    string
 	window atomic.Pointer[registryWindow]
-	failed atomic.Int64 // all requests not answered, over the run
+	hold   atomic.Pointer[chan struct{}] // closed when the pause ends
+	failed atomic.Int64                  // all requests not answered, over the run
 }
 
 // registryWindow counts the requests that arrived during one pause.
@@ -62,6 +70,17 @@ func newRegistryProxy(t *testing.T, upstream string) *registryProxy {
 			win.inflight.Add(1)
 			defer win.inflight.Add(-1)
 		}
+		if hold := p.hold.Load(); hold != nil {
+			select {
+			case <-*hold:
+			case <-r.Context().Done(): // the client gave up while the registry was paused
+				p.failed.Add(1)
+				if win != nil {
+					win.refused.Add(1)
+				}
+				return
+			}
+		}
 		sw := &statusWriter{ResponseWriter: w}
 		rp.ServeHTTP(sw, r)
 		if sw.status == 0 || sw.status >= 500 || r.Context().Err() != nil {
@@ -84,6 +103,26 @@ func (p *registryProxy) open() *registryWindow {
 }
 
 func (p *registryProxy) close() { p.window.Store(nil) }
+
+// pause holds every request for d, counting them in a window it returns.
+func (p *registryProxy) pause(d time.Duration) *registryWindow {
+	w, end := p.startPause()
+	time.Sleep(d)
+	end()
+	return w
+}
+
+// startPause holds every request until end is called, counting them in w.
+func (p *registryProxy) startPause() (w *registryWindow, end func()) {
+	w = p.open()
+	hold := make(chan struct{})
+	p.hold.Store(&hold)
+	return w, func() {
+		p.hold.Store(nil)
+		close(hold)
+		p.close()
+	}
+}
 
 type statusWriter struct {
 	http.ResponseWriter
