@@ -21,6 +21,18 @@ type ShardStatus struct {
 	OldestAge    time.Duration
 	Owner        string
 	LeaseExpires time.Time
+	Generation   int64 // the lease generation, bumped by every claim
+}
+
+// ReplicaStatus is one live replica as it last reported itself.
+type ReplicaStatus struct {
+	ID   string
+	Mode string // ModeAtLeastOnce or ModeExactlyOnce
+	// OpenTxnAge is the age of its oldest open Kafka transaction at its last
+	// heartbeat (exactly-once mode; 0 when none).
+	OpenTxnAge   time.Duration
+	FencedWrites int64 // writes refused because a lease was lost, since it started
+	AbortedTxns  int64 // Kafka transactions aborted, since it started
 }
 
 // Status is what `relaybox status` shows.
@@ -29,6 +41,7 @@ type Status struct {
 	OldestAge      time.Duration
 	Shards         []ShardStatus
 	Replicas       []string
+	ReplicaDetails []ReplicaStatus
 	Parked         int64
 	ParkedByReason map[string]int64
 }
@@ -45,7 +58,7 @@ func ReadStatus(ctx context.Context, pool *pgxpool.Pool, schema string) (*Status
 	q := func(t string) string { return pgx.Identifier{schemaOr(schema), t}.Sanitize() }
 	st := &Status{ParkedByReason: map[string]int64{}}
 	rows, err := pool.Query(ctx, `SELECT l.shard, coalesce(b.n, 0), coalesce(extract(epoch FROM now() - b.oldest), 0)::float8,
-		coalesce(l.owner, ''), coalesce(l.expires_at, 'epoch')
+		coalesce(l.owner, ''), coalesce(l.expires_at, 'epoch'), l.generation
 		FROM `+q("shard_leases")+` l LEFT JOIN (
 			SELECT shard, count(*) n, min(created_at) oldest FROM `+q("outbox")+`
 			WHERE published_at IS NULL AND parked_at IS NULL GROUP BY shard) b ON b.shard = l.shard
@@ -56,7 +69,7 @@ func ReadStatus(ctx context.Context, pool *pgxpool.Pool, schema string) (*Status
 	for rows.Next() {
 		var s ShardStatus
 		var age float64
-		if err := rows.Scan(&s.Shard, &s.Backlog, &age, &s.Owner, &s.LeaseExpires); err != nil {
+		if err := rows.Scan(&s.Shard, &s.Backlog, &age, &s.Owner, &s.LeaseExpires, &s.Generation); err != nil {
 			return nil, err
 		}
 		s.OldestAge = time.Duration(age * float64(time.Second))
@@ -67,11 +80,19 @@ func ReadStatus(ctx context.Context, pool *pgxpool.Pool, schema string) (*Status
 	if err := rows.Err(); err != nil {
 		return nil, err
 	}
-	rows, err = pool.Query(ctx, `SELECT id FROM `+q("replicas")+` WHERE expires_at > now() ORDER BY id`)
+	rows, err = pool.Query(ctx, `SELECT id, mode, coalesce(extract(epoch FROM heartbeat_at - txn_open_since), 0)::float8,
+		fenced_writes, aborted_txns FROM `+q("replicas")+` WHERE expires_at > now() ORDER BY id`)
 	if err != nil {
 		return nil, err
 	}
-	if st.Replicas, err = pgx.CollectRows(rows, pgx.RowTo[string]); err != nil {
+	var rs ReplicaStatus
+	var txnAge float64
+	if _, err := pgx.ForEachRow(rows, []any{&rs.ID, &rs.Mode, &txnAge, &rs.FencedWrites, &rs.AbortedTxns}, func() error {
+		rs.OpenTxnAge = time.Duration(max(txnAge, 0) * float64(time.Second))
+		st.Replicas = append(st.Replicas, rs.ID)
+		st.ReplicaDetails = append(st.ReplicaDetails, rs)
+		return nil
+	}); err != nil {
 		return nil, err
 	}
 	rows, err = pool.Query(ctx, `SELECT split_part(coalesce(last_error, 'unknown'), ':', 1), count(*) FROM `+q("outbox")+

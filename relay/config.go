@@ -32,20 +32,70 @@ type Hooks struct {
 	OnRead func(shard, rows int, d time.Duration)
 	// OnPublished: one record acked, latency from its commit to the ack.
 	OnPublished func(latency time.Duration)
-	// OnError: a failure of kind "kafka", "registry", "postgres" or "lease".
+	// OnError: a failure of kind ErrorKafka, ErrorRegistry, ErrorPostgres or
+	// ErrorLease.
 	OnError func(kind string, err error)
 	// OnParked: an event parked with reason kind ("incompatible_schema",
 	// "schema_not_registered", "too_large", "topic_missing", "invalid").
 	OnParked func(kind string)
 	// OnShards: the set of shards this replica owns changed.
 	OnShards func(owned []int)
+	// OnLease: a drain of a shard started under a lease generation, or stopped
+	// because the lease was lost.
+	OnLease func(LeaseEvent)
+	// OnFenced: an outcome write (or, in exactly-once mode, a transaction) was refused
+	// because this replica no longer holds the lease it was made under.
+	OnFenced func(FencedEvent)
+	// OnTransaction: exactly-once mode ended a Kafka transaction.
+	OnTransaction func(TransactionEvent)
 }
 
-// Defaults of Config.BatchSize and Config.MaxInFlightBatches (the CLI's too): 16000
-// rows in flight at most.
+// LeaseEvent is the argument of Hooks.OnLease.
+type LeaseEvent struct {
+	Shard      int
+	Generation int64 // bumped by every claim of the shard
+	Acquired   bool  // true: a drain started; false: the lease was lost
+}
+
+// FencedEvent is the argument of Hooks.OnFenced.
+type FencedEvent struct {
+	Shards []int // the shards of the batch (usually one)
+	Rows   int   // rows the write did not change: they belong to the lease's new owner
+	Op     string
+}
+
+// TransactionEvent is the argument of Hooks.OnTransaction.
+type TransactionEvent struct {
+	Shard     int
+	Records   int
+	Committed bool  // false: aborted (Err says why)
+	Fenced    bool  // the next owner's producer fenced this one
+	Err       error // nil when committed
+	Duration  time.Duration
+}
+
+// The kinds of Hooks.OnError.
+const (
+	ErrorKafka    = "kafka"
+	ErrorRegistry = "registry"
+	ErrorPostgres = "postgres"
+	ErrorLease    = "lease"
+)
+
+// The modes of a replica, as `relaybox status` shows them.
+const (
+	ModeAtLeastOnce = "at-least-once"
+	ModeExactlyOnce = "exactly-once"
+)
+
+// Defaults of Config (the CLI's too). DefaultBatchSize × DefaultMaxInFlightBatches:
+// 16000 rows in flight at most.
 const (
 	DefaultBatchSize          = 4000
 	DefaultMaxInFlightBatches = 4
+	DefaultLeaseTTL           = 15 * time.Second
+	DefaultPollInterval       = time.Second
+	DefaultShutdownGrace      = 20 * time.Second
 )
 
 // Config configures a Relay.
@@ -118,6 +168,26 @@ type Config struct {
 	UnreadyAfter time.Duration
 	// MaxBackoff caps the exponential backoff after failures. Defaults to 30s.
 	MaxBackoff time.Duration
+	// ShutdownGrace bounds how long Run, once ctx is cancelled, waits for the batches
+	// in flight (leases are renewed meanwhile); then the Kafka client is closed, the
+	// records still waiting fail and their rows stay. Defaults to 20s.
+	ShutdownGrace time.Duration
+	// ExactlyOnce publishes each batch in a Kafka transaction, with one transactional
+	// id per shard: a read_committed reader then sees every event once, in key order,
+	// whatever fails (docs/guarantees.md). Every replica sharing the outbox must run in
+	// the same mode: a replica does not claim shards while one of the other mode is
+	// live. Defaults to false (at-least-once).
+	ExactlyOnce bool
+	// TransactionalIDPrefix names the shards' transactional ids (prefix-<shard>) in
+	// exactly-once mode. Two relays with the same prefix fence each other: it must
+	// be unique per outbox. Defaults to relaybox-<database system identifier>-<Schema>.
+	TransactionalIDPrefix string
+	// CommitLogTopic is the compacted topic (64 partitions, one per shard) where
+	// exactly-once mode records, inside each transaction, which outbox rows it carried,
+	// so the next owner of a shard does not publish them again. Created if missing.
+	// Defaults to "<TransactionalIDPrefix>.commits" with characters Kafka refuses
+	// replaced by "_".
+	CommitLogTopic string
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 	// Hooks for metrics.
@@ -146,10 +216,13 @@ func (c *Config) withDefaults() (Config, error) {
 		r.MaxInFlightBatches = DefaultMaxInFlightBatches
 	}
 	if r.PollInterval == 0 {
-		r.PollInterval = time.Second
+		r.PollInterval = DefaultPollInterval
 	}
 	if r.LeaseTTL == 0 {
-		r.LeaseTTL = 15 * time.Second
+		r.LeaseTTL = DefaultLeaseTTL
+	}
+	if r.ShutdownGrace == 0 {
+		r.ShutdownGrace = DefaultShutdownGrace
 	}
 	if r.HeartbeatInterval == 0 {
 		r.HeartbeatInterval = r.LeaseTTL / 5

@@ -120,6 +120,7 @@ type seen struct {
 	distinct   int
 	duplicates int
 	violations int
+	stale      int // records (first or not) that landed after a newer record of their key
 	byKey      map[string][]int64
 }
 
@@ -130,9 +131,9 @@ func readBack(t *testing.T, topic string, want int, timeout time.Duration) *seen
 
 // readBackFrom is readBack on the given brokers ("" for KAFKA_BROKERS) and registry;
 // order is checked per topic and key.
-func readBackFrom(t *testing.T, brokers, registryURL string, topics []string, want int, timeout time.Duration) *seen {
+func readBackFrom(t *testing.T, brokers, registryURL string, topics []string, want int, timeout time.Duration, extra ...kgo.Opt) *seen {
 	t.Helper()
-	opts := []kgo.Opt{kgo.ConsumeTopics(topics...), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart())}
+	opts := append([]kgo.Opt{kgo.ConsumeTopics(topics...), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart())}, extra...)
 	if brokers != "" {
 		opts = append(opts, kgo.SeedBrokers(brokers))
 	}
@@ -142,6 +143,7 @@ func readBackFrom(t *testing.T, brokers, registryURL string, topics []string, wa
 	s := &seen{byKey: map[string][]int64{}}
 	first := map[string]bool{}
 	last := map[string]int64{}
+	newest := map[string]int64{}
 	reg := registry.New(registryURL, registry.Options{})
 	for s.distinct < want {
 		fs := cl.PollFetches(ctx)
@@ -166,6 +168,11 @@ func readBackFrom(t *testing.T, brokers, registryURL string, topics []string, wa
 				t.Fatalf("record key %q carries value key %q", rec.Key, v.Key)
 			}
 			k := fmt.Sprintf("%s/%s/%d", rec.Topic, v.Key, v.Seq)
+			nk := rec.Topic + "/" + v.Key
+			if v.Seq < newest[nk] {
+				s.stale++
+			}
+			newest[nk] = max(newest[nk], v.Seq)
 			if first[k] {
 				s.duplicates++
 				return

@@ -125,9 +125,10 @@ func runStatus(ctx context.Context, args []string, out io.Writer) error {
 		}
 	}
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "REPLICA\tSHARDS\tHELD")
-	for _, r := range st.Replicas {
-		fmt.Fprintf(tw, "%s\t%d\t%s\n", r, len(owners[r]), strings.Join(owners[r], ","))
+	fmt.Fprintln(tw, "REPLICA\tMODE\tOPEN TXN\tFENCED\tABORTED\tSHARDS\tHELD")
+	for _, r := range st.ReplicaDetails {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%s\n", r.ID, r.Mode, r.OpenTxnAge.Round(time.Millisecond), r.FencedWrites, r.AbortedTxns,
+			len(owners[r.ID]), strings.Join(owners[r.ID], ","))
 	}
 	tw.Flush()
 	tw = tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)

@@ -25,6 +25,10 @@ type relayMetrics struct {
 	errors    *prometheus.CounterVec
 	parkedTot *prometheus.CounterVec
 	owned     prometheus.Gauge
+	fenced    *prometheus.CounterVec
+	txns      *prometheus.CounterVec
+	txnTime   prometheus.Histogram
+	mode      *prometheus.GaugeVec
 	pool      *pgxpool.Pool
 	schema    string
 	backlogD  *prometheus.Desc
@@ -52,16 +56,27 @@ func newRelayMetrics(pool *pgxpool.Pool, schema string) *relayMetrics {
 			Help: "Events parked by this replica, by reason."}, []string{"reason"}),
 		owned: prometheus.NewGauge(prometheus.GaugeOpts{Name: "relaybox_relay_owned_shards",
 			Help: "Shards this replica holds the lease of."}),
+		fenced: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "relaybox_relay_fenced_writes_total",
+			Help: "Rows (or, for op=\"kafka transaction\", transactions) this replica's writes left alone because the lease had passed to another owner."}, []string{"op"}),
+		txns: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "relaybox_relay_transactions_total",
+			Help: "Kafka transactions ended in exactly-once mode, by outcome (committed, aborted, fenced)."}, []string{"outcome"}),
+		txnTime: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "relaybox_relay_transaction_seconds",
+			Help: "Time from a transaction's begin to its end (exactly-once mode).", Buckets: prometheus.ExponentialBuckets(0.001, 2, 16)}),
+		mode: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "relaybox_relay_mode",
+			Help: "1 for this replica's mode (at-least-once or exactly-once)."}, []string{"mode"}),
 		pool: pool, schema: schema,
 		backlogD:  prometheus.NewDesc("relaybox_outbox_backlog", "Unpublished, unparked events per shard.", []string{"shard"}, nil),
 		oldestD:   prometheus.NewDesc("relaybox_outbox_oldest_unpublished_seconds", "Age of the oldest unpublished event per shard.", []string{"shard"}, nil),
 		parkedD:   prometheus.NewDesc("relaybox_outbox_parked", "Parked events by reason.", []string{"reason"}, nil),
 		replicasD: prometheus.NewDesc("relaybox_relay_live_replicas", "Relay replicas with a live heartbeat.", nil, nil),
 	}
-	m.registry.MustRegister(m.published, m.latency, m.batchSize, m.batchTime, m.readTime, m.errors, m.parkedTot, m.owned, m,
+	m.registry.MustRegister(m.published, m.latency, m.batchSize, m.batchTime, m.readTime, m.errors, m.parkedTot, m.owned, m.fenced, m.txns, m.txnTime, m.mode, m,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	for _, k := range []string{"kafka", "registry", "postgres", "lease"} {
+	for _, k := range []string{relay.ErrorKafka, relay.ErrorRegistry, relay.ErrorPostgres, relay.ErrorLease} {
 		m.errors.WithLabelValues(k)
+	}
+	for _, o := range []string{"committed", "aborted", "fenced"} {
+		m.txns.WithLabelValues(o)
 	}
 	return m
 }
@@ -78,6 +93,18 @@ func (m *relayMetrics) hooks() relay.Hooks {
 		OnError:     func(kind string, _ error) { m.errors.WithLabelValues(kind).Inc() },
 		OnParked:    func(reason string) { m.parkedTot.WithLabelValues(reason).Inc() },
 		OnShards:    func(owned []int) { m.owned.Set(float64(len(owned))) },
+		OnFenced:    func(e relay.FencedEvent) { m.fenced.WithLabelValues(e.Op).Add(float64(e.Rows)) },
+		OnTransaction: func(e relay.TransactionEvent) {
+			m.txnTime.Observe(e.Duration.Seconds())
+			switch {
+			case e.Committed:
+				m.txns.WithLabelValues("committed").Inc()
+			case e.Fenced:
+				m.txns.WithLabelValues("fenced").Inc()
+			default:
+				m.txns.WithLabelValues("aborted").Inc()
+			}
+		},
 	}
 }
 

@@ -107,8 +107,12 @@ func defineRelay(f *flags) *relayOpts {
 	f.str(&c.ReplicaID, "replica-id", "RELAYBOX_REPLICA_ID", "", "this replica's name (default hostname-pid-random)")
 	f.num(&c.BatchSize, "batch-size", "RELAYBOX_BATCH_SIZE", relay.DefaultBatchSize, "rows read per shard per batch")
 	f.num(&c.MaxInFlightBatches, "max-inflight-batches", "RELAYBOX_MAX_INFLIGHT_BATCHES", relay.DefaultMaxInFlightBatches, "shards with a backlog reading and publishing at once (bounds memory)")
-	f.dur(&c.PollInterval, "poll-interval", "RELAYBOX_POLL_INTERVAL", time.Second, "poll interval when no NOTIFY arrives")
-	f.dur(&c.LeaseTTL, "lease-ttl", "RELAYBOX_LEASE_TTL", 15*time.Second, "shard lease time to live")
+	f.dur(&c.PollInterval, "poll-interval", "RELAYBOX_POLL_INTERVAL", relay.DefaultPollInterval, "poll interval when no NOTIFY arrives")
+	f.dur(&c.LeaseTTL, "lease-ttl", "RELAYBOX_LEASE_TTL", relay.DefaultLeaseTTL, "shard lease time to live")
+	f.dur(&c.ShutdownGrace, "shutdown-grace", "RELAYBOX_SHUTDOWN_GRACE", relay.DefaultShutdownGrace, "on SIGTERM, how long batches in flight may wait for Kafka (leases are renewed meanwhile)")
+	f.boolean(&c.ExactlyOnce, "exactly-once", "RELAYBOX_EXACTLY_ONCE", false, "publish each batch in a Kafka transaction: read_committed readers see every event once (docs/guarantees.md); every replica must use the same mode")
+	f.str(&c.TransactionalIDPrefix, "transactional-id-prefix", "RELAYBOX_TRANSACTIONAL_ID_PREFIX", "", "exactly-once: prefix of the shards' transactional ids (default relaybox-<database system identifier>-<schema>)")
+	f.str(&c.CommitLogTopic, "commit-log-topic", "RELAYBOX_COMMIT_LOG_TOPIC", "", "exactly-once: compacted topic recording what each transaction carried (default <prefix>.commits)")
 	f.dur(&c.HeartbeatInterval, "heartbeat-interval", "RELAYBOX_HEARTBEAT_INTERVAL", 0, "lease renewal interval (default lease-ttl/5)")
 	f.num(&c.MaxRecordBytes, "max-record-bytes", "RELAYBOX_MAX_RECORD_BYTES", 1<<20, "largest record to produce; larger events park")
 	f.str(&c.Compression, "compression", "RELAYBOX_COMPRESSION", "snappy", "compression of produced batches: snappy, lz4, zstd, gzip or none")
@@ -167,6 +171,11 @@ func runRelay(ctx context.Context, args []string, out io.Writer) error {
 	cfg.Logger = log
 	m := newRelayMetrics(pool, o.schema)
 	cfg.Hooks = m.hooks()
+	mode := relay.ModeAtLeastOnce
+	if cfg.ExactlyOnce {
+		mode = relay.ModeExactlyOnce
+	}
+	m.mode.WithLabelValues(mode).Set(1)
 	r, err := relay.New(pool, &cfg)
 	if err != nil {
 		return err

@@ -1,0 +1,272 @@
+package relay
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/relaybox/relaybox/internal/envelope"
+	"github.com/relaybox/relaybox/internal/registry"
+	"github.com/relaybox/relaybox/internal/wire"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+type outboxRow struct {
+	id                                          int64
+	eventID                                     uuid.UUID
+	topic, key, typ, aggType, subject           string
+	fp                                          []byte
+	framed                                      framedPayload // wire.HeaderLen bytes of room, then the payload
+	headers                                     headerScan
+	occurred, created                           time.Time
+	corr, caus, source, traceparent, tracestate string
+}
+
+func (r *Relay) read(ctx context.Context, shards []int) ([]outboxRow, error) {
+	shard := shards[0]
+	conn, err := r.pool.Acquire(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("reading shard %d: %w", shard, err)
+	}
+	defer conn.Release()
+	start := time.Now()
+	var rows pgx.Rows
+	if len(shards) == 1 {
+		rows, err = conn.Query(ctx, r.sql.read, shard, r.cfg.BatchSize)
+	} else {
+		rows, err = conn.Query(ctx, r.sql.readMany, shards, r.cfg.BatchSize)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading shard %d: %w", shard, err)
+	}
+	defer rows.Close()
+	var out []outboxRow
+	for rows.Next() {
+		var o outboxRow
+		if err := rows.Scan(&o.id, &o.eventID, &o.topic, &o.key, &o.typ, &o.aggType, &o.subject, &o.fp, &o.framed,
+			&o.headers, &o.occurred, &o.created, &o.corr, &o.caus, &o.source, &o.traceparent, &o.tracestate); err != nil {
+			return nil, fmt.Errorf("reading shard %d: %w", shard, err)
+		}
+		out = append(out, o)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("reading shard %d: %w", shard, err)
+	}
+	if r.cfg.Hooks.OnRead != nil {
+		r.cfg.Hooks.OnRead(shard, len(out), time.Since(start))
+	}
+	return out, nil
+}
+
+// appendUUID appends u in its canonical 36-character form.
+func appendUUID(dst []byte, u uuid.UUID) []byte {
+	const hex = "0123456789abcdef"
+	for i, b := range u {
+		if i == 4 || i == 6 || i == 8 || i == 10 {
+			dst = append(dst, '-')
+		}
+		dst = append(dst, hex[b>>4], hex[b&0x0f])
+	}
+	return dst
+}
+
+// framedPayload scans the payload column into a buffer with room for the wire
+// header in front, so framing the record writes 5 bytes instead of copying the
+// payload again.
+type framedPayload []byte
+
+// ScanBytes implements pgtype.BytesScanner; src is driver memory, copied once here.
+func (f *framedPayload) ScanBytes(src []byte) error {
+	if src == nil {
+		return errors.New("payload is NULL")
+	}
+	b := make([]byte, wire.HeaderLen+len(src))
+	copy(b[wire.HeaderLen:], src)
+	*f = b
+	return nil
+}
+
+// headerScan scans the headers column (jsonb) straight from driver memory: the
+// common '{}' costs no allocation.
+type headerScan map[string]string
+
+// ScanBytes implements pgtype.BytesScanner.
+func (h *headerScan) ScanBytes(src []byte) error {
+	*h = headerMap(src)
+	return nil
+}
+
+// headerMap reads the headers column. Values should be strings; anything else a
+// plain-SQL writer put there is passed on as its JSON text rather than failing the
+// shard's read.
+func headerMap(raw []byte) map[string]string {
+	if len(raw) <= 2 { // "{}", the common case
+		return nil
+	}
+	var m map[string]json.RawMessage
+	if json.Unmarshal(raw, &m) != nil {
+		return nil
+	}
+	out := make(map[string]string, len(m))
+	for k, v := range m {
+		var s string
+		if json.Unmarshal(v, &s) == nil {
+			out[k] = s
+		} else {
+			out[k] = string(v)
+		}
+	}
+	return out
+}
+
+func (r *Relay) loadSchemas(ctx context.Context, rows []outboxRow) error {
+	var missing [][]byte
+	seen := map[[32]byte]bool{}
+	r.schemaMu.RLock()
+	for _, o := range rows {
+		var k [32]byte
+		copy(k[:], o.fp)
+		if _, ok := r.schemas[k]; !ok && !seen[k] {
+			seen[k] = true
+			missing = append(missing, o.fp)
+		}
+	}
+	r.schemaMu.RUnlock()
+	if len(missing) == 0 {
+		return nil
+	}
+	qr, err := r.pool.Query(ctx, r.sql.schemas, missing)
+	if err != nil {
+		return fmt.Errorf("reading schemas: %w", err)
+	}
+	defer qr.Close()
+	r.schemaMu.Lock()
+	defer r.schemaMu.Unlock()
+	for qr.Next() {
+		var fp []byte
+		var text string
+		if err := qr.Scan(&fp, &text); err != nil {
+			return err
+		}
+		var k [32]byte
+		copy(k[:], fp)
+		r.schemas[k] = text
+	}
+	return qr.Err()
+}
+
+// build frames one row into a Kafka record. It returns a park kind and reason for
+// events that cannot be published as they are, or an error when the registry is
+// unavailable.
+func (r *Relay) build(ctx context.Context, o *outboxRow) (*kgo.Record, string, string, error) {
+	var k [32]byte
+	copy(k[:], o.fp)
+	r.schemaMu.RLock()
+	text, ok := r.schemas[k]
+	r.schemaMu.RUnlock()
+	if !ok {
+		return nil, ParkInvalid, "schema fingerprint not in the schema store", nil
+	}
+	id, err := r.cfg.Registry.ID(ctx, o.subject, text, r.cfg.AutoRegister)
+	switch {
+	case err == nil:
+	case registry.IsIncompatible(err):
+		return nil, ParkIncompatible, err.Error(), nil
+	case registry.IsNotFound(err) && !r.cfg.AutoRegister:
+		return nil, ParkNotRegistered, err.Error(), nil
+	default:
+		return nil, "", "", err
+	}
+	value := []byte(o.framed)
+	wire.PutHeader(value, uint32(id))
+	// The key and the header values share one allocation: they live as long as the
+	// record. A slice handed out stays valid if a later append moves the arena.
+	n := len(o.key) + 36 + 35 + len(o.typ) + len(o.aggType) + len(o.corr) + len(o.caus) + len(o.source) +
+		len(o.subject) + len(o.traceparent) + len(o.tracestate)
+	for _, v := range o.headers {
+		n += len(v)
+	}
+	arena := make([]byte, 0, n)
+	mark := 0
+	take := func() []byte {
+		v := arena[mark:len(arena):len(arena)]
+		mark = len(arena)
+		return v
+	}
+	hs := make([]kgo.RecordHeader, 0, 10+len(o.headers))
+	add := func(k, v string) {
+		if v != "" {
+			arena = append(arena, v...)
+			hs = append(hs, kgo.RecordHeader{Key: k, Value: take()})
+		}
+	}
+	arena = append(arena, o.key...)
+	key := take()
+	arena = appendUUID(arena, o.eventID)
+	hs = append(hs, kgo.RecordHeader{Key: envelope.EventID, Value: take()})
+	add(envelope.EventType, o.typ)
+	add(envelope.AggregateType, o.aggType)
+	arena = o.occurred.UTC().AppendFormat(arena, time.RFC3339Nano)
+	hs = append(hs, kgo.RecordHeader{Key: envelope.OccurredAt, Value: take()})
+	add(envelope.CorrelationID, o.corr)
+	add(envelope.CausationID, o.caus)
+	add(envelope.Source, o.source)
+	add(envelope.Subject, o.subject)
+	add(envelope.TraceParent, o.traceparent)
+	add(envelope.TraceState, o.tracestate)
+	size := len(o.key) + len(value) + 64
+	for hk, hv := range o.headers {
+		if envelope.Reserved(hk) {
+			continue
+		}
+		add(hk, hv)
+	}
+	for _, h := range hs {
+		size += len(h.Key) + len(h.Value) + 4
+	}
+	if size > r.cfg.MaxRecordBytes {
+		return nil, ParkTooLarge, fmt.Sprintf("record is %d bytes, limit %d (MaxRecordBytes)", size, r.cfg.MaxRecordBytes), nil
+	}
+	o.framed = nil // the record holds it now
+	return &kgo.Record{Topic: o.topic, Key: key, Value: value, Headers: hs}, "", "", nil
+}
+
+// classifyProduce returns a park kind for produce errors that retrying cannot fix.
+func (r *Relay) classifyProduce(ctx context.Context, o *outboxRow, err error) (string, string) {
+	switch {
+	case errors.Is(err, kerr.MessageTooLarge), errors.Is(err, kerr.RecordListTooLarge):
+		return ParkTooLarge, err.Error()
+	case errors.Is(err, kerr.InvalidRecord), errors.Is(err, kerr.InvalidTopicException):
+		return ParkInvalid, err.Error()
+	case errors.Is(err, kerr.UnknownTopicOrPartition):
+		if r.cfg.AutoCreateTopics {
+			r.createTopic(ctx, o.topic)
+			return "", ""
+		}
+		return ParkTopicMissing, fmt.Sprintf("topic %q does not exist (create it, or run the relay with auto-create topics)", o.topic)
+	}
+	return "", ""
+}
+
+func (r *Relay) createTopic(ctx context.Context, topic string) {
+	if _, done := r.topicsMade.Load(topic); done {
+		return
+	}
+	cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := r.adm.CreateTopic(cctx, r.cfg.TopicPartitions, -1, nil, topic)
+	if err == nil {
+		err = resp.Err
+	}
+	if err != nil && !errors.Is(err, kerr.TopicAlreadyExists) {
+		r.log.Warn("auto-creating topic failed", "topic", topic, "err", err)
+		return
+	}
+	r.topicsMade.Store(topic, true)
+	r.log.Info("auto-created topic", "topic", topic, "partitions", r.cfg.TopicPartitions)
+}

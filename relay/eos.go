@@ -1,0 +1,558 @@
+package relay
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+// Exactly-once mode (Config.ExactlyOnce).
+//
+// Each shard has its own transactional id, <prefix>-<shard>, and so its own Kafka
+// client (franz-go allows one transactional id, and one open transaction, per client).
+// When a replica starts draining a shard it first initialises the producer id: Kafka
+// bumps the id's epoch, which fences the previous owner's producer (its open
+// transaction is aborted, its later produce or commit fails). Only then does it read
+// the shard's state.
+//
+// Every batch is one transaction holding the batch's records and one record on the
+// commit log topic (compacted, partition = shard) listing the outbox ids the
+// transaction carried, plus any ids committed before and not yet deleted from the
+// outbox. After the commit the rows are deleted (fenced by the lease generation). A
+// crash between Kafka's commit and Postgres's delete therefore cannot republish: the
+// next owner reads the shard's last committed commit-log record (read_committed) and
+// deletes those rows before it drains. The ids are carried, not a high-water mark:
+// outbox ids are not commit order.
+//
+// A transaction that fails in any way is aborted (or its outcome is unknown): the
+// shard's client is closed and the next batch starts with a new one, which reads the
+// commit log again, so a commit whose answer was lost is not published twice.
+
+// errTxnAborted marks the records of an aborted transaction: they are retried.
+var errTxnAborted = errors.New("kafka transaction aborted")
+
+// eosMeta is resolved at Run: the transactional id prefix and the commit log topic.
+type eosMeta struct {
+	prefix, topic string
+}
+
+// shardTxn is a shard's transactional producer.
+type shardTxn struct {
+	cl        *kgo.Client
+	pending   []int64      // committed to Kafka, not yet deleted from the outbox
+	openSince atomic.Int64 // unix nanos of the open transaction's start, 0 if none
+}
+
+// mode is this replica's mode, as the replicas table and status show it.
+func (r *Relay) mode() string {
+	if r.cfg.ExactlyOnce {
+		return ModeExactlyOnce
+	}
+	return ModeAtLeastOnce
+}
+
+// txnOpenSince is the start of the oldest open transaction, or nil.
+func (r *Relay) txnOpenSince() *time.Time {
+	if !r.cfg.ExactlyOnce {
+		return nil
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var oldest int64
+	for _, m := range []map[int]*shardRun{r.shards, r.retired} {
+		for _, s := range m {
+			if t := s.txnRef(); t != nil {
+				if v := t.openSince.Load(); v != 0 && (oldest == 0 || v < oldest) {
+					oldest = v
+				}
+			}
+		}
+	}
+	if oldest == 0 {
+		return nil
+	}
+	t := time.Unix(0, oldest)
+	return &t
+}
+
+var txnMu sync.Mutex // guards shardRun.txn between a drain and closeTxnClients
+
+func (s *shardRun) txnRef() *shardTxn {
+	txnMu.Lock()
+	defer txnMu.Unlock()
+	return s.txn
+}
+
+func (s *shardRun) setTxn(t *shardTxn) {
+	txnMu.Lock()
+	s.txn = t
+	txnMu.Unlock()
+}
+
+// prepareExactlyOnce resolves the transactional id prefix and makes sure the commit
+// log topic exists with a partition per shard.
+func (r *Relay) prepareExactlyOnce(ctx context.Context) error {
+	prefix := r.cfg.TransactionalIDPrefix
+	if prefix == "" {
+		var sysid int64
+		if err := r.pool.QueryRow(ctx, `SELECT system_identifier FROM pg_control_system()`).Scan(&sysid); err != nil {
+			return fmt.Errorf("relay: exactly-once: reading the database's system identifier for the transactional id prefix "+
+				"(set Config.TransactionalIDPrefix / --transactional-id-prefix instead): %w", err)
+		}
+		prefix = fmt.Sprintf("relaybox-%d-%s", sysid, r.cfg.Schema)
+	}
+	topic := r.cfg.CommitLogTopic
+	if topic == "" {
+		topic = topicSafe(prefix) + ".commits"
+	}
+	r.txnMeta = eosMeta{prefix: prefix, topic: topic}
+	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	resp, err := r.adm.CreateTopic(cctx, 64, -1, map[string]*string{"cleanup.policy": strPtr("compact")}, topic)
+	if err == nil {
+		err = resp.Err
+	}
+	if err != nil && !errors.Is(err, kerr.TopicAlreadyExists) {
+		return fmt.Errorf("relay: exactly-once: creating the commit log topic %q: %w", topic, err)
+	}
+	// A topic just created may not be in the metadata yet: ask until it is.
+	for {
+		td, err := r.adm.ListTopics(cctx, topic)
+		if err == nil {
+			err = td[topic].Err
+		}
+		n := len(td[topic].Partitions)
+		if err == nil && n >= 64 {
+			break
+		}
+		if err == nil && n > 0 {
+			return fmt.Errorf("relay: exactly-once: the commit log topic %q has %d partitions, needs 64 (one per shard)", topic, n)
+		}
+		if cctx.Err() != nil {
+			return fmt.Errorf("relay: exactly-once: describing the commit log topic %q: %w", topic, errors.Join(err, cctx.Err()))
+		}
+		sleep(cctx, 200*time.Millisecond)
+	}
+	r.log.Info("exactly-once mode", "transactional_id_prefix", prefix, "commit_log_topic", topic)
+	return nil
+}
+
+func strPtr(s string) *string { return &s }
+
+// topicSafe replaces the characters Kafka refuses in topic names.
+func topicSafe(s string) string {
+	return strings.Map(func(c rune) rune {
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '.', c == '_', c == '-':
+			return c
+		}
+		return '_'
+	}, s)
+}
+
+// logPartitioner sends commit log records to the partition they name (the shard) and
+// every other record where the default partitioner (the at-least-once mode's) would.
+type logPartitioner struct {
+	topic string
+	def   kgo.Partitioner
+}
+
+func (p logPartitioner) ForTopic(t string) kgo.TopicPartitioner {
+	if t == p.topic {
+		return kgo.ManualPartitioner().ForTopic(t)
+	}
+	return p.def.ForTopic(t)
+}
+
+// startTxn gives s its transactional producer before its first batch, retrying
+// while the lease holds. It returns false if the drain should stop.
+func (r *Relay) startTxn(s *shardRun) bool {
+	for attempt := 1; ; attempt++ {
+		deadline := s.leaseDeadline()
+		if !time.Now().Before(deadline) {
+			r.log.Warn("lease not renewed in time; shard drain stops until it is", "shard", s.shard)
+			return false
+		}
+		ctx, cancel := context.WithDeadline(context.Background(), deadline)
+		err := r.initTxn(ctx, s)
+		cancel()
+		if err == nil {
+			return true
+		}
+		if errors.Is(err, errFenced) {
+			return false
+		}
+		r.fail(ErrorKafka, fmt.Errorf("exactly-once: starting shard %d's producer: %w", s.shard, err))
+		t := time.NewTimer(r.backoff(attempt))
+		select {
+		case <-s.stop:
+			t.Stop()
+			return false
+		case <-t.C:
+		}
+	}
+}
+
+// initTxn creates s's transactional client, initialises its producer id (fencing
+// the previous owner's), then deletes the rows the shard's last committed
+// transaction carried.
+func (r *Relay) initTxn(ctx context.Context, s *shardRun) error {
+	opts := append(slices.Clone(r.kopts),
+		kgo.TransactionalID(r.txnMeta.prefix+"-"+strconv.Itoa(s.shard)),
+		kgo.TransactionTimeout(r.cfg.LeaseTTL),
+		kgo.RecordPartitioner(logPartitioner{topic: r.txnMeta.topic, def: kgo.UniformBytesPartitioner(64<<10, true, true, nil)}),
+	)
+	cl, err := kgo.NewClient(opts...)
+	if err != nil {
+		return err
+	}
+	if _, _, err := cl.ProducerID(ctx); err != nil {
+		cl.Close()
+		return fmt.Errorf("initialising the producer id: %w", err)
+	}
+	ids, err := r.readCommitLog(ctx, s.shard)
+	if err != nil {
+		cl.Close()
+		return fmt.Errorf("reading the commit log: %w", err)
+	}
+	t := &shardTxn{cl: cl}
+	if len(ids) > 0 {
+		b := &batch{shards: []int{s.shard}, gens: []int64{s.gen}}
+		if err := r.record(b, ids); err != nil {
+			cl.Close()
+			return err
+		}
+		r.log.Info("exactly-once: rows of the shard's last committed transaction removed", "shard", s.shard, "rows", len(ids))
+	}
+	s.setTxn(t)
+	r.ok(ErrorKafka)
+	return nil
+}
+
+// closeTxn closes s's transactional client, if any.
+func (r *Relay) closeTxn(s *shardRun) {
+	txnMu.Lock()
+	t := s.txn
+	s.txn = nil
+	txnMu.Unlock()
+	if t != nil {
+		t.cl.Close()
+	}
+}
+
+// closeTxnClients closes every shard's transactional client (shutdown grace over):
+// what waits on them fails.
+func (r *Relay) closeTxnClients() {
+	r.mu.Lock()
+	var ts []*shardTxn
+	for _, m := range []map[int]*shardRun{r.shards, r.retired} {
+		for _, s := range m {
+			if t := s.txnRef(); t != nil {
+				ts = append(ts, t)
+			}
+		}
+	}
+	r.mu.Unlock()
+	for _, t := range ts {
+		t.cl.Close()
+	}
+}
+
+// drainTxn publishes one batch of s in one Kafka transaction.
+func (r *Relay) drainTxn(ctx context.Context, s *shardRun) (batchResult, error) {
+	var res batchResult
+	t := s.txnRef()
+	if t == nil {
+		if err := r.initTxn(ctx, s); err != nil {
+			r.fail(ErrorKafka, fmt.Errorf("exactly-once: restarting shard %d's producer: %w", s.shard, err))
+			return res, err
+		}
+		t = s.txnRef()
+	}
+	b := &batch{shards: []int{s.shard}, gens: []int64{s.gen}}
+	if len(t.pending) > 0 {
+		// Rows committed to Kafka whose delete failed: nothing is read (it would read
+		// them again) until they are gone.
+		if err := r.record(b, t.pending); err != nil {
+			return res, err
+		}
+		t.pending = nil
+	}
+	if err := r.readBatch(ctx, b); err != nil {
+		return res, err
+	}
+	res.read = len(b.rows)
+	if len(b.rows) == 0 {
+		return res, nil
+	}
+	r.buildBatch(ctx, b)
+	if ctx.Err() != nil {
+		return res, errLeaseDeadline
+	}
+	var recs []*pending
+	for _, p := range b.items {
+		if p.rec != nil {
+			recs = append(recs, p)
+		}
+	}
+	if len(recs) > 0 {
+		if err := r.produceTxn(ctx, s, t, recs); err != nil {
+			// Aborted, fenced or unknown: nothing of it counts as published; the
+			// client is replaced and the next one reads the commit log.
+			r.closeTxn(s)
+			for _, p := range recs {
+				if p.err == nil {
+					p.err = fmt.Errorf("%w: %v", errTxnAborted, err)
+				}
+			}
+			r.decide(ctx, b)
+			res, rerr := r.finish(b, res, nil)
+			if isFenced(err) || errors.Is(rerr, errFenced) {
+				return res, errFenced
+			}
+			if rerr != nil {
+				return res, rerr
+			}
+			return res, err
+		}
+	}
+	r.decide(ctx, b)
+	res, err := r.finish(b, res, t.pending)
+	if err != nil && !errors.Is(err, errFenced) {
+		t.pending = append(t.pending, b.out.done...) // committed: carried by the next transaction's log record
+		return res, err
+	}
+	t.pending = nil
+	return res, err
+}
+
+// produceTxn produces recs and the commit log record in one transaction and commits
+// it. A nil error means committed.
+func (r *Relay) produceTxn(ctx context.Context, s *shardRun, t *shardTxn, recs []*pending) error {
+	start := time.Now()
+	if err := t.cl.BeginTransaction(); err != nil {
+		return err
+	}
+	t.openSince.Store(start.UnixNano())
+	defer t.openSince.Store(0)
+	ids := make([]int64, 0, len(t.pending)+len(recs))
+	ids = append(ids, t.pending...)
+	for _, p := range recs {
+		ids = append(ids, p.row.id)
+	}
+	var wg sync.WaitGroup
+	for _, p := range recs {
+		wg.Add(1)
+		p := p
+		t.cl.Produce(ctx, p.rec, func(_ *kgo.Record, err error) {
+			p.err = err
+			wg.Done()
+		})
+	}
+	var logErr error
+	wg.Add(1)
+	t.cl.Produce(ctx, &kgo.Record{Topic: r.txnMeta.topic, Partition: int32(s.shard), Key: []byte("shard-" + strconv.Itoa(s.shard)),
+		Value: encodeCommitLog(s.gen, ids)}, func(_ *kgo.Record, err error) {
+		logErr = err
+		wg.Done()
+	})
+	wg.Wait()
+	err := logErr
+	for _, p := range recs {
+		if err == nil && p.err != nil {
+			err = p.err
+		}
+	}
+	if err == nil && ctx.Err() != nil {
+		err = errLeaseDeadline // the lease may be gone: the next owner publishes these
+	}
+	// Ending the transaction is not bounded by the lease: an abort must reach Kafka,
+	// and a commit's answer must be known (if it is lost, the client is replaced and
+	// the commit log tells the next one what committed).
+	ectx, cancel := context.WithTimeout(context.Background(), r.cfg.LeaseTTL)
+	defer cancel()
+	commit := err == nil
+	endErr := t.cl.EndTransaction(ectx, kgo.TransactionEndTry(commit))
+	ev := TransactionEvent{Shard: s.shard, Records: len(recs), Committed: commit && endErr == nil, Duration: time.Since(start)}
+	if !ev.Committed {
+		if err == nil {
+			err = endErr
+		}
+		ev.Err, ev.Fenced = err, isFenced(err) || isFenced(endErr)
+		r.aborted.Add(1)
+		if ev.Fenced {
+			r.fenced.Add(1)
+			r.log.Warn("exactly-once: transaction fenced by the shard's next owner; its records are not visible", "shard", s.shard, "records", len(recs), "err", err)
+			if r.cfg.Hooks.OnFenced != nil {
+				r.cfg.Hooks.OnFenced(FencedEvent{Shards: []int{s.shard}, Rows: len(recs), Op: "kafka transaction"})
+			}
+		} else {
+			r.log.Warn("exactly-once: transaction aborted; its rows are retried", "shard", s.shard, "records", len(recs), "err", err)
+		}
+	}
+	if r.cfg.Hooks.OnTransaction != nil {
+		r.cfg.Hooks.OnTransaction(ev)
+	}
+	if !ev.Committed {
+		return err
+	}
+	return nil
+}
+
+// isFenced reports whether err says another producer took the transactional id.
+func isFenced(err error) bool {
+	return errors.Is(err, kerr.ProducerFenced) || errors.Is(err, kerr.InvalidProducerEpoch) ||
+		errors.Is(err, kerr.TransactionalIDAuthorizationFailed) || errors.Is(err, kerr.InvalidProducerIDMapping)
+}
+
+// The commit log record's value: version 1, the lease generation, the count, then
+// the sorted ids as deltas (uvarints).
+func encodeCommitLog(gen int64, ids []int64) []byte {
+	ids = slices.Clone(ids)
+	slices.Sort(ids)
+	ids = slices.Compact(ids)
+	b := make([]byte, 0, 16+3*len(ids))
+	b = append(b, 1)
+	b = binary.AppendVarint(b, gen)
+	b = binary.AppendUvarint(b, uint64(len(ids)))
+	prev := int64(0)
+	for _, id := range ids {
+		b = binary.AppendUvarint(b, uint64(id-prev))
+		prev = id
+	}
+	return b
+}
+
+func decodeCommitLog(b []byte) (gen int64, ids []int64, err error) {
+	bad := errors.New("relay: malformed commit log record")
+	if len(b) == 0 || b[0] != 1 {
+		return 0, nil, bad
+	}
+	b = b[1:]
+	gen, n := binary.Varint(b)
+	if n <= 0 {
+		return 0, nil, bad
+	}
+	b = b[n:]
+	count, n := binary.Uvarint(b)
+	if n <= 0 || count > uint64(len(b)) {
+		return 0, nil, bad
+	}
+	b = b[n:]
+	ids = make([]int64, 0, count)
+	prev := int64(0)
+	for range count {
+		d, n := binary.Uvarint(b)
+		if n <= 0 {
+			return 0, nil, bad
+		}
+		b = b[n:]
+		prev += int64(d)
+		ids = append(ids, prev)
+	}
+	if len(b) != 0 {
+		return 0, nil, bad
+	}
+	return gen, ids, nil
+}
+
+// readCommitLog returns the ids of the shard's last committed commit-log record
+// (none if it has none). It reads read_committed, with control records kept, up to
+// the partition's last stable offset: the last offset is a transaction marker or a
+// committed record, so reading stops there even when no record follows.
+func (r *Relay) readCommitLog(ctx context.Context, shard int) ([]int64, error) {
+	topic := r.txnMeta.topic
+	ends, err := r.adm.ListCommittedOffsets(ctx, topic)
+	if err == nil {
+		err = ends.Error()
+	}
+	if err != nil {
+		return nil, err
+	}
+	end, ok := ends.Lookup(topic, int32(shard))
+	if !ok {
+		return nil, fmt.Errorf("commit log topic %q has no partition %d", topic, shard)
+	}
+	starts, err := r.adm.ListStartOffsets(ctx, topic)
+	if err == nil {
+		err = starts.Error()
+	}
+	if err != nil {
+		return nil, err
+	}
+	first, _ := starts.Lookup(topic, int32(shard))
+	if end.Offset <= first.Offset {
+		return nil, nil
+	}
+	window := int64(64)
+	for {
+		from := max(first.Offset, end.Offset-window)
+		val, found, err := r.readLogRange(ctx, shard, from, end.Offset)
+		if err != nil {
+			return nil, err
+		}
+		if found {
+			_, ids, err := decodeCommitLog(val)
+			return ids, err
+		}
+		if from == first.Offset {
+			return nil, nil
+		}
+		window *= 4
+	}
+}
+
+// readLogRange reads [from, end) of the shard's commit log partition and returns the
+// last committed record's value.
+func (r *Relay) readLogRange(ctx context.Context, shard int, from, end int64) ([]byte, bool, error) {
+	topic := r.txnMeta.topic
+	opts := append(slices.Clone(r.kopts),
+		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{topic: {int32(shard): kgo.NewOffset().At(from)}}),
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
+		kgo.KeepControlRecords(),
+		kgo.FetchMaxWait(500*time.Millisecond),
+	)
+	cl, err := kgo.NewClient(opts...)
+	if err != nil {
+		return nil, false, err
+	}
+	defer cl.Close()
+	var last []byte
+	found := false
+	for {
+		fs := cl.PollFetches(ctx)
+		if err := ctx.Err(); err != nil {
+			return nil, false, err
+		}
+		var ferr error
+		fs.EachError(func(_ string, _ int32, err error) { ferr = err })
+		if ferr != nil {
+			return nil, false, ferr
+		}
+		reached := false
+		fs.EachRecord(func(rec *kgo.Record) {
+			if rec.Offset >= end {
+				return
+			}
+			if !rec.Attrs.IsControl() {
+				last, found = rec.Value, true
+			}
+			if rec.Offset >= end-1 {
+				reached = true
+			}
+		})
+		if reached {
+			return last, found, nil
+		}
+	}
+}

@@ -1,0 +1,163 @@
+package relay_test
+
+import (
+	"context"
+	"strconv"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/relaybox/relaybox/internal/testenv"
+	"github.com/relaybox/relaybox/outbox"
+	"github.com/relaybox/relaybox/relay"
+)
+
+// readCommitted reads topic as a read_committed consumer would.
+func readCommitted(t *testing.T, topic string, want int, timeout time.Duration) *seen {
+	t.Helper()
+	return readBackFrom(t, "", testenv.RegistryURL(t), []string{topic}, want, timeout, kgo.FetchIsolationLevel(kgo.ReadCommitted()))
+}
+
+func exact(t *testing.T, got *seen, want int) {
+	t.Helper()
+	if got.distinct != want || got.duplicates != 0 || got.violations != 0 || got.stale != 0 {
+		t.Fatalf("read_committed: distinct %d/%d, duplicates %d, order violations %d, stale after newer %d",
+			got.distinct, want, got.duplicates, got.violations, got.stale)
+	}
+}
+
+// waitUntil polls cond until it holds or the deadline passes (the test fails).
+func waitUntil(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", d, what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func TestRelay_ExactlyOncePublishesEachEventOnceInKeyOrder(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	topic := testEnvTopic(t, 6)
+	var committed atomic.Int64
+	e.relay(t, func(c *relay.Config) {
+		c.ExactlyOnce = true
+		c.TransactionalIDPrefix = "test-" + e.schema
+		c.Hooks.OnTransaction = func(ev relay.TransactionEvent) {
+			if ev.Committed {
+				committed.Add(1)
+			}
+		}
+	})
+	e.write(t, topic, 50, 40, 0)
+	exact(t, readCommitted(t, topic, 2000, 90*time.Second), 2000)
+	waitUntil(t, 30*time.Second, "outbox empty", func() bool { p, _ := e.backlog(t); return p == 0 })
+	if committed.Load() == 0 {
+		t.Fatal("no transaction reported committed")
+	}
+}
+
+// The crash window between Kafka's commit and Postgres's delete: the rows a
+// committed transaction carried stay in the outbox (their delete fails), the replica
+// goes away, and the next owner must not publish them again.
+func TestRelay_ExactlyOnceNextOwnerDoesNotRepublishCommittedRows(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	topic := testEnvTopic(t, 3)
+	prefix := "test-" + e.schema
+	ctx := context.Background()
+	ob := pgx.Identifier{e.schema, "outbox"}.Sanitize()
+	fn := pgx.Identifier{e.schema, "refuse_delete"}.Sanitize()
+	if _, err := e.pool.Exec(ctx, `CREATE FUNCTION `+fn+`() RETURNS trigger LANGUAGE plpgsql AS $$
+		BEGIN RAISE EXCEPTION 'delete refused by the test'; END $$;
+		CREATE TRIGGER refuse BEFORE DELETE ON `+ob+` FOR EACH ROW EXECUTE FUNCTION `+fn+`()`); err != nil {
+		t.Fatal(err)
+	}
+	var committed atomic.Int64
+	_, stop, _ := e.relay(t, func(c *relay.Config) {
+		c.ExactlyOnce, c.TransactionalIDPrefix, c.ReplicaID = true, prefix, "first"
+		c.Hooks.OnTransaction = func(ev relay.TransactionEvent) {
+			if ev.Committed {
+				committed.Add(int64(ev.Records))
+			}
+		}
+	})
+	e.write(t, topic, 20, 10, 0)
+	exact(t, readCommitted(t, topic, 200, 60*time.Second), 200)
+	if p, _ := e.backlog(t); p != 200 {
+		t.Fatalf("%d rows pending, want all 200 (their deletes are refused)", p)
+	}
+	stop()
+	if committed.Load() < 200 {
+		t.Fatalf("first replica committed %d records, want at least 200", committed.Load())
+	}
+	if _, err := e.pool.Exec(ctx, `DROP TRIGGER refuse ON `+ob); err != nil {
+		t.Fatal(err)
+	}
+	e.relay(t, func(c *relay.Config) { c.ExactlyOnce, c.TransactionalIDPrefix, c.ReplicaID = true, prefix, "second" })
+	waitUntil(t, 60*time.Second, "the next owner to delete the committed rows", func() bool { p, _ := e.backlog(t); return p == 0 })
+	// One more event per key (seq 11): the second replica publishes, after the first's
+	// records and without repeating them.
+	evs := make([]outbox.Event, 0, 20)
+	for k := range 20 {
+		key := "key-" + strconv.Itoa(k)
+		evs = append(evs, outbox.Event{Topic: topic, Key: key, Type: "Seq", Value: Seq{Key: key, Seq: 11}})
+	}
+	if err := pgx.BeginFunc(ctx, e.pool, func(tx pgx.Tx) error { return e.w.Write(ctx, tx, evs...) }); err != nil {
+		t.Fatal(err)
+	}
+	exact(t, readCommitted(t, topic, 220, 60*time.Second), 220)
+}
+
+// Two relay processes in exactly-once mode; one is frozen (SIGSTOP) while it holds
+// shards and events flow, past its lease, then resumed. A read_committed reader sees
+// every event once, in key order, nothing stale; the zombie's transactions fail as
+// fenced and its records never become visible.
+func TestRelay_ExactlyOnceFrozenReplicaIsFencedAndTopicStaysExact(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	topic := testEnvTopic(t, 6)
+	eos := []string{"--exactly-once", "--transactional-id-prefix", "test-" + e.schema}
+	ps := []*proc{e.startRelayProcess(t, "r0", eos...), e.startRelayProcess(t, "r1", eos...)}
+	waitUntil(t, 60*time.Second, "two replicas sharing the shards", func() bool { return balanced(e.owners(t), 2) })
+	writing := make(chan struct{})
+	go func() { defer close(writing); e.writeFlow(t, topic, 200, 60, 150*time.Millisecond) }() // ~9 s of flow
+	waitUntil(t, 30*time.Second, "events flowing", func() bool { return published(t, topic) > 2000 })
+	if err := ps[1].cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, 60*time.Second, "r0 to hold every shard", func() bool { return e.owners(t)["r0"] == 64 })
+	if err := ps[1].cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	<-writing
+	exact(t, readCommitted(t, topic, 12000, 120*time.Second), 12000)
+	// The zombie learns it was fenced: its transaction fails, or its fenced writes.
+	var fenced, aborted int64
+	waitUntil(t, 30*time.Second, "the zombie to report a fenced write or aborted transaction", func() bool {
+		err := e.pool.QueryRow(context.Background(), `SELECT fenced_writes, aborted_txns FROM `+
+			pgx.Identifier{e.schema, "replicas"}.Sanitize()+` WHERE id = 'r1'`).Scan(&fenced, &aborted)
+		return err == nil && fenced+aborted > 0
+	})
+	t.Logf("zombie r1: fenced writes %d, aborted transactions %d", fenced, aborted)
+}
+
+// published is the number of records on topic (end offsets summed).
+func published(t *testing.T, topic string) int64 {
+	t.Helper()
+	ends, err := kadm.NewClient(testenv.Client(t)).ListEndOffsets(context.Background(), topic)
+	if err != nil {
+		return 0
+	}
+	var n int64
+	ends.Each(func(o kadm.ListedOffset) { n += o.Offset })
+	return n
+}

@@ -1,0 +1,76 @@
+package relay
+
+import "github.com/jackc/pgx/v5"
+
+type statements struct {
+	upsertReplica, renew, live, claim, release, releaseAll, deleteReplica, purgeReplicas, readMany, held string
+	read, schemas, delete, markPublished, park, attempt, purgePublished                                  string
+}
+
+// fence is the head of every outcome write: the leases ($2 shards, $3 generations)
+// that $4 still holds, locked FOR SHARE for the rest of the transaction. A claim of
+// one of them by another replica (which bumps the generation) either committed
+// before, and the row does not match, or waits until this transaction ends (and the
+// claim's SKIP LOCKED moves past it). Rows of a shard not in held are not touched.
+func fence(leases string) string {
+	return `WITH held AS (SELECT l.shard FROM ` + leases + ` l JOIN unnest($2::int[], $3::bigint[]) g(shard, gen)
+			ON l.shard = g.shard AND l.generation = g.gen WHERE l.owner = $4 FOR SHARE OF l) `
+}
+
+func newStatements(schema string) statements {
+	q := func(t string) string { return pgx.Identifier{schema, t}.Sanitize() }
+	o, l, rp := q("outbox"), q("shard_leases"), q("replicas")
+	f := fence(l)
+	return statements{
+		// $1 id, $2 hostname, $3 TTL, $4 mode, $5 oldest open transaction (or NULL),
+		// $6 fenced writes, $7 aborted transactions.
+		upsertReplica: `INSERT INTO ` + rp + ` (id, hostname, expires_at, mode, txn_open_since, fenced_writes, aborted_txns)
+			VALUES ($1, $2, now() + $3::interval, $4, $5, $6, $7)
+			ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), expires_at = excluded.expires_at, mode = excluded.mode,
+			txn_open_since = excluded.txn_open_since, fenced_writes = excluded.fenced_writes, aborted_txns = excluded.aborted_txns`,
+		renew: `UPDATE ` + l + ` SET expires_at = now() + $2::interval WHERE owner = $1 RETURNING shard, generation`,
+		live:  `SELECT id, mode FROM ` + rp + ` WHERE expires_at > now() ORDER BY id`,
+		// Every claim bumps the shard's generation: the fence of the previous owner.
+		claim: `UPDATE ` + l + ` SET owner = $1, generation = generation + 1, acquired_at = now(), expires_at = now() + $3::interval
+			WHERE shard IN (SELECT shard FROM ` + l + ` WHERE owner IS NULL OR expires_at IS NULL OR expires_at < now()
+			ORDER BY shard LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING shard, generation`,
+		release: `UPDATE ` + l + ` SET owner = NULL, expires_at = NULL WHERE shard = $1 AND owner = $2 AND generation = $3`,
+		// $1 shards, $2 generations, $3 owner: those still held.
+		held: `SELECT l.shard FROM ` + l + ` l JOIN unnest($1::int[], $2::bigint[]) g(shard, gen)
+			ON l.shard = g.shard AND l.generation = g.gen WHERE l.owner = $3`,
+		releaseAll:    `UPDATE ` + l + ` SET owner = NULL, expires_at = NULL WHERE owner = $1`,
+		deleteReplica: `DELETE FROM ` + rp + ` WHERE id = $1`,
+		purgeReplicas: `DELETE FROM ` + rp + ` WHERE expires_at < now() - interval '10 minutes'`,
+		read:          readSQL(o, "o.shard = $1", "p.shard = $1", "o.id"),
+		// Several shards at once: ordered by shard then id, which keeps each key's order
+		// (a key lives in one shard) and follows the (shard, id) index.
+		readMany: readSQL(o, "o.shard = ANY($1::int[])", "p.shard = o.shard", "o.shard, o.id"),
+		schemas:  `SELECT fingerprint, schema FROM ` + q("schemas") + ` WHERE fingerprint = ANY($1)`,
+		// The outcome writes: $1 the row ids, $2..$4 the fence, $5 the reasons.
+		delete:        f + `DELETE FROM ` + o + ` o USING held WHERE o.id = ANY($1::bigint[]) AND o.shard = held.shard`,
+		markPublished: f + `UPDATE ` + o + ` o SET published_at = now(), attempts = o.attempts + 1 FROM held WHERE o.id = ANY($1::bigint[]) AND o.shard = held.shard`,
+		park: f + `UPDATE ` + o + ` o SET parked_at = now(), last_error = u.reason, attempts = o.attempts + 1
+			FROM unnest($1::bigint[], $5::text[]) u(id, reason), held WHERE o.id = u.id AND o.shard = held.shard`,
+		attempt: f + `UPDATE ` + o + ` o SET last_error = u.reason, attempts = o.attempts + 1
+			FROM unnest($1::bigint[], $5::text[]) u(id, reason), held WHERE o.id = u.id AND o.shard = held.shard`,
+		purgePublished: `DELETE FROM ` + o + ` WHERE id IN (SELECT id FROM ` + o + ` WHERE published_at < now() - $1::interval LIMIT 10000)`,
+	}
+}
+
+// ClaimSQL is the statement a batch of one shard reads its rows with, for the outbox
+// in schema: $1 is the shard, $2 the most rows (Config.BatchSize). It is exported for
+// EXPLAIN on a real database and for benchmarks that time it; the relay prepares it
+// itself.
+func ClaimSQL(schema string) string {
+	return newStatements(schema).read
+}
+
+// readSQL is a batch's claim: the oldest pending rows of the shards in where, skipping
+// keys blocked behind a parked row, LIMIT $2.
+func readSQL(outbox, where, parkedShard, order string) string {
+	return `SELECT o.id, o.event_id, o.topic, o.key, o.event_type, o.aggregate_type, o.subject, o.schema_fingerprint,
+			o.payload, o.headers, o.occurred_at, o.created_at, o.correlation_id, o.causation_id, o.source, o.traceparent, o.tracestate
+			FROM ` + outbox + ` o WHERE ` + where + ` AND o.published_at IS NULL AND o.parked_at IS NULL
+			AND NOT EXISTS (SELECT 1 FROM ` + outbox + ` p WHERE ` + parkedShard + ` AND p.key = o.key AND p.parked_at IS NOT NULL)
+			ORDER BY ` + order + ` LIMIT $2`
+}
