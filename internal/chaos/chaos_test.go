@@ -250,12 +250,15 @@ func runChaos(t *testing.T, pl plan) {
 	}
 	h := &harness{t: t, pool: pool, pg: pg, kafka: kafka, proxy: proxy, regProxy: regProxy, locks: map[string]*sync.Mutex{}}
 	h.version.Store(1)
+	// Versions: the first, 9 periodic switches and one per fault at most.
+	h.maxVersion.Store(int64(10 + pl.faults))
+	registerVersions(t, regURL, topic+"-value", int(h.maxVersion.Load()))
 	for i := range 3 {
 		name := fmt.Sprintf("relay-%d", i)
 		addr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
 		args := []string{bin, "relay", "--database-url", dbURL, "--brokers", brokers, "--registry-url", regProxy.url, "--replica-id", name,
 			"--lease-ttl", "4s", "--heartbeat-interval", "500ms", "--poll-interval", "200ms", "--metrics-addr", addr, "--pool-size", "6",
-			"--unready-after", "5s", "--registry-timeout", "3s"}
+			"--unready-after", "5s", "--registry-timeout", "3s", "--auto-register=false"}
 		if pl.mode == exactlyOnce {
 			args = append(args, "--exactly-once")
 		}
@@ -379,7 +382,7 @@ func runChaos(t *testing.T, pl plan) {
 			case <-writersDone:
 				return
 			case <-tick.C:
-				h.version.Add(1)
+				h.nextVersion()
 			}
 		}
 	}()

@@ -48,8 +48,9 @@ type harness struct {
 	relays    []*process
 	consumers []*process
 	metrics   []string // relays' metrics addresses, by relay index
-	// version is the schema version writers use now; bumped during the run.
-	version atomic.Int64
+	// version is the schema version writers use now; bumped during the run, up to
+	// maxVersion (all registered before the run).
+	version, maxVersion atomic.Int64
 	// writeFailures counts writer transactions that failed (and were retried).
 	writeFailures atomic.Int64
 	// locks serialise the faults on one target (made before the faults start).
@@ -64,6 +65,17 @@ func (h *harness) lockName(f fault) string {
 		return h.target(f)
 	}
 	return f.kind
+}
+
+// nextVersion switches the writers to the next schema version (the last one
+// registered stays when all are used) and returns it.
+func (h *harness) nextVersion() int64 {
+	for {
+		v := h.version.Load()
+		if v >= h.maxVersion.Load() || h.version.CompareAndSwap(v, v+1) {
+			return h.version.Load()
+		}
+	}
 }
 
 // target names the process or service a fault acts on.
@@ -108,8 +120,12 @@ func (h *harness) inject(f fault) (bool, string) {
 		}
 		return owned > 0 && (backlog > 0 || published > 0), fmt.Sprintf("owned %d shards holding %d unpublished rows; published %.0f in its last second (-1: not scraped)", owned, backlog, published)
 	case "relay_zombie":
-		// Harm: a lease lost, i.e. another replica took a shard the frozen one held.
-		p := h.relays[f.target%len(h.relays)]
+		// Harm: a lease lost: another replica took a shard the frozen one held (seen
+		// in shard_leases before it wakes), or, when Postgres could not tell, the
+		// relay reported leases lost or writes fenced after it woke (its /metrics).
+		i := f.target % len(h.relays)
+		p := h.relays[i]
+		m0, merr := scrape(h.metrics[i])
 		shards, err := h.ownedShards(ctx, p.name)
 		p.signal(syscall.SIGSTOP)
 		time.Sleep(5*time.Second + f.pause/2) // past the 4s lease
@@ -119,10 +135,20 @@ func (h *harness) inject(f fault) (bool, string) {
 			terr = h.pool.QueryRow(ctx, `SELECT count(*) FROM relaybox.shard_leases WHERE shard = ANY($1) AND owner IS NOT NULL AND owner <> $2`, shards, p.name).Scan(&taken)
 		}
 		p.signal(syscall.SIGCONT)
-		if terr != nil {
-			return false, fmt.Sprintf("leases unknown: %v", terr)
+		if terr == nil {
+			return taken > 0, fmt.Sprintf("held %d shards when frozen; %d of them taken by another replica before it woke", len(shards), taken)
 		}
-		return taken > 0, fmt.Sprintf("held %d shards when frozen; %d of them taken by another replica before it woke", len(shards), taken)
+		if merr != nil {
+			return false, fmt.Sprintf("leases unknown: %v; not scraped before: %v", terr, merr)
+		}
+		deadline := time.Now().Add(15 * time.Second)
+		for time.Now().Before(deadline) {
+			if m1, err := scrape(h.metrics[i]); err == nil && m1.lost > m0.lost {
+				return true, fmt.Sprintf("leases unknown (%v); after waking it reported %.0f leases lost or writes fenced", terr, m1.lost-m0.lost)
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
+		return false, fmt.Sprintf("leases unknown (%v); no lease lost or write fenced reported within 15 s of waking", terr)
 	case "consumer_kill":
 		// Harm: the consumer had work (applied effects in its last 3 seconds).
 		p := h.consumers[f.target%len(h.consumers)]
@@ -158,7 +184,7 @@ func (h *harness) inject(f fault) (bool, string) {
 		// By construction: writers switch to a schema version never resolved before,
 		// and a consumer restarts (cold cache) while the registry does not answer.
 		// Harm: registry requests that arrived during the pause and were not answered.
-		v := h.version.Add(1)
+		v := h.nextVersion()
 		paused := make(chan *registryWindow)
 		go func() { paused <- h.regProxy.pause(f.pause + 2*time.Second) }()
 		time.Sleep(500 * time.Millisecond)

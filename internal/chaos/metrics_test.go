@@ -13,6 +13,9 @@ import (
 // relayMetrics is what the fault suite reads from a relay's /metrics.
 type relayMetrics struct {
 	published float64
+	// lost is relaybox_relay_errors_total{kind="lease"} (leases found lost) plus
+	// relaybox_relay_fenced_writes_total (writes refused because the lease had passed).
+	lost float64
 	// batches is relaybox_relay_batch_seconds: its count and cumulative buckets.
 	batches float64
 	buckets map[float64]float64 // le -> cumulative count
@@ -68,6 +71,8 @@ func scrape(addr string) (relayMetrics, error) {
 		case name == "relaybox_relay_batch_seconds_count":
 			m.batches = v
 			found++
+		case name == `relaybox_relay_errors_total{kind="lease"}`, strings.HasPrefix(name, "relaybox_relay_fenced_writes_total"):
+			m.lost += v
 		case strings.HasPrefix(name, `relaybox_relay_batch_seconds_bucket{le="`):
 			le := strings.TrimSuffix(strings.TrimPrefix(name, `relaybox_relay_batch_seconds_bucket{le="`), `"}`)
 			if f, err := strconv.ParseFloat(le, 64); err == nil {
