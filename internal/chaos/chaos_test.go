@@ -250,6 +250,10 @@ func runChaos(t *testing.T, pl plan) {
 	}
 	h := &harness{t: t, pool: pool, pg: pg, kafka: kafka, proxy: proxy, regProxy: regProxy, locks: map[string]*sync.Mutex{}}
 	h.version.Store(1)
+	if h.probe, err = kgo.NewClient(kgo.SeedBrokers(brokers)); err != nil {
+		t.Fatal(err)
+	}
+	defer h.probe.Close()
 	// Versions: the first, 9 periodic switches and one per fault at most.
 	h.maxVersion.Store(int64(10 + pl.faults))
 	registerVersions(t, regURL, topic+"-value", int(h.maxVersion.Load()))

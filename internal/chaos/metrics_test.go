@@ -16,21 +16,8 @@ type relayMetrics struct {
 	// lost is relaybox_relay_errors_total{kind="lease"} (leases found lost) plus
 	// relaybox_relay_fenced_writes_total (writes refused because the lease had passed).
 	lost float64
-	// batches is relaybox_relay_batch_seconds: its count and cumulative buckets.
+	// batches is relaybox_relay_batch_seconds_count: batches completed.
 	batches float64
-	buckets map[float64]float64 // le -> cumulative count
-}
-
-// slowerThan is how many batches took longer than d, as far as the buckets tell:
-// the count less the largest bucket whose bound is at most d.
-func (m relayMetrics) slowerThan(d time.Duration) float64 {
-	best, under := -1.0, 0.0
-	for le, n := range m.buckets {
-		if le <= d.Seconds() && le > best {
-			best, under = le, n
-		}
-	}
-	return m.batches - under
 }
 
 // scrape reads a relay's /metrics (a relay whose collector cannot reach Postgres
@@ -47,7 +34,7 @@ func scrape(addr string) (relayMetrics, error) {
 	if resp.StatusCode != http.StatusOK {
 		return relayMetrics{}, fmt.Errorf("%s/metrics: %s", addr, resp.Status)
 	}
-	m := relayMetrics{buckets: map[float64]float64{}}
+	var m relayMetrics
 	found := 0
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
@@ -73,17 +60,12 @@ func scrape(addr string) (relayMetrics, error) {
 			found++
 		case name == `relaybox_relay_errors_total{kind="lease"}`, strings.HasPrefix(name, "relaybox_relay_fenced_writes_total"):
 			m.lost += v
-		case strings.HasPrefix(name, `relaybox_relay_batch_seconds_bucket{le="`):
-			le := strings.TrimSuffix(strings.TrimPrefix(name, `relaybox_relay_batch_seconds_bucket{le="`), `"}`)
-			if f, err := strconv.ParseFloat(le, 64); err == nil {
-				m.buckets[f] = v
-			}
 		}
 	}
 	if err := sc.Err(); err != nil {
 		return relayMetrics{}, err
 	}
-	if found != 2 || len(m.buckets) == 0 {
+	if found != 2 {
 		return relayMetrics{}, fmt.Errorf("%s/metrics: relaybox_relay_published_total or relaybox_relay_batch_seconds missing", addr)
 	}
 	return m, nil

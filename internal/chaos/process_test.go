@@ -17,8 +17,10 @@ type process struct {
 	log  string
 	mu   sync.Mutex
 	cmd  *exec.Cmd
-	done chan struct{}
-	hold bool // a fault or the end of the run owns it: the supervisor keeps off
+	// started is when the current process was started.
+	started time.Time
+	done    chan struct{}
+	hold    bool // a fault or the end of the run owns it: the supervisor keeps off
 	// exits counts the times it exited by itself and was restarted by the supervisor.
 	exits atomic.Int64
 }
@@ -43,6 +45,7 @@ func (p *process) startLocked(t *testing.T) {
 		t.Errorf("starting %s: %v", p.name, err)
 		return
 	}
+	p.started = time.Now()
 	done := make(chan struct{})
 	p.done = done
 	cmd := p.cmd
@@ -62,6 +65,13 @@ func (p *process) supervise(t *testing.T) {
 		p.startLocked(t)
 	default:
 	}
+}
+
+// startedAt is when the current process was started.
+func (p *process) startedAt() time.Time {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.started
 }
 
 func (p *process) signal(sig syscall.Signal) {
