@@ -109,7 +109,8 @@ func (h *harness) inject(f fault) (bool, string) {
 		m0, err0 := scrape(h.metrics[i])
 		time.Sleep(time.Second)
 		m1, err1 := scrape(h.metrics[i])
-		owned, backlog, derr := h.ownedWork(ctx, p.name)
+		var owned, backlog int64
+		derr := retry(func() (err error) { owned, backlog, err = h.ownedWork(ctx, p.name); return err })
 		p.kill()
 		time.Sleep(f.pause / 2)
 		p.start(h.t)
@@ -127,8 +128,9 @@ func (h *harness) inject(f fault) (bool, string) {
 		// relay reported leases lost or writes fenced after it woke (its /metrics).
 		i := f.target % len(h.relays)
 		p := h.relays[i]
+		var shards []int32
+		err := retry(func() (err error) { shards, err = h.ownedShards(ctx, p.name); return err })
 		m0, merr := scrape(h.metrics[i])
-		shards, err := h.ownedShards(ctx, p.name)
 		p.signal(syscall.SIGSTOP)
 		time.Sleep(5*time.Second + f.pause/2) // past the 4s lease
 		var taken int
@@ -156,8 +158,10 @@ func (h *harness) inject(f fault) (bool, string) {
 		// group membership and uncommitted offsets die with it), or in its last 3 s.
 		p := h.consumers[f.target%len(h.consumers)]
 		var life, recent int64
-		err := h.pool.QueryRow(ctx, `SELECT count(*), count(*) FILTER (WHERE at > clock_timestamp() - interval '3 seconds') FROM effects WHERE consumer = $1 AND at >= $2`,
-			p.name, p.startedAt()).Scan(&life, &recent)
+		err := retry(func() error {
+			return h.pool.QueryRow(ctx, `SELECT count(*), count(*) FILTER (WHERE at > clock_timestamp() - interval '3 seconds') FROM effects WHERE consumer = $1 AND at >= $2`,
+				p.name, p.startedAt()).Scan(&life, &recent)
+		})
 		p.kill()
 		time.Sleep(f.pause / 2)
 		p.start(h.t)
@@ -216,9 +220,7 @@ func (h *harness) inject(f fault) (bool, string) {
 		d := time.Duration(20+f.target*90) * time.Millisecond // 20, 110 or 200 ms per chunk
 		m0 := h.scrapeAll()
 		h.proxy.SetDelay(d)
-		time.Sleep(f.pause/2 + 1500*time.Millisecond)
-		rtt, perr := h.probeRTT()
-		time.Sleep(f.pause/2 + 1500*time.Millisecond)
+		rtt, perr := h.probeRTT(time.Now().Add(f.pause + 3*time.Second))
 		m1 := h.scrapeAll()
 		h.proxy.SetDelay(0)
 		var batches float64
@@ -237,20 +239,40 @@ func (h *harness) inject(f fault) (bool, string) {
 	panic("unknown fault kind " + f.kind)
 }
 
-// probeRTT is the shortest of three Kafka requests (Metadata) through the proxy.
-func (h *harness) probeRTT() (time.Duration, error) {
+// retry runs f until it succeeds or 10 s have passed (Postgres may be restarting):
+// the fault then waits for its observation instead of reporting none.
+func retry(f func() error) error {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		err := f()
+		if err == nil || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+}
+
+// probeRTT sends Kafka requests (Metadata) through the proxy until end and returns
+// the shortest round trip of those answered (an error if none was).
+func (h *harness) probeRTT(end time.Time) (time.Duration, error) {
 	best := time.Duration(-1)
-	for range 3 {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	var lastErr error
+	for time.Now().Before(end) {
+		ctx, cancel := context.WithDeadline(context.Background(), end)
 		start := time.Now()
 		err := h.probe.Ping(ctx)
 		cancel()
-		if err != nil {
-			return 0, err
+		if err == nil {
+			if d := time.Since(start); best < 0 || d < best {
+				best = d
+			}
+		} else {
+			lastErr = err
 		}
-		if d := time.Since(start); best < 0 || d < best {
-			best = d
-		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	if best < 0 {
+		return 0, fmt.Errorf("no request answered: %v", lastErr)
 	}
 	return best, nil
 }
