@@ -82,29 +82,27 @@ func (p *process) signal(sig syscall.Signal) {
 	}
 }
 
-func (p *process) kill() {
+// halt holds the process off the supervisor, wakes it if frozen and sends sig; it
+// returns the channel closed when the process has ended (nil if none runs).
+func (p *process) halt(sig syscall.Signal) <-chan struct{} {
 	p.mu.Lock()
+	defer p.mu.Unlock()
 	p.hold = true
-	d := p.done
 	if p.cmd != nil && p.cmd.Process != nil {
 		_ = p.cmd.Process.Signal(syscall.SIGCONT)
-		_ = p.cmd.Process.Signal(syscall.SIGKILL)
+		_ = p.cmd.Process.Signal(sig)
 	}
-	p.mu.Unlock()
-	if d != nil {
+	return p.done
+}
+
+func (p *process) kill() {
+	if d := p.halt(syscall.SIGKILL); d != nil {
 		<-d
 	}
 }
 
 func (p *process) stop() {
-	p.mu.Lock()
-	p.hold = true
-	d := p.done
-	if p.cmd != nil && p.cmd.Process != nil {
-		_ = p.cmd.Process.Signal(syscall.SIGCONT)
-		_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	}
-	p.mu.Unlock()
+	d := p.halt(syscall.SIGTERM)
 	if d == nil {
 		return
 	}
