@@ -3,7 +3,11 @@ SHELL := /bin/bash
 GO ?= go
 ENV := bash scripts/env.sh
 
-.PHONY: env env-down test unit lint fmt-check build demo bench chaos fuzz
+.PHONY: help env env-down test unit lint fmt-check build demo bench chaos fuzz
+
+# staticcheck is pinned in go.mod (`tool` directive): `go tool staticcheck`. bench/ is
+# its own module, so it runs the same binary (`go tool -n` prints its path).
+STATICCHECK := $(GO) tool staticcheck
 
 ## env: install what is missing, start Postgres, Kafka and Apicurio on 127.0.0.1, print exports
 env:
@@ -14,12 +18,12 @@ env-down:
 	@$(ENV) down
 
 ## test: the project's test command (what .ci/run calls): env, format check, vet, staticcheck, all tests
+## (the root module's and bench/'s)
 test:
 	@exports="$$($(ENV) up)" && eval "$$exports" && echo "$$exports" && \
-	$(MAKE) --no-print-directory fmt-check && \
-	$(GO) vet ./... && \
-	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./... && \
-	RELAYBOX_REQUIRE_SERVICES=1 $(GO) test -count=1 -timeout 25m ./...
+	$(MAKE) --no-print-directory lint && \
+	RELAYBOX_REQUIRE_SERVICES=1 $(GO) test -count=1 -timeout 25m ./... && \
+	cd bench && RELAYBOX_REQUIRE_SERVICES=1 $(GO) test -count=1 -timeout 10m ./...
 
 ## unit: tests without services (integration tests skip, naming the missing variable)
 unit:
@@ -28,14 +32,22 @@ unit:
 fmt-check:
 	@out="$$(gofmt -l $$(git ls-files '*.go'))"; if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
-## lint: go vet and staticcheck
+## lint: go vet and staticcheck, on the root module and on bench/
 lint: fmt-check
 	$(GO) vet ./...
-	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
+	$(STATICCHECK) ./...
+	sc="$$($(GO) tool -n staticcheck)" && cd bench && $(GO) vet ./... && "$$sc" ./...
 
+# relaybox version prints these (internal/cli/version.go).
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
+COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+LDFLAGS := -X github.com/relaybox/relaybox/internal/cli.version=$(VERSION) -X github.com/relaybox/relaybox/internal/cli.commit=$(COMMIT)
+
+## build: the relaybox binary, stamped with VERSION and COMMIT (relaybox version)
 build:
-	$(GO) build -o relaybox ./cmd/relaybox
+	$(GO) build -ldflags '$(LDFLAGS)' -o relaybox ./cmd/relaybox
 
+## demo: the whole flow in one process
 demo:
 	$(GO) run ./cmd/relaybox demo
 
@@ -62,3 +74,7 @@ chaos:
 	@mkdir -p $(dir $(CHAOS_OUT))
 	@exports="$$($(ENV) up)" && eval "$$exports" && \
 	CHAOS=1 CHAOS_OUT=$(CHAOS_OUT) $(GO) test -count=1 -run '^TestChaos$$' -v -timeout 90m ./internal/chaos
+
+## help: this list
+help:
+	@awk '/^## [a-z-]+:/ { sub(/^## /, ""); print "  " $$0; next } /^## / { sub(/^## /, ""); print "        " $$0 }' $(MAKEFILE_LIST)

@@ -41,7 +41,7 @@ type config struct {
 	FillTxEvents   int           `json:"drain_fill_events_per_tx"`
 	FillWorkers    int           `json:"drain_fill_workers"`
 	PGBatch        int           `json:"pg_limit_batch"`
-	PGWorkers      int           `json:"pg_limit_workers"`
+	PGWorkers      []int         `json:"pg_limit_connections"`
 	Repeat         int           `json:"repeat"`
 	BacklogSmall   int           `json:"backlog_small"`
 	BacklogBig     int           `json:"backlog_big"`
@@ -52,7 +52,7 @@ type config struct {
 	Out            string        `json:"out"`
 }
 
-var allSystems = []string{"relaybox", "watermill", "cdc", "debezium"}
+var allSystems = []string{"relaybox", "relaybox_eos", "watermill", "cdc", "debezium"}
 var allScenarios = []string{"limits", "drain", "steady", "backlog"}
 
 func envOr(name, def string) string {
@@ -72,7 +72,7 @@ func parseConfig(args []string) (config, error) {
 		}
 		return fullV
 	}
-	systems := fs.String("systems", envOr("BENCH_SYSTEMS", strings.Join(allSystems, ",")), "systems: relaybox,watermill,cdc,debezium [BENCH_SYSTEMS]")
+	systems := fs.String("systems", envOr("BENCH_SYSTEMS", strings.Join(allSystems, ",")), "systems: relaybox,relaybox_eos,watermill,cdc,debezium [BENCH_SYSTEMS]")
 	scenarios := fs.String("scenarios", envOr("BENCH_SCENARIOS", strings.Join(allScenarios, ",")), "scenarios: limits,drain,steady,backlog [BENCH_SCENARIOS]")
 	fs.BoolVar(&c.Quick, "quick", quick, "smoke variant: small N, short steady, small backlog [BENCH_QUICK=1]")
 	large := fs.Bool("large", envOr("BENCH_LARGE", "") == "1", "drain 1M events instead of 200k [BENCH_LARGE=1]")
@@ -89,7 +89,7 @@ func parseConfig(args []string) (config, error) {
 	fs.IntVar(&c.BacklogPad, "backlog-event-bytes", atoiOr(envOr("BENCH_BACKLOG_EVENT_BYTES", "1024")), "event size of the backlog filler [BENCH_BACKLOG_EVENT_BYTES]")
 	fs.IntVar(&c.BacklogBatches, "backlog-batches", atoiOr(envOr("BENCH_BACKLOG_BATCHES", "300")), "claim queries measured per backlog size [BENCH_BACKLOG_BATCHES]")
 	fs.IntVar(&c.Repeat, "repeat", atoiOr(envOr("BENCH_REPEAT", def("1", "3"))), "runs of each limit and of each drain; the figures are their medians, every run in the JSON [BENCH_REPEAT]")
-	fs.IntVar(&c.PGWorkers, "pg-workers", atoiOr(envOr("BENCH_PG_WORKERS", "4")), "connections of the raw Postgres drain limit [BENCH_PG_WORKERS]")
+	pgWorkers := fs.String("pg-workers", envOr("BENCH_PG_WORKERS", "4,8,16"), "connection counts of the raw Postgres drain limit, the best one counts; the relay's pool size is always among them [BENCH_PG_WORKERS]")
 	fs.DurationVar(&c.DrainTimeout, "drain-timeout", mustDur(envOr("BENCH_DRAIN_TIMEOUT", "30m")), "give up a drain after this long [BENCH_DRAIN_TIMEOUT]")
 	fs.StringVar(&c.Out, "out", envOr("BENCH_OUT", ""), "JSON output file [BENCH_OUT] (default <repo>/bench-out/bench.json)")
 	if err := fs.Parse(args); err != nil {
@@ -124,11 +124,19 @@ func parseConfig(args []string) (config, error) {
 		}
 		c.Rates = append(c.Rates, v)
 	}
+	for _, w := range splitList(*pgWorkers) {
+		v, err := strconv.Atoi(w)
+		if err != nil || v <= 0 || v > 64 {
+			return c, fmt.Errorf("bad BENCH_PG_WORKERS entry %q (1-64)", w)
+		}
+		c.PGWorkers = append(c.PGWorkers, v)
+	}
 	c.Duration, c.Warmup = *dur, *warm
 	c.DurationS, c.WarmupS = dur.Seconds(), warm.Seconds()
 	c.TxEvents, c.WriterConns = 50, 8
 	c.FillTxEvents, c.FillWorkers = 1000, 5
-	// The relay's batch size: the CLI default, or RELAYBOX_BATCH_SIZE when set for the relay.
+	// The relay's batch size: the CLI default, or RELAYBOX_BATCH_SIZE when set for the relay
+	// (main replaces it with what the relaybox binary reports).
 	c.PGBatch = atoiOr(envOr("RELAYBOX_BATCH_SIZE", strconv.Itoa(relay.DefaultBatchSize)))
 	if c.Keys%c.TxEvents != 0 || (c.Keys/c.TxEvents)%c.WriterConns != 0 || c.Keys%c.FillTxEvents != 0 || (c.Keys/c.FillTxEvents)%c.FillWorkers != 0 {
 		return c, fmt.Errorf("keys (%d) must be a multiple of %d and %d (per-key commit order of the generators)",
@@ -176,6 +184,8 @@ func has(list []string, s string) bool {
 type harness struct {
 	cfg            config
 	kafkaLimitRuns int
+	relayBin       string     // the relaybox binary built from this tree
+	rc             *relayConf // the relay's effective configuration, read from relayBin
 	es             eventSpace
 	pool           *pgxpool.Pool
 	pgConfig       *pgconn.Config

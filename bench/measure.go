@@ -27,6 +27,22 @@ type tracker struct {
 	firstRecv atomic.Int64
 	lastNew   atomic.Int64 // unix nanos of the last first-receipt
 	committed atomic.Int64 // events whose commit time is recorded
+	// codecs counts the records received by the compression of their batch (Kafka's
+	// attribute: 0 none, 1 gzip, 2 snappy, 3 lz4, 4 zstd): what the relay really used.
+	codecs [5]atomic.Int64
+}
+
+var codecNames = [5]string{"none", "gzip", "snappy", "lz4", "zstd"}
+
+// compression returns the records received per compression codec.
+func (t *tracker) compression() map[string]int64 {
+	m := map[string]int64{}
+	for i := range t.codecs {
+		if n := t.codecs[i].Load(); n > 0 {
+			m[codecNames[i]] = n
+		}
+	}
+	return m
 }
 
 func newTracker(es eventSpace, capacity int64) *tracker {
@@ -84,18 +100,25 @@ func (t *tracker) missing(from, to int64) int64 {
 }
 
 // latency returns the end-to-end latency histogram (receive − commit, microseconds) of
-// events in [from, to) that were committed and received. Negative differences (a
-// relay faster than the COMMIT reply) count as 0.
-func (t *tracker) latency(from, to int64) *hdrhistogram.Histogram {
-	h := hdrhistogram.New(1, int64(10*time.Minute/time.Microsecond), 3)
+// the events in [from, to) that were committed. An event not received by cutoff (unix
+// nanos) counts with its age at the cutoff, a lower bound of its latency, so a relay
+// that falls behind cannot look fast by leaving its slowest events out; undelivered
+// says how many. Negative differences (a relay faster than the COMMIT reply) count as 0.
+func (t *tracker) latency(from, to, cutoff int64) (h *hdrhistogram.Histogram, undelivered int64) {
+	h = hdrhistogram.New(1, int64(10*time.Minute/time.Microsecond), 3)
 	for i := from; i < to; i++ {
 		c := t.commit[i].Load()
-		if c == 0 || t.recv[i] == 0 {
+		if c == 0 {
 			continue
 		}
-		_ = h.RecordValue(max((t.recv[i]-c)/1000, 0))
+		r := t.recv[i]
+		if r == 0 {
+			undelivered++
+			r = cutoff
+		}
+		_ = h.RecordValue(min(max((r-c)/1000, 0), h.HighestTrackableValue()))
 	}
-	return h
+	return h, undelivered
 }
 
 // consumer reads one topic from its start with franz-go (no group) and feeds a tracker.
@@ -106,10 +129,16 @@ type consumer struct {
 	once sync.Once
 }
 
-func startConsumer(ctx context.Context, brokers []string, topic string, t *tracker) (*consumer, error) {
-	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ConsumeTopics(topic),
-		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.FetchMaxWait(50*time.Millisecond),
-		kgo.FetchMaxBytes(64<<20), kgo.FetchMaxPartitionBytes(8<<20))
+// With readCommitted it reads as a reader of an exactly-once topic must
+// (read_committed: aborted records are not part of the topic).
+func startConsumer(ctx context.Context, brokers []string, topic string, t *tracker, readCommitted bool) (*consumer, error) {
+	opts := []kgo.Opt{kgo.SeedBrokers(brokers...), kgo.ConsumeTopics(topic),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.FetchMaxWait(50 * time.Millisecond),
+		kgo.FetchMaxBytes(64 << 20), kgo.FetchMaxPartitionBytes(8 << 20)}
+	if readCommitted {
+		opts = append(opts, kgo.FetchIsolationLevel(kgo.ReadCommitted()))
+	}
+	cl, err := kgo.NewClient(opts...)
 	if err != nil {
 		return nil, err
 	}
@@ -127,6 +156,9 @@ func (c *consumer) run(ctx context.Context) {
 		}
 		now := time.Now().UnixNano()
 		fs.EachRecord(func(r *kgo.Record) {
+			if ct := r.Attrs.CompressionType(); int(ct) < len(c.t.codecs) {
+				c.t.codecs[ct].Add(1)
+			}
 			key, seq, err := decodeKeySeq(r.Value)
 			if err != nil {
 				c.t.bad.Add(1)

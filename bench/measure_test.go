@@ -2,6 +2,7 @@ package main
 
 import (
 	"testing"
+	"time"
 )
 
 func TestTrackerAccounting(t *testing.T) {
@@ -40,12 +41,17 @@ func TestTrackerAccounting(t *testing.T) {
 	if got := tr.missing(0, 9); got != 2 { // key-1 seq 2 (event 7), key-2 seq 1 (event 5)
 		t.Errorf("missing = %d, want 2", got)
 	}
-	h := tr.latency(0, 9)
-	if h.TotalCount() != 7 {
-		t.Errorf("latency samples = %d, want 7", h.TotalCount())
+	// The two events not received by the cutoff count with their age at the cutoff
+	// (1 s): a relay that falls behind cannot leave its slowest events out.
+	h, undelivered := tr.latency(0, 9, 1000+int64(time.Second))
+	if h.TotalCount() != 9 || undelivered != 2 {
+		t.Errorf("latency samples = %d, undelivered %d; want 9 and 2", h.TotalCount(), undelivered)
 	}
 	if h.Min() != 4 { // first receipt at 5000 ns, commit 1000 ns: 4 µs
 		t.Errorf("min latency = %d µs, want 4", h.Min())
+	}
+	if h.ValueAtQuantile(99) < 999000 {
+		t.Errorf("max latency = %d µs, p99 %d µs; want the undelivered events' 1 s", h.Max(), h.ValueAtQuantile(99))
 	}
 }
 

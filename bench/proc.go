@@ -29,7 +29,8 @@ type proc struct {
 	stderr   *tailBuffer
 	exited   chan struct{}
 	waitErr  error
-	maxRSS   int64 // bytes, sampled
+	maxRSS   int64     // bytes, sampled
+	cpu      cpuSeries // the process tree's CPU seconds, sampled
 	mu       sync.Mutex
 	lines    func(string) // optional: every stdout line
 	stopOnce sync.Once
@@ -95,17 +96,26 @@ func startProc(name string, argv []string, env []string, dir string, logPath str
 }
 
 func (p *proc) sample() {
-	t := time.NewTicker(250 * time.Millisecond)
+	p.cpu.add(p.start.UnixNano(), 0)
+	p.whileRunning(100*time.Millisecond, func() {
+		rss, cpu := treeStats(p.cmd.Process.Pid)
+		p.cpu.add(time.Now().UnixNano(), cpu)
+		p.mu.Lock()
+		p.maxRSS = max(p.maxRSS, rss)
+		p.mu.Unlock()
+	})
+}
+
+// whileRunning calls f every interval until the process exits.
+func (p *proc) whileRunning(interval time.Duration, f func()) {
+	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
 		select {
 		case <-p.exited:
 			return
 		case <-t.C:
-			rss, _ := treeStats(p.cmd.Process.Pid)
-			p.mu.Lock()
-			p.maxRSS = max(p.maxRSS, rss)
-			p.mu.Unlock()
+			f()
 		}
 	}
 }

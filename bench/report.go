@@ -23,7 +23,7 @@ func fmtF(p *float64, format string) string {
 // backlog.
 func printTable(w io.Writer, rep *report) {
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
-	header := []string{"system", "drain ev/s"}
+	header := []string{"system", "drain ev/s (from 1st record)", "start-up s", "CPU µs/ev (relay)"}
 	rates := rep.Config.Rates
 	for _, r := range rates {
 		header = append(header, fmt.Sprintf("%d/s p50|p99|max ms", r), "flat")
@@ -37,7 +37,7 @@ func printTable(w io.Writer, rep *report) {
 		}
 		row := []string{name}
 		if res.SkippedReason != "" {
-			row = append(row, "skipped")
+			row = append(row, "skipped", "-", "-")
 			for range rates {
 				row = append(row, "-", "-")
 			}
@@ -46,11 +46,19 @@ func printTable(w io.Writer, rep *report) {
 			continue
 		}
 		row = append(row, fmtF(res.DrainEPS, "%.0f"))
+		if d := res.Drain; d != nil {
+			row = append(row, fmt.Sprintf("%.2f", d.FirstRecordS), fmt.Sprintf("%.1f (%.1f)", d.CPUUSPerEvent, d.RelayCPUUSPerEvent))
+		} else {
+			row = append(row, "-", "-")
+		}
 		for _, r := range rates {
 			cell, flat := "-", "-"
 			for _, s := range res.Steady {
 				if s.Rate == r {
 					cell = fmt.Sprintf("%.1f|%.1f|%.0f", s.P50, s.P99, s.Max)
+					if s.UndeliveredInWindow > 0 {
+						cell += fmt.Sprintf(" (%d undelivered)", s.UndeliveredInWindow)
+					}
 					if s.GeneratorBehind {
 						cell += fmt.Sprintf(" (at %.0f/s)", s.AchievedRate)
 					}
@@ -68,8 +76,11 @@ func printTable(w io.Writer, rep *report) {
 	}
 	tw.Flush()
 	if l := rep.Limits; l != nil {
-		fmt.Fprintf(w, "\nlimits: raw franz-go produce %s ev/s, raw Postgres read+delete %s ev/s\n",
-			fmtF(l.KafkaProduceEPS, "%.0f"), fmtF(l.PGDrainEPS, "%.0f"))
+		fmt.Fprintf(w, "\nlimits: raw franz-go produce %s ev/s, raw Postgres claim+delete %s ev/s (best of %v connections)\n",
+			fmtF(l.KafkaProduceEPS, "%.0f"), fmtF(l.PGDrainEPS, "%.0f"), rep.Config.PGWorkers)
+		for _, b := range l.Broken {
+			fmt.Fprintf(w, "  !!! BROKEN MEASUREMENT: %s\n", b)
+		}
 		if len(l.PGDrainRuns) > 1 {
 			fmt.Fprintf(w, "  (medians of %d runs: produce %v, Postgres %v)\n", len(l.PGDrainRuns), l.KafkaProduceRuns, l.PGDrainRuns)
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"math"
 	"os"
 	"slices"
@@ -15,7 +16,6 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
-	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/relaybox/relaybox/relay"
 )
@@ -25,9 +25,10 @@ import (
 type systemResult struct {
 	SkippedReason string          `json:"skipped_reason,omitempty"`
 	Settings      json.RawMessage `json:"settings,omitempty"`
-	DrainEPS      *float64        `json:"drain_eps"`
-	Drain         *drainResult    `json:"drain,omitempty"`
-	// DrainRuns: every drain's events/s from relay start when BENCH_REPEAT > 1;
+	// DrainEPS: the headline, the median drain's events/s from its first record.
+	DrainEPS *float64     `json:"drain_eps"`
+	Drain    *drainResult `json:"drain,omitempty"`
+	// DrainRuns: every drain's events/s from its first record when BENCH_REPEAT > 1;
 	// drain_eps and drain are the median run.
 	DrainRuns []float64 `json:"drain_eps_runs,omitempty"`
 	// DrainVsLesserLimit: drain_eps / min(kafka_produce_eps, pg_drain_eps).
@@ -42,22 +43,37 @@ type systemResult struct {
 }
 
 type drainResult struct {
-	N                  int64    `json:"n"`
-	Complete           bool     `json:"complete"`
-	EPS                float64  `json:"eps_from_relay_start"`
-	EPSFromFirstRecord float64  `json:"eps_from_first_record"`
-	Seconds            float64  `json:"seconds_from_relay_start"`
-	FirstRecordS       float64  `json:"first_record_after_s"`
-	ReadyS             *float64 `json:"ready_after_s,omitempty"`
-	FillEPS            float64  `json:"fill_eps"`
-	Received           int64    `json:"received_distinct"`
-	Duplicates         int64    `json:"duplicates"`
-	Missing            int64    `json:"missing"`
-	OrderViolations    int64    `json:"order_violations"`
-	Undecodable        int64    `json:"undecodable,omitempty"`
-	Unknown            int64    `json:"unknown,omitempty"`
-	RelayCPUS          float64  `json:"relay_cpu_s"`
-	RelayPeakRSSMB     float64  `json:"relay_peak_rss_mb"`
+	N        int64 `json:"n"`
+	Complete bool  `json:"complete"`
+	// EPSFromFirstRecord is the headline (drain_eps): events over the time from the
+	// first record received to the last; the start-up before it is FirstRecordS.
+	EPSFromFirstRecord float64 `json:"eps_from_first_record"`
+	EPS                float64 `json:"eps_from_relay_start"`
+	Seconds            float64 `json:"seconds_from_relay_start"`
+	// FirstRecordS: the system's start-up, from its process start to the first record.
+	FirstRecordS float64 `json:"first_record_after_s"`
+	// CPUUSPerEvent: the whole machine's CPU time (/proc/stat: every process, Postgres,
+	// Kafka, the measuring consumer) from the first record to the last, per event;
+	// RelayCPUUSPerEvent the relay process tree's share of it.
+	CPUUSPerEvent      float64 `json:"cpu_us_per_event"`
+	RelayCPUUSPerEvent float64 `json:"relay_cpu_us_per_event"`
+	MachineCPUS        float64 `json:"machine_cpu_s"`
+	// ConsumerIsolation: how the measuring consumer read the topic.
+	ConsumerIsolation string `json:"consumer_isolation"`
+	// Observed: what the harness saw the system use (compression_on_topic: records
+	// by batch compression; relaybox: pg_connections_max).
+	Observed        map[string]any `json:"observed,omitempty"`
+	ReadyS          *float64       `json:"ready_after_s,omitempty"`
+	FillEPS         float64        `json:"fill_eps"`
+	Received        int64          `json:"received_distinct"`
+	Duplicates      int64          `json:"duplicates"`
+	Missing         int64          `json:"missing"`
+	OrderViolations int64          `json:"order_violations"`
+	Undecodable     int64          `json:"undecodable,omitempty"`
+	Unknown         int64          `json:"unknown,omitempty"`
+	// RelayCPUS: the relay process tree's CPU from its start to the end (start-up included).
+	RelayCPUS      float64 `json:"relay_cpu_s"`
+	RelayPeakRSSMB float64 `json:"relay_peak_rss_mb"`
 }
 
 type steadyResult struct {
@@ -79,18 +95,43 @@ type steadyResult struct {
 	Missing         int64   `json:"missing"`
 	// UndeliveredAtCutoff: events not yet received when the 60 s tail wait ended
 	// while the relay was still delivering (it fell behind); not counted as missing.
-	UndeliveredAtCutoff int64   `json:"undelivered_at_cutoff,omitempty"`
-	OrderViolations     int64   `json:"order_violations"`
-	Undecodable         int64   `json:"undecodable,omitempty"`
-	RelayCPUS           float64 `json:"relay_cpu_s"`
-	RelayCPUPct         float64 `json:"relay_cpu_pct"`
-	RelayPeakRSSMB      float64 `json:"relay_peak_rss_mb"`
+	UndeliveredAtCutoff int64 `json:"undelivered_at_cutoff,omitempty"`
+	// UndeliveredInWindow: events of the measured window not received by the cutoff
+	// (fell behind, or missing). The percentiles count each at its age at the cutoff, a
+	// lower bound of its latency: a system that falls behind does not look fast.
+	UndeliveredInWindow int64 `json:"undelivered_in_window"`
+	// CPUUSPerEvent: the whole machine's CPU time (/proc/stat) over the measured window
+	// per event committed in it (the generator's inserts included, the same work for
+	// every system); RelayCPUUSPerEvent: the relay process tree's share.
+	CPUUSPerEvent      float64 `json:"cpu_us_per_event"`
+	RelayCPUUSPerEvent float64 `json:"relay_cpu_us_per_event"`
+	OrderViolations    int64   `json:"order_violations"`
+	Undecodable        int64   `json:"undecodable,omitempty"`
+	RelayCPUS          float64 `json:"relay_cpu_s"`
+	RelayCPUPct        float64 `json:"relay_cpu_pct"`
+	RelayPeakRSSMB     float64 `json:"relay_peak_rss_mb"`
 	// RelayMetrics: the relay's own counters over the measured window (relaybox only).
 	RelayMetrics map[string]float64 `json:"relay_metrics,omitempty"`
 	Error        string             `json:"error,omitempty"`
 }
 
 type metricser interface{ relayMetrics() map[string]float64 }
+
+// observer is an instance that reports what the harness saw it use.
+type observer interface{ observed() map[string]any }
+
+// readsCommitted tells whether inst's topic is read read_committed (exactly-once).
+func readsCommitted(inst instance) bool {
+	rc, ok := inst.(interface{ readCommitted() bool })
+	return ok && rc.readCommitted()
+}
+
+func isolationName(readCommitted bool) string {
+	if readCommitted {
+		return "read_committed"
+	}
+	return "read_uncommitted"
+}
 
 // metricsDelta returns b − a per key, with derived rates over secs.
 func metricsDelta(a, b map[string]float64, secs float64) map[string]float64 {
@@ -121,10 +162,16 @@ type limitsResult struct {
 	KafkaProduceEPS *float64 `json:"kafka_produce_eps"`
 	PGDrainEPS      *float64 `json:"pg_drain_eps"`
 	// Every run's figure when BENCH_REPEAT > 1 (the fields above are their medians).
-	KafkaProduceRuns []float64      `json:"kafka_produce_eps_runs,omitempty"`
-	PGDrainRuns      []float64      `json:"pg_drain_eps_runs,omitempty"`
-	Settings         map[string]any `json:"settings"`
-	Errors           []string       `json:"errors,omitempty"`
+	KafkaProduceRuns []float64 `json:"kafka_produce_eps_runs,omitempty"`
+	PGDrainRuns      []float64 `json:"pg_drain_eps_runs,omitempty"`
+	// PGByConnections: each run's figure per connection count (the run's figure is the best).
+	PGByConnections []map[string]float64 `json:"pg_drain_eps_by_connections,omitempty"`
+	// Settings: what the limits ran with, as their clients report it ("kafka", "pg").
+	Settings map[string]any `json:"settings"`
+	// Broken: a limit below a drain measured in the same run is not an upper bound but
+	// a broken measurement; each entry says which. Empty when every limit held.
+	Broken []string `json:"broken,omitempty"`
+	Errors []string `json:"errors,omitempty"`
 }
 
 type backlogResult struct {
@@ -172,144 +219,6 @@ func mb(b int64) float64     { return math.Round(float64(b)/(1<<20)*10) / 10 }
 func r1(v float64) float64   { return math.Round(v*10) / 10 }
 func r3(v float64) float64   { return math.Round(v*1000) / 1000 }
 
-// ---- limits ----
-
-// kafkaLimit produces the drain's N records from memory with franz-go: the relay's
-// producer settings (idempotent, acks=all, linger 2 ms), the relay's framing (0x00,
-// schema id, Avro) and key, two envelope headers.
-func (h *harness) kafkaLimit(ctx context.Context) (float64, error) {
-	n := h.cfg.N
-	recs := make([]*kgo.Record, n)
-	now := time.Now()
-	for i := range recs {
-		id, _ := uuid.NewV7()
-		ev := h.es.event(int64(i), id, now)
-		b, err := encodeEvent(&ev)
-		if err != nil {
-			return 0, err
-		}
-		v := append([]byte{0, 0, 0, 0, 1}, b...)
-		recs[i] = &kgo.Record{Key: []byte(ev.Key), Value: v, Headers: []kgo.RecordHeader{
-			{Key: "relaybox.event_id", Value: []byte(ev.EventID)}, {Key: "relaybox.event_type", Value: []byte("BenchEvent")}}}
-	}
-	h.kafkaLimitRuns++ // a repeat must not reuse a topic still being deleted
-	topic := h.topicName("limit", h.runID+"_k"+strconv.Itoa(h.kafkaLimitRuns))
-	if err := h.createTopic(ctx, topic); err != nil {
-		return 0, err
-	}
-	defer h.deleteTopic(ctx, topic)
-	cl, err := kgo.NewClient(kgo.SeedBrokers(h.brokers...), kgo.DefaultProduceTopic(topic), kgo.RequiredAcks(kgo.AllISRAcks()),
-		kgo.ProducerLinger(2*time.Millisecond), kgo.ProducerBatchMaxBytes(1<<20), kgo.MaxBufferedRecords(10000))
-	if err != nil {
-		return 0, err
-	}
-	defer cl.Close()
-	// Warm the connection and metadata outside the clock.
-	if err := cl.ProduceSync(ctx, &kgo.Record{Key: []byte("warm"), Value: []byte{1}}).FirstErr(); err != nil {
-		return 0, err
-	}
-	var wg sync.WaitGroup
-	var failed atomic.Int64
-	var firstErr atomic.Value
-	start := time.Now()
-	for _, r := range recs {
-		wg.Add(1)
-		cl.Produce(ctx, r, func(_ *kgo.Record, err error) {
-			if err != nil {
-				failed.Add(1)
-				firstErr.CompareAndSwap(nil, err)
-			}
-			wg.Done()
-		})
-	}
-	wg.Wait()
-	el := time.Since(start)
-	if failed.Load() > 0 {
-		return 0, fmt.Errorf("%d records failed: %v", failed.Load(), firstErr.Load())
-	}
-	return float64(n) / el.Seconds(), nil
-}
-
-// pgLimit reads and deletes the drain's N rows in relaybox's outbox table, the
-// relay's batch size at a time, with PGWorkers connections each owning a share of
-// the 64 shards: SELECT (the columns the relay reads) ... WHERE shard = $1 ORDER BY
-// id LIMIT batch, then DELETE ... WHERE id = ANY($ids). No Kafka, no registry.
-func (h *harness) pgLimit(ctx context.Context) (float64, error) {
-	sys := &relayboxSystem{}
-	inst, err := sys.setup(ctx, h, h.runID+"_p")
-	if err != nil {
-		return 0, err
-	}
-	defer inst.teardown(ctx)
-	ri := inst.(*relayboxInstance)
-	t := newTracker(h.es, int64(h.cfg.N))
-	if err := h.fill(ctx, inst, t, int64(h.cfg.N)); err != nil {
-		return 0, err
-	}
-	h.exec(ctx, `ANALYZE `+pgx.Identifier{ri.schema, "outbox"}.Sanitize())
-	o := pgx.Identifier{ri.schema, "outbox"}.Sanitize()
-	sel := `SELECT id, event_id, topic, key, event_type, aggregate_type, subject, schema_fingerprint, payload, headers,
-		occurred_at, created_at, correlation_id, causation_id, source, traceparent, tracestate, attempts
-		FROM ` + o + ` WHERE shard = $1 AND published_at IS NULL AND parked_at IS NULL ORDER BY id LIMIT $2`
-	del := `DELETE FROM ` + o + ` WHERE id = ANY($1::bigint[])`
-	var total atomic.Int64
-	errs := make(chan error, h.cfg.PGWorkers)
-	var wg sync.WaitGroup
-	start := time.Now()
-	for w := range h.cfg.PGWorkers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for shard := w; shard < 64; shard += h.cfg.PGWorkers {
-				for {
-					rows, err := h.pool.Query(ctx, sel, shard, h.cfg.PGBatch)
-					if err != nil {
-						errs <- err
-						return
-					}
-					var ids []int64
-					for rows.Next() {
-						vals, err := rows.Values()
-						if err != nil {
-							rows.Close()
-							errs <- err
-							return
-						}
-						ids = append(ids, vals[0].(int64))
-					}
-					rows.Close()
-					if err := rows.Err(); err != nil {
-						errs <- err
-						return
-					}
-					if len(ids) == 0 {
-						break
-					}
-					if _, err := h.pool.Exec(ctx, del, ids); err != nil {
-						errs <- err
-						return
-					}
-					total.Add(int64(len(ids)))
-					if len(ids) < h.cfg.PGBatch {
-						break
-					}
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	el := time.Since(start)
-	select {
-	case err := <-errs:
-		return 0, err
-	default:
-	}
-	if total.Load() != int64(h.cfg.N) {
-		return 0, fmt.Errorf("deleted %d of %d rows", total.Load(), h.cfg.N)
-	}
-	return float64(h.cfg.N) / el.Seconds(), nil
-}
-
 // ---- drain ----
 
 // drain runs one drain; run numbers the repeats, each with its own schema, topic and
@@ -332,11 +241,15 @@ func (h *harness) drain(ctx context.Context, sys system, run int) (*drainResult,
 	}
 	res := &drainResult{N: n, FillEPS: r1(float64(n) / time.Since(fillStart).Seconds())}
 	h.logf("%s drain: %d events written (%.0f/s), starting the relay", sys.name(), n, res.FillEPS)
-	cons, err := startConsumer(ctx, h.brokers, inst.topic(), t)
+	rc := readsCommitted(inst)
+	res.ConsumerIsolation = isolationName(rc)
+	cons, err := startConsumer(ctx, h.brokers, inst.topic(), t, rc)
 	if err != nil {
 		return nil, nil, err
 	}
 	defer cons.close()
+	mcpu := startMachineCPU(10 * time.Millisecond)
+	defer mcpu.stop()
 	p, err := inst.start(ctx)
 	if err != nil {
 		return nil, nil, fmt.Errorf("start relay: %w", err)
@@ -355,7 +268,7 @@ func (h *harness) drain(ctx context.Context, sys system, run int) (*drainResult,
 	}
 	cancel()
 	last, first := t.lastNew.Load(), t.firstRecv.Load()
-	time.Sleep(time.Second) // late duplicates
+	time.Sleep(time.Second) // late duplicates (and CPU samples past the last record)
 	_, cpu := p.stats()
 	res.RelayCPUS = r1(cpu)
 	res.RelayPeakRSSMB = mb(p.peakRSS())
@@ -375,7 +288,18 @@ func (h *harness) drain(ctx context.Context, sys system, run int) (*drainResult,
 		res.FirstRecordS = r3(time.Duration(first - p.start.UnixNano()).Seconds())
 		if last > first {
 			res.EPSFromFirstRecord = r1(float64(res.Received-1) / time.Duration(last-first).Seconds())
+			if m, ok := mcpu.between(first, last); ok {
+				res.MachineCPUS = r3(m)
+				res.CPUUSPerEvent = usPerEvent(m, res.Received-1)
+			}
+			if c, ok := p.cpu.between(first, last); ok {
+				res.RelayCPUUSPerEvent = usPerEvent(c, res.Received-1)
+			}
 		}
+	}
+	res.Observed = map[string]any{"compression_on_topic": t.compression()}
+	if o, ok := inst.(observer); ok {
+		maps.Copy(res.Observed, o.observed())
 	}
 	res.Duplicates, res.OrderViolations = t.dups.Load(), t.orderViol.Load()
 	res.Missing = t.missing(0, n)
@@ -403,12 +327,14 @@ func (h *harness) steady(ctx context.Context, sys system, rate int) (steadyResul
 	total := h.cfg.Warmup + h.cfg.Duration
 	capacity := int64(float64(rate)*total.Seconds()*1.1) + int64(h.cfg.Keys)
 	t := newTracker(h.es, capacity)
-	cons, err := startConsumer(ctx, h.brokers, inst.topic(), t)
+	cons, err := startConsumer(ctx, h.brokers, inst.topic(), t, readsCommitted(inst))
 	if err != nil {
 		res.Error = err.Error()
 		return res, nil
 	}
 	defer cons.close()
+	mcpu := startMachineCPU(10 * time.Millisecond)
+	defer mcpu.stop()
 	p, err := inst.start(ctx)
 	if err != nil {
 		res.Error = "start relay: " + err.Error()
@@ -508,6 +434,7 @@ func (h *harness) steady(ctx context.Context, sys system, rate int) (steadyResul
 	tctx, tcancel := context.WithTimeout(ctx, 60*time.Second)
 	all := waitDistinct(tctx, t, t.committed.Load(), 20*time.Second)
 	stillFlowing := !all && tctx.Err() != nil && time.Since(time.Unix(0, t.lastNew.Load())) < 5*time.Second
+	cutoff := time.Now().UnixNano()
 	tcancel()
 	time.Sleep(500 * time.Millisecond)
 	res.RelayPeakRSSMB = mb(p.peakRSS())
@@ -533,7 +460,8 @@ func (h *harness) steady(ctx context.Context, sys system, rate int) (steadyResul
 	res.AchievedRate = r1(float64(committedInWindow) / win)
 	res.GeneratorBehind = behind || res.AchievedRate < 0.97*float64(rate)
 	res.Events = committedInWindow
-	hist := t.latency(windowFrom, windowTo)
+	hist, undelivered := t.latency(windowFrom, windowTo, cutoff)
+	res.UndeliveredInWindow = undelivered
 	ms := func(us int64) float64 { return r3(float64(us) / 1000) }
 	res.P50, res.P90, res.P99, res.P999 = ms(hist.ValueAtQuantile(50)), ms(hist.ValueAtQuantile(90)), ms(hist.ValueAtQuantile(99)), ms(hist.ValueAtQuantile(99.9))
 	res.Max = ms(hist.Max())
@@ -556,6 +484,10 @@ func (h *harness) steady(ctx context.Context, sys system, rate int) (steadyResul
 		res.Missing = t.missing(0, windowTo)
 	}
 	res.RelayCPUS = r1(cpuEnd - cpuStart)
+	if m, ok := mcpu.between(windowStart.UnixNano(), genEnd.UnixNano()); ok {
+		res.CPUUSPerEvent = usPerEvent(m, committedInWindow)
+	}
+	res.RelayCPUUSPerEvent = usPerEvent(cpuEnd-cpuStart, committedInWindow)
 	res.RelayCPUPct = r1(100 * (cpuEnd - cpuStart) / genEnd.Sub(windowStart).Seconds())
 	return res, settings
 }

@@ -9,11 +9,13 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -25,7 +27,6 @@ import (
 
 	"github.com/relaybox/relaybox/migrations"
 	"github.com/relaybox/relaybox/outbox"
-	"github.com/relaybox/relaybox/relay"
 )
 
 // A system is one relay under test.
@@ -52,17 +53,30 @@ type instance interface {
 
 // ---- relaybox ----
 
-type relayboxSystem struct{ bin string }
+// relayboxSystem is the relaybox CLI; eos runs it with --exactly-once (Kafka
+// transactions), measured by a read_committed consumer: the system relaybox_eos.
+type relayboxSystem struct{ eos bool }
 
-func (s *relayboxSystem) name() string { return "relaybox" }
+func (s *relayboxSystem) name() string {
+	if s.eos {
+		return "relaybox_eos"
+	}
+	return "relaybox"
+}
 
+// prepare: main has built the binary (h.relayBin) and read its configuration.
 func (s *relayboxSystem) prepare(ctx context.Context, h *harness) error {
-	s.bin = filepath.Join(h.binDir, "relaybox")
-	return goBuild(ctx, h.mainDir, s.bin, "./cmd/relaybox")
+	if s.eos && (!h.rc.hasExactlyOnce || h.rc.exactlyOnceEnv == "") {
+		return fmt.Errorf("this relaybox has no --exactly-once with an environment variable (relay.Config.ExactlyOnce): nothing to measure")
+	}
+	return nil
 }
 
 func (s *relayboxSystem) setup(ctx context.Context, h *harness, tag string) (instance, error) {
 	schema := "bench_rbx_" + tag
+	if s.eos {
+		schema = "bench_rbxeos_" + tag
+	}
 	if _, err := migrations.Migrate(ctx, h.pool, &migrations.Options{Schema: schema}); err != nil {
 		return nil, fmt.Errorf("migrate: %w", err)
 	}
@@ -70,7 +84,7 @@ func (s *relayboxSystem) setup(ctx context.Context, h *harness, tag string) (ins
 	if err != nil {
 		return nil, err
 	}
-	topic := h.topicName("relaybox", tag)
+	topic := h.topicName(s.name(), tag)
 	if err := h.createTopic(ctx, topic); err != nil {
 		return nil, err
 	}
@@ -78,14 +92,23 @@ func (s *relayboxSystem) setup(ctx context.Context, h *harness, tag string) (ins
 }
 
 type relayboxInstance struct {
-	h      *harness
-	s      *relayboxSystem
-	schema string
-	t      string
-	w      *outbox.Writer
-	// extra environment (e.g. a batch size) for this run's relay
-	env        []string
+	h          *harness
+	s          *relayboxSystem
+	schema     string
+	t          string
+	w          *outbox.Writer
 	metricsURL string
+	// pgConnsMax: the most Postgres connections the relay held at once (pg_stat_activity
+	// by its application_name), sampled while it runs.
+	pgConnsMax atomic.Int64
+}
+
+// readCommitted: the exactly-once relay's topic is read as its readers must read it.
+func (i *relayboxInstance) readCommitted() bool { return i.s.eos }
+
+// observed reports what the harness saw the relay use.
+func (i *relayboxInstance) observed() map[string]any {
+	return map[string]any{"pg_connections_max": i.pgConnsMax.Load()}
 }
 
 // relayMetrics scrapes the relay's Prometheus counters that explain its figures:
@@ -135,32 +158,66 @@ func (i *relayboxInstance) insert(ctx context.Context, tx pgx.Tx, evs []BenchEve
 	return i.w.Write(ctx, tx, out...)
 }
 
-// relayboxSettings are the relay's settings in this benchmark: the CLI's defaults.
-func relayboxSettings() map[string]any {
-	return map[string]any{"binary": "relaybox relay (the CLI, defaults)", "batch_size": relay.DefaultBatchSize, "pool_size": 16, "max_inflight_batches": relay.DefaultMaxInFlightBatches, "compression": "snappy", "linger": "2ms",
-		"poll_interval": "1s", "notify": true, "acks": "all", "idempotent": true, "replicas": 1,
-		"delivery_timeout": "0 (never)", "log_level": "warn"}
-}
-
 func (i *relayboxInstance) start(ctx context.Context) (*proc, error) {
 	port, err := freePort()
 	if err != nil {
 		return nil, err
 	}
-	env := append(os.Environ(),
-		"DATABASE_URL="+i.h.databaseURL, "KAFKA_BROKERS="+strings.Join(i.h.brokers, ","),
-		"SCHEMA_REGISTRY_URL="+i.h.registryURL, "RELAYBOX_SCHEMA="+i.schema,
-		"RELAYBOX_METRICS_ADDR=127.0.0.1:"+strconv.Itoa(port), "RELAYBOX_LOG_LEVEL="+cmp.Or(os.Getenv("BENCH_RELAY_LOG"), "warn"))
-	env = append(env, i.env...)
-	p, err := startProc("relaybox", []string{i.s.bin, "relay"}, env, "", i.h.logPath("relaybox-"+i.schema), nil)
+	app := "bench_" + i.schema
+	dbURL, err := withApplicationName(i.h.databaseURL, app)
 	if err != nil {
 		return nil, err
 	}
-	st, _ := json.Marshal(relayboxSettings())
+	env := append(os.Environ(),
+		"DATABASE_URL="+dbURL, "KAFKA_BROKERS="+strings.Join(i.h.brokers, ","),
+		"SCHEMA_REGISTRY_URL="+i.h.registryURL, "RELAYBOX_SCHEMA="+i.schema,
+		"RELAYBOX_METRICS_ADDR=127.0.0.1:"+strconv.Itoa(port), "RELAYBOX_LOG_LEVEL="+cmp.Or(os.Getenv("BENCH_RELAY_LOG"), "warn"))
+	if i.s.eos {
+		env = append(env, i.h.rc.exactlyOnceEnv+"=true")
+	}
+	// The settings are the binary's own reading of this environment.
+	rc, err := readRelayConf(ctx, i.h.relayBin, env)
+	if err != nil {
+		return nil, err
+	}
+	if rc.ExactlyOnce != i.s.eos {
+		return nil, fmt.Errorf("relay would run with exactly-once=%v, want %v", rc.ExactlyOnce, i.s.eos)
+	}
+	p, err := startProc(i.s.name(), []string{i.h.relayBin, "relay"}, env, "", i.h.logPath(i.s.name()+"-"+i.schema), nil)
+	if err != nil {
+		return nil, err
+	}
+	st, _ := json.Marshal(rc.settings())
 	p.settings = st
+	go i.countConns(p, app)
 	i.metricsURL = "http://127.0.0.1:" + strconv.Itoa(port) + "/metrics"
 	go pollReady(p, "http://127.0.0.1:"+strconv.Itoa(port)+"/readyz")
 	return p, nil
+}
+
+// countConns samples the relay's Postgres connections while it runs.
+func (i *relayboxInstance) countConns(p *proc, app string) {
+	p.whileRunning(100*time.Millisecond, func() {
+		var n int64
+		if err := i.h.pool.QueryRow(context.Background(), `SELECT count(*) FROM pg_stat_activity WHERE application_name = $1`, app).Scan(&n); err == nil && n > i.pgConnsMax.Load() {
+			i.pgConnsMax.Store(n)
+		}
+	})
+}
+
+// withApplicationName sets application_name in a Postgres URL or keyword/value DSN.
+func withApplicationName(dsn, app string) (string, error) {
+	if !strings.Contains(dsn, "://") {
+		return dsn + " application_name=" + app, nil
+	}
+	u, err := url.Parse(dsn)
+	if err != nil {
+		return "", fmt.Errorf("DATABASE_URL: %v", err)
+	}
+	q := u.Query()
+	q.Set("application_name", app)
+	u.RawQuery = q.Encode()
+	return u.String(), nil
 }
 
 func (i *relayboxInstance) teardown(ctx context.Context) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
 	"strconv"
 	"time"
@@ -97,6 +98,14 @@ type Config struct {
 	// commit and rebalance-callback options are the consumer's own; do not override
 	// them.
 	KafkaOpts []kgo.Opt
+	// ReadUncommitted makes the consumer read records of Kafka transactions that were
+	// aborted or are still open. By default it reads read_committed: the relay's
+	// exactly-once mode publishes in Kafka transactions, and a record of an aborted
+	// transaction (a relay fenced or crashed mid-batch) is published again by the
+	// next owner, so applying the aborted copy would apply an event nobody committed
+	// to Kafka. Set it only for topics written without transactions by producers
+	// you cannot wait on (read_committed stops at the last stable offset).
+	ReadUncommitted bool
 
 	// RegistryURL is the schema registry's Confluent-compatible base URL, e.g.
 	// http://localhost:8081 or Apicurio's http://localhost:8080/apis/ccompat/v7.
@@ -108,6 +117,15 @@ type Config struct {
 	RegistryTimeout time.Duration
 	// Registry overrides the client built from RegistryURL.
 	Registry Registry
+	// SchemaNotFoundGrace is how long a schema id the registry says it does not
+	// know is retried (with backoff, holding up its partition) before its records
+	// are dead-lettered as unknown_schema. A registry can answer 404 for an id it
+	// has just registered (Apicurio's visibility lag, a lagging replica, a caching
+	// proxy): without a grace the first records of a new schema would be
+	// dead-lettered while later events of the same key are applied. The grace runs
+	// from the id's first "not found"; once it has passed, further records with that
+	// id are dead-lettered at once. Defaults to 10s; negative means none.
+	SchemaNotFoundGrace time.Duration
 
 	// Schema is the Postgres schema holding processed_events. Defaults to "relaybox".
 	Schema string
@@ -127,9 +145,12 @@ type Config struct {
 	MaxRetryBackoff time.Duration
 
 	// DeadLetterTopic names the dead-letter topic of a topic. Defaults to
-	// topic + DeadLetterSuffix. The topic must exist (or the brokers must
-	// auto-create topics): a dead-letter produce that fails is retried without limit,
-	// and holds up its partition, rather than drop the record.
+	// [DeadLetterTopicName](topic, DeadLetterSuffix): topic + DeadLetterSuffix, or a
+	// shortened name when that exceeds Kafka's 249 characters. The topic must exist
+	// (or the consumer or the brokers must be allowed to create it): a dead-letter
+	// produce that fails is retried without limit, and holds up its partition, rather
+	// than drop the record. New refuses a function that names, for one of Topics,
+	// the topic itself or a name Kafka does not accept.
 	DeadLetterTopic func(topic string) string
 	// DeadLetterSuffix is used by the default DeadLetterTopic. Defaults to ".dlq".
 	DeadLetterSuffix string
@@ -172,6 +193,12 @@ type Config struct {
 	// of CleanBatch. See "Retention" in the package doc for the duplicate window
 	// this opens. Defaults to 0 (never delete).
 	CleanAfter time.Duration
+	// CleanCommittedOnly makes the cleaner in Run use [Consumer.CleanCommitted]:
+	// a row is deleted only once it is older than CleanAfter and the group's
+	// committed offset of its partition is past its record. Prefer it: it costs one
+	// offset fetch per cleaning, and never deletes the row of a record Kafka can
+	// still deliver to the group; see "Retention" in the package doc.
+	CleanCommittedOnly bool
 	// CleanInterval defaults to 1h.
 	CleanInterval time.Duration
 	// CleanBatch defaults to 10000.
@@ -180,6 +207,9 @@ type Config struct {
 	// Hooks for metrics.
 	Hooks Hooks
 }
+
+// DefaultSchemaNotFoundGrace is Config.SchemaNotFoundGrace's default.
+const DefaultSchemaNotFoundGrace = 10 * time.Second
 
 // DefaultDedupKey is the dedup key of records without an event id:
 // "topic/partition/offset".
@@ -203,6 +233,9 @@ func (cfg *Config) WithDefaults() *Config {
 	if c.RegistryTimeout == 0 {
 		c.RegistryTimeout = 10 * time.Second
 	}
+	if c.SchemaNotFoundGrace == 0 {
+		c.SchemaNotFoundGrace = DefaultSchemaNotFoundGrace
+	}
 	if c.MaxAttempts == 0 {
 		c.MaxAttempts = 5
 	}
@@ -217,7 +250,7 @@ func (cfg *Config) WithDefaults() *Config {
 	}
 	if c.DeadLetterTopic == nil {
 		suffix := c.DeadLetterSuffix
-		c.DeadLetterTopic = func(topic string) string { return topic + suffix }
+		c.DeadLetterTopic = func(topic string) string { return DeadLetterTopicName(topic, suffix) }
 	}
 	if c.MaxBatch == 0 {
 		c.MaxBatch = 500
@@ -269,8 +302,49 @@ func (c *Config) validate() error {
 		return errors.New("consumer: Config.CleanAfter and CleanInterval must not be negative, CleanBatch must be positive")
 	}
 	for _, t := range c.Topics {
-		if c.DeadLetterTopic(t) == t {
+		d := c.DeadLetterTopic(t)
+		if d == t {
 			return fmt.Errorf("consumer: Config.DeadLetterTopic of %q is the topic itself", t)
+		}
+		if err := validTopicName(d); err != nil {
+			return fmt.Errorf("consumer: Config.DeadLetterTopic of %q: %w", t, err)
+		}
+	}
+	return nil
+}
+
+// maxTopicName is Kafka's limit on a topic name's length.
+const maxTopicName = 249
+
+// DeadLetterTopicName is the default dead-letter topic of topic: topic + suffix
+// when that fits Kafka's 249-character limit on topic names. A longer name keeps
+// the suffix and as much of the topic as fits, with "-" and 8 hex digits of the
+// FNV-1a hash of the whole topic name before the suffix, so that two long topics
+// sharing a prefix get different dead-letter topics: a 249-character topic
+// "orders…" gets "orders…" cut to 236 characters + "-1a2b3c4d" + ".dlq".
+func DeadLetterTopicName(topic, suffix string) string {
+	name := topic + suffix
+	if len(name) <= maxTopicName {
+		return name
+	}
+	h := fnv.New32a()
+	h.Write([]byte(topic))
+	tag := fmt.Sprintf("-%08x", h.Sum32())
+	keep := max(0, maxTopicName-len(suffix)-len(tag))
+	return topic[:min(keep, len(topic))] + tag + suffix
+}
+
+// validTopicName checks what Kafka checks of a topic name.
+func validTopicName(name string) error {
+	switch {
+	case name == "" || name == "." || name == "..":
+		return fmt.Errorf("%q is not a valid topic name", name)
+	case len(name) > maxTopicName:
+		return fmt.Errorf("topic name of %d characters exceeds Kafka's %d", len(name), maxTopicName)
+	}
+	for _, r := range name {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '_' || r == '-') {
+			return fmt.Errorf("topic name %q has %q: Kafka allows only ASCII letters, digits, '.', '_' and '-'", name, r)
 		}
 	}
 	return nil

@@ -33,6 +33,7 @@ type Consumer struct {
 
 	insertSQL, cleanSQL string
 	bulkInsertSQL       string
+	cleanCommittedSQL   string
 
 	mu         sync.Mutex
 	started    bool
@@ -43,8 +44,13 @@ type Consumer struct {
 	parts   map[topicPartition]*partition
 
 	// commitMu serializes offset commits, so that a commit never rewinds a later one
-	// (the periodic committer against the revoke and shutdown commits).
+	// (the periodic committer against the revoke and shutdown commits). Revoke and
+	// loss detach their partitions under it: a periodic commit, which keeps only the
+	// partitions still attached, can then never commit a partition that is gone.
 	commitMu sync.Mutex
+	// afterSnapshot, when set (by tests), runs between the periodic committer's
+	// snapshot of the partitions and its commit.
+	afterSnapshot func()
 
 	runCtx context.Context // context.WithoutCancel of Run's context: handler parent
 
@@ -74,7 +80,7 @@ func New(pool *pgxpool.Pool, cfg *Config) (*Consumer, error) {
 	co := &Consumer{
 		cfg:    c,
 		pool:   pool,
-		dec:    newDecoder(c.Registry),
+		dec:    newDecoder(c.Registry, c.SchemaNotFoundGrace),
 		log:    c.Logger.With("group", c.Group),
 		prop:   propagation.TraceContext{},
 		routes: map[string]route{},
@@ -87,6 +93,11 @@ func New(pool *pgxpool.Pool, cfg *Config) (*Consumer, error) {
 		VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING`
 	co.cleanSQL = `DELETE FROM ` + table + ` WHERE consumer_group = $1 AND event_id IN (
 		SELECT event_id FROM ` + table + ` WHERE consumer_group = $1 AND processed_at < now() - $2::interval LIMIT $3)`
+	co.cleanCommittedSQL = `DELETE FROM ` + table + ` WHERE consumer_group = $1 AND event_id IN (
+		SELECT p.event_id FROM ` + table + ` p
+		JOIN unnest($4::text[], $5::int[], $6::bigint[]) AS c(topic, part, committed)
+		  ON p.topic = c.topic AND p."partition" = c.part AND p."offset" < c.committed
+		WHERE p.consumer_group = $1 AND p.processed_at < now() - $2::interval LIMIT $3)`
 
 	return co, nil
 }
@@ -116,6 +127,11 @@ func (c *Consumer) client() (*kgo.Client, error) {
 		// may exceed franz-go's 1 MB default batch when the original was near the
 		// broker's limit. The dead-letter topics the consumer creates accept it.
 		kgo.ProducerBatchMaxBytes(deadLetterMaxBytes),
+	}
+	if !cfg.ReadUncommitted {
+		// Records of aborted Kafka transactions (the relay's exactly-once mode) are
+		// never handed to a handler.
+		opts = append(opts, kgo.FetchIsolationLevel(kgo.ReadCommitted()))
 	}
 	if len(cfg.Brokers) > 0 {
 		opts = append(opts, kgo.SeedBrokers(cfg.Brokers...))
@@ -253,7 +269,7 @@ func (c *Consumer) assigned(_ context.Context, cl *kgo.Client, assigned map[stri
 // revoked stops the revoked partitions' goroutines (each finishes its record in
 // flight), commits what they processed and returns, letting the rebalance go on.
 func (c *Consumer) revoked(ctx context.Context, cl *kgo.Client, revoked map[string][]int32) {
-	ps := c.detach(revoked)
+	ps := c.detachForCommit(revoked)
 	stopAll(ps)
 	cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
@@ -267,12 +283,21 @@ func (c *Consumer) revoked(ctx context.Context, cl *kgo.Client, revoked map[stri
 // lost stops the lost partitions' goroutines without committing: the group has
 // moved on and a commit would be refused (or rewind the new owner's).
 func (c *Consumer) lost(_ context.Context, cl *kgo.Client, lost map[string][]int32) {
-	ps := c.detach(lost)
+	ps := c.detachForCommit(lost)
 	stopAll(ps)
 	cl.ResumeFetchPartitions(lost)
 	if len(ps) > 0 {
 		c.log.Warn("partitions lost; their processed offsets since the last commit will be redelivered (and deduplicated)", "lost", lost)
 	}
+}
+
+// detachForCommit detaches the partitions of m under commitMu: once it returns, no
+// periodic commit includes them (one in flight, for partitions still ours when it
+// began, finishes first).
+func (c *Consumer) detachForCommit(m map[string][]int32) []*partition {
+	c.commitMu.Lock()
+	defer c.commitMu.Unlock()
+	return c.detach(m)
 }
 
 func (c *Consumer) detach(m map[string][]int32) []*partition {
@@ -309,23 +334,45 @@ func (c *Consumer) commitLoop(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		c.partsMu.Lock()
-		ps := make([]*partition, 0, len(c.parts))
-		for _, p := range c.parts {
-			ps = append(ps, p)
-		}
-		c.partsMu.Unlock()
-		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		c.commit(cctx, c.kc, ps, false)
-		cancel()
+		c.periodicCommit(ctx)
 	}
+}
+
+// periodicCommit commits the processed offsets of the partitions attached now.
+func (c *Consumer) periodicCommit(ctx context.Context) {
+	c.partsMu.Lock()
+	ps := make([]*partition, 0, len(c.parts))
+	for _, p := range c.parts {
+		ps = append(ps, p)
+	}
+	c.partsMu.Unlock()
+	if c.afterSnapshot != nil {
+		c.afterSnapshot()
+	}
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	c.commit(cctx, c.kc, ps, false)
+	cancel()
 }
 
 // commit commits the marked offsets of ps that are not committed yet. final says
 // the partitions are stopped (revoke, shutdown): failures are logged louder.
+// Otherwise (the periodic commit) only the partitions of ps still attached are
+// committed: a snapshot taken before a revoke or a loss must not commit a partition
+// that another member may own by now (rewinding its commits).
 func (c *Consumer) commit(ctx context.Context, kc *kgo.Client, ps []*partition, final bool) {
 	c.commitMu.Lock()
 	defer c.commitMu.Unlock()
+	if !final {
+		c.partsMu.Lock()
+		attached := ps[:0:0]
+		for _, p := range ps {
+			if c.parts[topicPartition{p.topic, p.n}] == p {
+				attached = append(attached, p)
+			}
+		}
+		c.partsMu.Unlock()
+		ps = attached
+	}
 	offsets := map[string]map[int32]kgo.EpochOffset{}
 	marks := map[*partition]kgo.EpochOffset{}
 	for _, p := range ps {

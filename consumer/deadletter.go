@@ -123,6 +123,7 @@ func (p *partition) deadLetter(it *item, dl *deadLetter) bool {
 			return false
 		}
 	}
+	it.dead, it.sent = dl, true
 	c.log.Warn("record dead-lettered", "dlq_topic", out.Topic, "topic", it.m.Topic, "partition", it.m.Partition,
 		"offset", it.m.Offset, "event_type", it.m.Type, "event_id", it.m.ID, "reason", dl.reason, "attempts", dl.attempts, "err", dl.err)
 	if h := c.cfg.Hooks.OnDeadLetter; h != nil {

@@ -7,6 +7,7 @@ import (
 	"io"
 	"reflect"
 	"sync"
+	"time"
 
 	"github.com/hamba/avro/v2"
 
@@ -88,10 +89,43 @@ type decoder struct {
 	reg    Registry
 	compat *avro.SchemaCompatibility
 	cache  sync.Map // resolveKey -> resolved
+
+	// grace is how long a schema id the registry answers "not found" for is
+	// retried before it counts as unknown (Config.SchemaNotFoundGrace).
+	grace     time.Duration
+	missingMu sync.Mutex
+	missing   map[int]time.Time // schema id -> first "not found"
 }
 
-func newDecoder(reg Registry) *decoder {
-	return &decoder{reg: reg, compat: avro.NewSchemaCompatibility()}
+// maxMissing bounds the schema ids remembered as missing (hostile records could
+// carry any id); past it the memory starts afresh, which only lengthens a grace.
+const maxMissing = 10000
+
+func newDecoder(reg Registry, grace time.Duration) *decoder {
+	return &decoder{reg: reg, compat: avro.NewSchemaCompatibility(), grace: grace, missing: map[int]time.Time{}}
+}
+
+// errSchemaNotYetFound is a "not found" answer within the grace: retried.
+var errSchemaNotYetFound = errors.New("schema id not found in the registry yet (retrying within the grace)")
+
+// notFound returns the error for a "not found" answer about id: transient while the
+// id has been missing for less than the grace, a *DecodeError after.
+func (d *decoder) notFound(id int, err error) error {
+	now := time.Now()
+	d.missingMu.Lock()
+	first, ok := d.missing[id]
+	if !ok {
+		if len(d.missing) >= maxMissing {
+			clear(d.missing)
+		}
+		first = now
+		d.missing[id] = now
+	}
+	d.missingMu.Unlock()
+	if now.Sub(first) < d.grace {
+		return fmt.Errorf("fetching writer schema id %d: %w: %w", id, errSchemaNotYetFound, err)
+	}
+	return &DecodeError{Reason: ReasonUnknownSchema, SchemaID: id, Err: err}
 }
 
 // frame splits a value into its schema id and Avro body.
@@ -109,10 +143,20 @@ func (d *decoder) writer(ctx context.Context, id int) (avro.Schema, error) {
 	s, err := d.reg.Schema(ctx, id)
 	switch {
 	case err == nil && s == nil:
-		return nil, &DecodeError{Reason: ReasonUnknownSchema, SchemaID: id, Err: ErrSchemaNotFound}
+		return nil, d.notFound(id, ErrSchemaNotFound)
 	case err == nil:
+		if d.grace > 0 {
+			d.missingMu.Lock()
+			delete(d.missing, id)
+			d.missingMu.Unlock()
+		}
 		return s, nil
-	case errors.Is(err, ErrSchemaNotFound), errors.Is(err, ErrSchemaInvalid):
+	case errors.Is(err, ErrSchemaNotFound):
+		// A registry can answer 404 for an id it has just registered (Apicurio's
+		// visibility lag, a lagging replica, a cache in a proxy): a bounded grace of
+		// retries before the record counts as undecodable.
+		return nil, d.notFound(id, err)
+	case errors.Is(err, ErrSchemaInvalid):
 		return nil, &DecodeError{Reason: ReasonUnknownSchema, SchemaID: id, Err: err}
 	}
 	return nil, fmt.Errorf("fetching writer schema id %d: %w", id, err)

@@ -51,7 +51,7 @@ func testDecoder(t testing.TB) (*decoder, avro.Schema, avro.Schema) {
 	}
 	v2 := avro.MustParse(fuzzV2)
 	bad := avro.MustParse(`{"type":"record","name":"fuzzV1","fields":[{"name":"key","type":"long"}]}`)
-	return newDecoder(memRegistry{1: v1, 2: v2, 3: bad}), v1, v2
+	return newDecoder(memRegistry{1: v1, 2: v2, 3: bad}, 0), v1, v2
 }
 
 func TestDecode_ClassifiesEveryFailure(t *testing.T) {

@@ -136,7 +136,10 @@
 // a redrive of an old dead letter, or the relay republishing after a long outage.
 // Keep CleanAfter well beyond the oldest of these you can get (days, not minutes); a
 // CleanAfter longer than the topics' Kafka retention covers every redelivery from
-// Kafka, offset resets included.
+// Kafka, offset resets included. [Consumer.CleanCommitted] (Config.CleanCommittedOnly)
+// also keeps the rows of records Kafka can still deliver to the group (its committed
+// offset of their partition is not past them: commits lost, a group rewound); prefer
+// it. Copies of an event at another offset are covered by the age only.
 //
 // # Shutdown
 //

@@ -73,26 +73,34 @@ func ExampleDefaultDedupKey() {
 	// Output: orders/3/1042
 }
 
-// Middleware wraps every handler, here to log failures.
+// Middleware wraps every handler, here to report failures. The consumer runs each
+// record's handler through it; the last lines run it by hand on one failing record to
+// show what it prints.
 func ExampleConsumer_Use() {
 	c, err := consumer.New(nopPool, &consumer.Config{Group: "g", Topics: []string{"orders"},
 		Brokers: []string{"localhost:9092"}, RegistryURL: "http://localhost:8081"})
 	if err != nil {
 		log.Fatal(err)
 	}
-	c.Use(func(next consumer.Handler) consumer.Handler {
+	reportFailures := func(next consumer.Handler) consumer.Handler {
 		return consumer.HandlerFunc(func(ctx context.Context, tx pgx.Tx, m *consumer.Message) error {
 			err := next.Handle(ctx, tx, m)
 			if err != nil {
-				log.Printf("%s %s at %s/%d/%d: %v", m.Type, m.ID, m.Topic, m.Partition, m.Offset, err)
+				fmt.Printf("%s %s at %s/%d/%d: %v\n", m.Type, m.ID, m.Topic, m.Partition, m.Offset, err)
 			}
 			return err
 		})
-	})
-	c.HandleFunc("OrderCancelled", func(ctx context.Context, tx pgx.Tx, m *consumer.Message) error {
-		var v OrderCreated
-		return m.Decode(&v)
-	})
-	fmt.Println("registered")
-	// Output: registered
+	}
+	c.Use(reportFailures)
+	cancelOrder := func(ctx context.Context, tx pgx.Tx, m *consumer.Message) error {
+		return consumer.Permanent(fmt.Errorf("order %s: already shipped", m.Key))
+	}
+	c.HandleFunc("OrderCancelled", cancelOrder)
+
+	m := &consumer.Message{Envelope: consumer.Envelope{ID: "e-1", Type: "OrderCancelled", Key: "o-7", Topic: "orders", Partition: 2, Offset: 41}}
+	err = reportFailures(consumer.HandlerFunc(cancelOrder)).Handle(context.Background(), nil, m)
+	fmt.Println("dead-lettered:", consumer.IsPermanent(err))
+	// Output:
+	// OrderCancelled e-1 at orders/2/41: order o-7: already shipped
+	// dead-lettered: true
 }

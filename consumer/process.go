@@ -27,6 +27,10 @@ type item struct {
 	route route
 	skip  bool        // no handler, SkipUnknown
 	dead  *deadLetter // dead-letter without running a handler
+	// sent: the record is on its dead-letter topic. A batch that rolls back after
+	// it was produced must not run it again: a record is dead-lettered or applied,
+	// never both.
+	sent bool
 }
 
 type deadLetter struct {
@@ -94,8 +98,13 @@ func (p *partition) prepare(rec *kgo.Record) (*item, bool) {
 		if p.stopped() {
 			return nil, false
 		}
-		c.hookErr("registry", err)
-		c.log.Warn("schema registry unavailable; retrying", "topic", rec.Topic, "partition", rec.Partition, "offset", rec.Offset, "err", err)
+		if errors.Is(err, errSchemaNotYetFound) {
+			c.log.Warn("schema id not found in the registry; retrying within the grace", "topic", rec.Topic, "partition", rec.Partition,
+				"offset", rec.Offset, "grace", c.cfg.SchemaNotFoundGrace, "err", err)
+		} else {
+			c.hookErr("registry", err)
+			c.log.Warn("schema registry unavailable; retrying", "topic", rec.Topic, "partition", rec.Partition, "offset", rec.Offset, "err", err)
+		}
 		if !p.sleep(c.backoff(attempt)) {
 			return nil, false
 		}
@@ -158,6 +167,19 @@ func isInfra(err error, tx pgx.Tx) bool {
 	return pgconn.SafeToRetry(err)
 }
 
+// isHandlerInfra reports whether a handler's error is an infrastructure failure. The
+// end of a context the handler derived itself (a per-call timeout) is the handler's
+// failure, like a statement timeout (57014), though pgx closes the connection when
+// a statement's context ends: the consumer never cancels a handler's context (it
+// derives from Run's without its cancellation), so such an error is the handler's
+// own, counted against MaxAttempts and then dead-lettered, not retried for ever.
+func isHandlerInfra(herr error, tx pgx.Tx) bool {
+	if errors.Is(herr, context.DeadlineExceeded) || errors.Is(herr, context.Canceled) {
+		return false
+	}
+	return isInfra(herr, tx)
+}
+
 // call runs the handler, turning a panic into an error.
 func (p *partition) call(ctx context.Context, tx pgx.Tx, it *item) (err error) {
 	start := time.Now()
@@ -210,7 +232,7 @@ func (p *partition) attempt(it *item) (dup bool, herr, err error) {
 		return false, nil, tx.Commit(ctx)
 	}
 	if herr := p.call(ctx, handlerTx{tx}, it); herr != nil {
-		if isInfra(herr, tx) {
+		if isHandlerInfra(herr, tx) {
 			return false, nil, herr
 		}
 		return false, herr, nil
@@ -228,7 +250,10 @@ func (p *partition) attempt(it *item) (dup bool, herr, err error) {
 // It returns false if the partition was stopped before the record was done.
 func (p *partition) processOne(it *item) bool {
 	c := p.c
-	if it.dead != nil {
+	switch {
+	case it.sent: // dead-lettered in a batch that rolled back
+		return true
+	case it.dead != nil:
 		return p.deadLetter(it, it.dead)
 	}
 	attempts, infra := 0, 0
@@ -295,8 +320,15 @@ func (p *partition) hook(h func(topic, eventType string), it *item) {
 }
 
 // runBatch applies recs in batch mode: one transaction, a savepoint per record.
-// After an infrastructure failure the records not yet committed run again. It
-// returns false if the partition was stopped before all were done.
+// It returns false if the partition was stopped before all were done.
+//
+// A failure that dooms the batch's transaction (a lost connection, an error at
+// COMMIT such as a deferred constraint, a handler that swallowed a SQL error so that
+// the next RELEASE SAVEPOINT fails with 25P02, a handler's own timeout) cannot be
+// told apart from its culprit inside the batch: the records not yet committed then
+// run one per transaction, as in single-record mode, where an infrastructure
+// failure is retried without limit and a record's own failure counts against
+// MaxAttempts and ends on the dead-letter topic. The next batch is a batch again.
 func (p *partition) runBatch(recs []*kgo.Record) bool {
 	items := make([]*item, 0, len(recs))
 	for _, rec := range recs {
@@ -306,24 +338,27 @@ func (p *partition) runBatch(recs []*kgo.Record) bool {
 		}
 		items = append(items, it)
 	}
-	for infra := 1; ; infra++ {
-		n, err := p.batchOnce(items)
-		if n > 0 {
-			p.markDone(items[n-1].rec)
-			items = items[n:]
-		}
-		switch {
-		case len(items) == 0:
-			return true
-		case err == nil || p.stopped():
-			return false // stopped part-way
-		}
-		p.c.hookErr("postgres", err)
-		p.c.log.Warn("database failure in batch; retrying", "topic", p.topic, "partition", p.n, "err", err)
-		if !p.sleep(p.c.backoff(infra)) {
+	n, err := p.batchOnce(items)
+	if n > 0 {
+		p.markDone(items[n-1].rec)
+		items = items[n:]
+	}
+	switch {
+	case len(items) == 0:
+		return true
+	case err == nil || p.stopped():
+		return false // stopped part-way
+	}
+	p.c.hookErr("postgres", err)
+	p.c.log.Warn("batch failed; running its records one per transaction", "topic", p.topic, "partition", p.n,
+		"records", len(items), "err", err)
+	for _, it := range items {
+		if p.stopped() || !p.processOne(it) {
 			return false
 		}
+		p.markDone(it.rec)
 	}
+	return true
 }
 
 // savepoint is the name of the savepoint each record of a batch runs under.
@@ -400,7 +435,7 @@ func (p *partition) batchFast(items []*item) (int, bool, error) {
 		}
 		delete(fresh, it.m.ID) // a later record with the same id is a duplicate
 		if herr := p.call(it.ctx, handlerTx{tx}, it); herr != nil {
-			if isInfra(herr, tx) {
+			if isHandlerInfra(herr, tx) {
 				return 0, false, herr
 			}
 			return 0, false, nil // the savepoint path retries and isolates it
@@ -461,7 +496,10 @@ func (p *partition) batchSavepoints(items []*item) (int, error) {
 // to its savepoint); err is an infrastructure failure that dooms the transaction.
 func (p *partition) batchItem(tx pgx.Tx, it *item, open *bool) (after func(), ok bool, err error) {
 	c := p.c
-	if it.dead != nil {
+	switch {
+	case it.sent: // dead-lettered before this batch's transaction rolled back
+		return nil, true, nil
+	case it.dead != nil:
 		return nil, p.deadLetter(it, it.dead), nil
 	}
 	ctx := it.ctx
@@ -481,9 +519,9 @@ func (p *partition) batchItem(tx pgx.Tx, it *item, open *bool) (after func(), ok
 			return func() { p.hook(c.cfg.Hooks.OnProcessed, it) }, true, nil
 		}
 		if _, err := tx.Exec(ctx, "ROLLBACK TO SAVEPOINT "+savepoint); err != nil {
-			return nil, false, fmt.Errorf("rolling back to savepoint: %w", err)
+			return nil, false, fmt.Errorf("rolling back to savepoint: %w (after the handler's %w)", err, herr)
 		}
-		if isInfra(herr, tx) {
+		if isHandlerInfra(herr, tx) {
 			return nil, false, herr
 		}
 		if dl := p.giveUp(herr, attempts); dl != nil {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sort"
 	"strings"
 	"time"
 
@@ -30,11 +31,48 @@ type RedriveOptions struct {
 	IdleTimeout time.Duration
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
+
+	// To, when set, is the topic every record is redriven to, whatever its
+	// relaybox.dlq.topic header says.
+	To string
+	// DeadLetterTopic names the dead-letter topic of a topic, as the consumer's
+	// Config.DeadLetterTopic: without To, a record is redriven to the topic its header
+	// names only if that topic's dead-letter topic is the one being redriven.
+	// Defaults to [DeadLetterTopicName] with DeadLetterSuffix.
+	DeadLetterTopic func(topic string) string
+	// DeadLetterSuffix is used by the default DeadLetterTopic. Defaults to ".dlq".
+	DeadLetterSuffix string
+}
+
+// RedriveRefusedError reports the records Redrive did not produce because their
+// relaybox.dlq.topic header names a topic the dead-letter topic does not belong
+// to: anyone who can write to a dead-letter topic could otherwise make a redrive
+// publish forged events to any topic. They are skipped (the redrive's progress
+// moves past them); redrive them with RedriveOptions.To if they are genuine.
+type RedriveRefusedError struct {
+	DeadLetterTopic string
+	// Refused counts the refused records by the topic their header names.
+	Refused map[string]int
+}
+
+func (e *RedriveRefusedError) Error() string {
+	names := make([]string, 0, len(e.Refused))
+	total := 0
+	for t, n := range e.Refused {
+		names = append(names, fmt.Sprintf("%q (%d)", t, n))
+		total += n
+	}
+	sort.Strings(names)
+	return fmt.Sprintf("consumer: redrive refused %d record(s) of %s whose header names a topic it is not the dead-letter topic of: %s",
+		total, e.DeadLetterTopic, strings.Join(names, ", "))
 }
 
 // Redrive moves the records of dlqTopic back to the topics they were dead-lettered
 // from (the relaybox.dlq.topic header), with their key, value and headers but
-// without the relaybox.dlq.* headers, and returns how many it moved. It reads from
+// without the relaybox.dlq.* headers, and returns how many it moved. Only a topic
+// whose dead-letter topic is dlqTopic is a destination (or RedriveOptions.To, for
+// all): records naming another are refused, skipped and reported by a
+// *RedriveRefusedError, returned with the count of those moved. It reads from
 // where the previous redrive of the same Group stopped up to the end of the topic as
 // it was when Redrive started, committing its progress after each produced batch, so
 // running it twice does not send a record twice (short of a crash between produce
@@ -59,6 +97,14 @@ func Redrive(ctx context.Context, dlqTopic string, opts *RedriveOptions) (int, e
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
+	if o.DeadLetterSuffix == "" {
+		o.DeadLetterSuffix = ".dlq"
+	}
+	if o.DeadLetterTopic == nil {
+		suffix := o.DeadLetterSuffix
+		o.DeadLetterTopic = func(topic string) string { return DeadLetterTopicName(topic, suffix) }
+	}
+	refused := map[string]int{}
 	if len(o.Brokers) == 0 && len(o.KafkaOpts) == 0 {
 		return 0, errors.New("consumer: RedriveOptions.Brokers is required")
 	}
@@ -161,8 +207,16 @@ func Redrive(ctx context.Context, dlqTopic string, opts *RedriveOptions) (int, e
 					hs = append(hs, h)
 				}
 			}
-			if orig == "" {
+			switch {
+			case o.To != "":
+				orig = o.To
+			case orig == "":
 				o.Logger.Warn("dead letter without a "+HeaderDLQTopic+" header; skipped", "topic", dlqTopic, "partition", r.Partition, "offset", r.Offset)
+				return
+			case orig == dlqTopic || o.DeadLetterTopic(orig) != dlqTopic:
+				refused[orig]++
+				o.Logger.Warn("dead letter names a topic this is not the dead-letter topic of; refused (redrive it with To if genuine)",
+					"topic", dlqTopic, "partition", r.Partition, "offset", r.Offset, "names", orig)
 				return
 			}
 			out = append(out, &kgo.Record{Topic: orig, Key: r.Key, Value: r.Value, Headers: hs})
@@ -183,7 +237,10 @@ func Redrive(ctx context.Context, dlqTopic string, opts *RedriveOptions) (int, e
 		}
 		moved += len(out)
 	}
-	o.Logger.Info("redrive done", "topic", dlqTopic, "moved", moved)
+	o.Logger.Info("redrive done", "topic", dlqTopic, "moved", moved, "refused", len(refused))
+	if len(refused) > 0 {
+		return moved, &RedriveRefusedError{DeadLetterTopic: dlqTopic, Refused: refused}
+	}
 	return moved, nil
 }
 

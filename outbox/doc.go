@@ -58,4 +58,13 @@
 //
 // The shard is computed by the database (a generated column): the first four bytes of
 // md5(key), big-endian, modulo 64. [Shard] computes the same in Go.
+//
+// # Schema governance
+//
+// The registry judges a schema only when the relay registers it, after the business
+// transaction committed. A service lists the schemas it writes as [EventSchema] values
+// and calls [CheckSchemas] at start-up (refusing to start on a break), or the helpers
+// of package outbox/outboxtest in its tests; `relaybox schema check` does the same in
+// CI. None of this is on the write path. See docs/operations.md, "Evolving a schema
+// safely".
 package outbox

@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/relaybox/relaybox/migrations"
+	"github.com/relaybox/relaybox/outbox"
 )
 
 // ShardStatus is the backlog of one shard and who leases it.
@@ -184,8 +185,16 @@ func ListParked(ctx context.Context, pool *pgxpool.Pool, schema string, f Parked
 }
 
 // RetryParked unparks the events matching f: the relay publishes them again, first
-// in their key's order. It returns how many were unparked.
+// in their key's order. It returns how many were unparked. It wakes relays that
+// listen on outbox.DefaultChannel; see [RetryParkedOn] for another channel.
 func RetryParked(ctx context.Context, pool *pgxpool.Pool, schema string, f ParkedFilter) (int64, error) {
+	return RetryParkedOn(ctx, pool, schema, outbox.DefaultChannel, f)
+}
+
+// RetryParkedOn is [RetryParked] waking the relays that listen on channel (their
+// Config.Channel, the CLI's --channel): without the notification a relay on another
+// channel publishes the events only at its next poll.
+func RetryParkedOn(ctx context.Context, pool *pgxpool.Pool, schema, channel string, f ParkedFilter) (int64, error) {
 	var args []any
 	where, err := f.where(&args)
 	if err != nil {
@@ -197,7 +206,7 @@ func RetryParked(ctx context.Context, pool *pgxpool.Pool, schema string, f Parke
 		return 0, fmt.Errorf("retrying parked events: %w", err)
 	}
 	if n := tag.RowsAffected(); n > 0 {
-		_, _ = pool.Exec(ctx, `SELECT pg_notify($1, '')`, "relaybox_outbox")
+		_, _ = pool.Exec(ctx, `SELECT pg_notify($1, '')`, channel)
 	}
 	return tag.RowsAffected(), nil
 }

@@ -70,6 +70,7 @@ func (r *Relay) drainOnce(ctx context.Context, shards []int, gens []int64) (batc
 		return res, errLeaseDeadline
 	}
 	r.produceBatch(ctx, b)
+	r.testPoint("acked")
 	r.decide(ctx, b)
 	return r.finish(b, res, nil)
 }

@@ -178,6 +178,15 @@ func (r *Relay) build(ctx context.Context, o *outboxRow) (*kgo.Record, string, s
 	case registry.IsIncompatible(err):
 		return nil, ParkIncompatible, err.Error(), nil
 	case registry.IsNotFound(err) && !r.cfg.AutoRegister:
+		// A registry may answer 404 for a schema registered a moment ago (Apicurio's
+		// visibility lag, a lagging replica, a proxy): retried for SchemaNotFoundGrace
+		// before it counts as permanent.
+		key := o.subject + "\x00" + string(o.fp)
+		first, _ := r.notFound.LoadOrStore(key, time.Now())
+		if time.Since(first.(time.Time)) < r.cfg.SchemaNotFoundGrace {
+			return nil, "", "", fmt.Errorf("schema not (yet) registered under %s, retried for %s: %w", o.subject, r.cfg.SchemaNotFoundGrace, err)
+		}
+		r.notFound.Delete(key)
 		return nil, ParkNotRegistered, err.Error(), nil
 	default:
 		return nil, "", "", err

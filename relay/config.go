@@ -30,7 +30,8 @@ type Hooks struct {
 	// OnRead: the claim query of a batch returned rows rows of shard in d (the time
 	// a relay needs to find its next events; it should not grow with the backlog).
 	OnRead func(shard, rows int, d time.Duration)
-	// OnPublished: one record acked, latency from its commit to the ack.
+	// OnPublished: one record acked; latency from its created_at (now() of the
+	// transaction that wrote it, so the transaction's start, not its commit) to the ack.
 	OnPublished func(latency time.Duration)
 	// OnError: a failure of kind ErrorKafka, ErrorRegistry, ErrorPostgres or
 	// ErrorLease.
@@ -91,11 +92,12 @@ const (
 // Defaults of Config (the CLI's too). DefaultBatchSize × DefaultMaxInFlightBatches:
 // 16000 rows in flight at most.
 const (
-	DefaultBatchSize          = 4000
-	DefaultMaxInFlightBatches = 4
-	DefaultLeaseTTL           = 15 * time.Second
-	DefaultPollInterval       = time.Second
-	DefaultShutdownGrace      = 20 * time.Second
+	DefaultBatchSize           = 4000
+	DefaultMaxInFlightBatches  = 4
+	DefaultLeaseTTL            = 15 * time.Second
+	DefaultPollInterval        = time.Second
+	DefaultShutdownGrace       = 20 * time.Second
+	DefaultSchemaNotFoundGrace = 10 * time.Second
 )
 
 // Config configures a Relay.
@@ -168,6 +170,10 @@ type Config struct {
 	UnreadyAfter time.Duration
 	// MaxBackoff caps the exponential backoff after failures. Defaults to 30s.
 	MaxBackoff time.Duration
+	// SchemaNotFoundGrace: with AutoRegister off, how long a schema the registry says
+	// is not registered is retried before its event parks as schema_not_registered (a
+	// registry may not see a schema registered a moment ago). Defaults to 10s.
+	SchemaNotFoundGrace time.Duration
 	// ShutdownGrace bounds how long Run, once ctx is cancelled, waits for the batches
 	// in flight (leases are renewed meanwhile); then the Kafka client is closed, the
 	// records still waiting fail and their rows stay. Defaults to 20s.
@@ -220,6 +226,9 @@ func (c *Config) withDefaults() (Config, error) {
 	}
 	if r.LeaseTTL == 0 {
 		r.LeaseTTL = DefaultLeaseTTL
+	}
+	if r.SchemaNotFoundGrace == 0 {
+		r.SchemaNotFoundGrace = DefaultSchemaNotFoundGrace
 	}
 	if r.ShutdownGrace == 0 {
 		r.ShutdownGrace = DefaultShutdownGrace

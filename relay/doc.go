@@ -50,10 +50,20 @@
 // tenth of LeaseTTL before any other replica may claim it. Each batch is also bounded
 // in time by the deadline it started under.
 //
-// The one window left is a process frozen (SIGSTOP, a long GC pause) while records are
-// already handed to the Kafka client: when it wakes, those records may be delivered after
-// the new owner published the same rows. They are duplicates of rows published in order;
-// the order of first occurrences per key is intact. Consumers deduplicate by event id.
+// # Fencing
+//
+// A lease is a promise about time, not a fence: a paused process wakes up believing it
+// still owns its shards. So every claim bumps the shard's generation, and every write a
+// replica makes about a shard's rows names the owner and the generation it drains
+// under (and locks the lease row FOR SHARE for its transaction): a replica that lost
+// the lease changes nothing. A lost lease also cancels the batch in flight, and a batch
+// whose deadline passed before produce does not produce (sql.go, batch.go).
+//
+// The window fencing cannot close in at-least-once mode is a process frozen while its
+// records are already handed to the Kafka client: when it wakes, they may be delivered
+// after the new owner published the same rows (duplicates, and records landing after
+// newer ones of their key). Config.ExactlyOnce closes it with Kafka transactions: see
+// eos.go and docs/guarantees.md.
 //
 // Defaults: LeaseTTL 15s, HeartbeatInterval 3s (so two missed heartbeats still leave
 // 9s), PollInterval 1s.

@@ -91,6 +91,10 @@ func (r *Relay) drainLoop(s *shardRun) {
 		// waits for Kafka no longer (its outcome writes are fenced in any case).
 		ctx, cancel := context.WithDeadline(context.Background(), deadline)
 		start := time.Now()
+		for _, g := range group {
+			g.setBatch(cancel) // a lost lease cancels the batch (shardRun.lose)
+			g.batchSince.Store(start.UnixNano())
+		}
 		var res batchResult
 		var err error
 		if r.cfg.ExactlyOnce {
@@ -98,9 +102,17 @@ func (r *Relay) drainLoop(s *shardRun) {
 		} else {
 			res, err = r.drainOnce(ctx, shards, gens)
 		}
-		cancel()
 		for _, g := range group {
+			g.setBatch(nil)
+			g.batchSince.Store(0)
 			g.draining.Store(false)
+		}
+		cancel()
+		// Readiness: rows read and none moved (published or parked) is no progress.
+		if res.read > 0 && res.published+res.parked == 0 {
+			s.stuckSince.CompareAndSwap(0, start.UnixNano())
+		} else if err == nil || res.published+res.parked > 0 {
+			s.stuckSince.Store(0)
 		}
 		for _, g := range group[1:] {
 			g.busy.Unlock()

@@ -382,6 +382,9 @@ func (r *Relay) produceTxn(ctx context.Context, s *shardRun, t *shardTxn, recs [
 	ectx, cancel := context.WithTimeout(context.Background(), r.cfg.LeaseTTL)
 	defer cancel()
 	commit := err == nil
+	if commit {
+		r.testPoint("commit")
+	}
 	endErr := t.cl.EndTransaction(ectx, kgo.TransactionEndTry(commit))
 	ev := TransactionEvent{Shard: s.shard, Records: len(recs), Committed: commit && endErr == nil, Duration: time.Since(start)}
 	if !ev.Committed {

@@ -7,13 +7,20 @@ import (
 	"time"
 )
 
+// checkDependencies pings Kafka. A ping that answers says only that metadata is
+// served: it clears a failing ping, never a produce failure (a partition without a
+// leader, or under min.insync.replicas, answers pings and refuses records).
 func (r *Relay) checkDependencies(ctx context.Context) {
 	if err := r.kc.Ping(ctx); err != nil {
-		r.fail("kafka", fmt.Errorf("kafka ping: %w", err))
+		r.fail(componentKafkaPing, fmt.Errorf("kafka ping: %w", err))
 	} else {
-		r.ok("kafka")
+		r.ok(componentKafkaPing)
 	}
 }
+
+// componentKafkaPing is the health component of the heartbeat's ping (its failures
+// are reported to OnError as ErrorKafka).
+const componentKafkaPing = "kafka ping"
 
 func (r *Relay) hookErr(kind string, err error) {
 	if r.cfg.Hooks.OnError != nil {
@@ -22,7 +29,11 @@ func (r *Relay) hookErr(kind string, err error) {
 }
 
 func (r *Relay) fail(component string, err error) {
-	r.hookErr(component, err)
+	kind := component
+	if component == componentKafkaPing {
+		kind = ErrorKafka
+	}
+	r.hookErr(kind, err)
 	r.healthMu.Lock()
 	if _, ok := r.failing[component]; !ok {
 		r.failing[component] = time.Now()
@@ -45,20 +56,54 @@ func (r *Relay) ok(component string) {
 // ErrNotReady is wrapped by Ready's errors.
 var ErrNotReady = errors.New("relay not ready")
 
-// Ready returns nil while the relay runs and no dependency (postgres, kafka,
-// registry) has been failing for longer than UnreadyAfter.
+// Ready returns nil while events flow. It reports an error when the relay is not
+// running, when a replica of the other mode blocks its claims, when a dependency
+// (postgres, the Kafka ping) has failed for longer than UnreadyAfter, when one of its
+// shards has had rows to publish and published none for UnreadyAfter, or when a batch
+// has waited longer than UnreadyAfter (a partition without a leader holds its records
+// while pings succeed). A large backlog that drains is progress, not a failure.
 func (r *Relay) Ready() error {
 	r.healthMu.Lock()
-	defer r.healthMu.Unlock()
-	if !r.running {
+	running, mixed := r.running, r.mixed
+	var failing error
+	for c, since := range r.failing {
+		if d := time.Since(since); d > r.cfg.UnreadyAfter && c != ErrorKafka && c != ErrorRegistry {
+			failing = fmt.Errorf("%w: %s failing for %s: %v", ErrNotReady, c, d.Round(time.Second), r.lastErr[c])
+		}
+	}
+	lastErr := func() error { // the most telling error, for the message
+		for _, c := range []string{ErrorKafka, ErrorRegistry, componentKafkaPing, ErrorPostgres} {
+			if e := r.lastErr[c]; e != nil {
+				return e
+			}
+		}
+		return nil
+	}()
+	r.healthMu.Unlock()
+	if !running {
 		return fmt.Errorf("%w: not running", ErrNotReady)
 	}
-	if r.mixed != "" {
-		return fmt.Errorf("%w: replica %s runs in the other mode (at-least-once vs exactly-once); this replica claims no shard until it is gone", ErrNotReady, r.mixed)
+	if mixed != "" {
+		return fmt.Errorf("%w: replica %s runs in the other mode (at-least-once vs exactly-once); this replica claims no shard until it is gone", ErrNotReady, mixed)
 	}
-	for c, since := range r.failing {
-		if d := time.Since(since); d > r.cfg.UnreadyAfter {
-			return fmt.Errorf("%w: %s failing for %s: %v", ErrNotReady, c, d.Round(time.Second), r.lastErr[c])
+	if failing != nil {
+		return failing
+	}
+	now := time.Now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, s := range r.shards {
+		why := ""
+		if t := s.stuckSince.Load(); t != 0 && now.Sub(time.Unix(0, t)) > r.cfg.UnreadyAfter {
+			why = fmt.Sprintf("shard %d has had rows to publish and published none for %s", s.shard, now.Sub(time.Unix(0, t)).Round(time.Second))
+		} else if t := s.batchSince.Load(); t != 0 && now.Sub(time.Unix(0, t)) > r.cfg.UnreadyAfter {
+			why = fmt.Sprintf("a batch of shard %d has been waiting for %s", s.shard, now.Sub(time.Unix(0, t)).Round(time.Second))
+		}
+		if why != "" {
+			if lastErr != nil {
+				return fmt.Errorf("%w: %s (last error: %v)", ErrNotReady, why, lastErr)
+			}
+			return fmt.Errorf("%w: %s", ErrNotReady, why)
 		}
 	}
 	return nil

@@ -24,12 +24,34 @@ type shardRun struct {
 	done     chan struct{}
 	wake     chan struct{}
 	stopOnce sync.Once
-	busy     sync.Mutex  // held while a batch drains this shard (its own or a group's)
-	sparse   atomic.Bool // its last batch was small: it may join another shard's batch
-	news     atomic.Bool // a NOTIFY named it and it has not drained since
-	draining atomic.Bool // a batch is draining it
-	failing  atomic.Bool // its drain is backing off after a failure (a wake waits)
-	txn      *shardTxn   // exactly-once mode: the shard's transactional producer
+	busy     sync.Mutex         // held while a batch drains this shard (its own or a group's)
+	sparse   atomic.Bool        // its last batch was small: it may join another shard's batch
+	news     atomic.Bool        // a NOTIFY named it and it has not drained since
+	draining atomic.Bool        // a batch is draining it
+	failing  atomic.Bool        // its drain is backing off after a failure (a wake waits)
+	txn      *shardTxn          // exactly-once mode: the shard's transactional producer
+	cancel   context.CancelFunc // cancels the batch draining it (set while one runs)
+
+	stuckSince atomic.Int64 // unix nanos since its batches read rows and moved none (0: moving)
+	batchSince atomic.Int64 // unix nanos the running batch started (0: none)
+}
+
+// setBatch records the cancel func of the batch that drains s (nil when done).
+func (s *shardRun) setBatch(cancel context.CancelFunc) {
+	s.mu.Lock()
+	s.cancel = cancel
+	s.mu.Unlock()
+}
+
+// lose stops s because its lease is gone: its drain stops and the batch draining it
+// is cancelled (it produces nothing more and waits for Kafka no longer).
+func (s *shardRun) lose() {
+	s.halt()
+	s.mu.Lock()
+	if s.cancel != nil {
+		s.cancel()
+	}
+	s.mu.Unlock()
 }
 
 // lease is one shard as the database says this replica holds it.
@@ -108,6 +130,7 @@ func (r *Relay) heartbeat(ctx context.Context, claim bool) {
 		return
 	}
 	r.ok(ErrorPostgres)
+	r.testPoint("renewed")
 	if !claim {
 		r.apply(held, false)
 		return
@@ -134,8 +157,8 @@ func (r *Relay) heartbeat(ctx context.Context, claim bool) {
 	r.setMixed(other)
 	target := fairShare(live, r.cfg.ReplicaID)
 	r.mu.Lock()
-	n := 0
-	for s := range r.shards {
+	n := 0 // held now: renewed, not being released
+	for s := range held {
 		if !r.releasing[s] {
 			n++
 		}
@@ -196,7 +219,7 @@ func (r *Relay) apply(held map[int]lease, start bool) {
 			r.hookErr(ErrorLease, fmt.Errorf("lease on shard %d (generation %d) lost", s, run.gen))
 			r.hookLease(s, run.gen, false)
 		}
-		run.halt()
+		run.lose()
 		delete(r.shards, s)
 		if !run.exited() {
 			r.retired[s] = run

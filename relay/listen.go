@@ -27,6 +27,14 @@ func (r *Relay) wake(payload string) {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.cfg.ExactlyOnce { // no shared batches: a transaction belongs to one shard
+		for _, n := range shards {
+			if s := r.shards[n]; s != nil {
+				s.poke()
+			}
+		}
+		return
+	}
 	// Shards that keep up get the news and one idle one of them (the leader) is
 	// woken: it drains them all in one batch (see steal). The others are woken.
 	var leader *shardRun

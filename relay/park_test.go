@@ -3,10 +3,12 @@ package relay_test
 import (
 	"context"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/twmb/franz-go/pkg/kadm"
 
 	"github.com/relaybox/relaybox/internal/registry"
 	"github.com/relaybox/relaybox/internal/testenv"
@@ -59,7 +61,7 @@ func TestRelay_ParksIncompatibleSchemaBlocksItsKeyOnlyAndRetryPublishesInOrder(t
 	topic := testenv.Topic(t, 3)
 	reg := registry.New(e.registry, registry.Options{})
 	subject := topic + "-value"
-	if err := reg.SetCompatibility(subject, "BACKWARD"); err != nil {
+	if err := reg.SetCompatibility(context.Background(), subject, "BACKWARD"); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := reg.ID(context.Background(), subject, seqV1, true); err != nil {
@@ -71,7 +73,14 @@ func TestRelay_ParksIncompatibleSchemaBlocksItsKeyOnlyAndRetryPublishesInOrder(t
 	for s := int64(1); s <= 5; s++ {
 		e.writeOne(t, topic, "good", s, 0, "")
 	}
-	e.relay(t, nil)
+	var badReads atomic.Int64 // reads of the shard of key "bad"
+	e.relay(t, func(c *relay.Config) {
+		c.Hooks.OnRead = func(shard, _ int, _ time.Duration) {
+			if shard == outbox.Shard("bad") {
+				badReads.Add(1)
+			}
+		}
+	})
 	got := readBack(t, topic, 6, 30*time.Second)
 	parked := waitParked(t, e, relay.ParkedFilter{Reason: relay.ParkIncompatible}, 1)
 	if len(parked) != 1 || parked[0].Key != "bad" || !strings.HasPrefix(parked[0].Reason, relay.ParkIncompatible) {
@@ -80,7 +89,18 @@ func TestRelay_ParksIncompatibleSchemaBlocksItsKeyOnlyAndRetryPublishesInOrder(t
 	if len(got.byKey["good"]) != 5 || len(got.byKey["bad"]) != 1 {
 		t.Fatalf("published %v; want good 1..5 and bad 1 only", got.byKey)
 	}
-	time.Sleep(time.Second) // the key stays blocked: seq 3 must not overtake 2
+	// The key stays blocked: seq 3 must not overtake 2, however often its shard is read.
+	after := badReads.Load()
+	waitFor(t, 20*time.Second, "three more reads of the parked key's shard", func() bool { return badReads.Load() >= after+3 })
+	ends, err := kadm.NewClient(testenv.Client(t)).ListEndOffsets(context.Background(), topic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var onTopic int64
+	ends.Each(func(o kadm.ListedOffset) { onTopic += o.Offset })
+	if onTopic != 6 {
+		t.Fatalf("%d records on the topic after the park, want 6 (good 1..5, bad 1): bad 3 overtook the parked bad 2", onTopic)
+	}
 	st, err := relay.ReadStatus(context.Background(), e.pool, e.schema)
 	if err != nil || st.Parked != 1 || st.ParkedByReason[relay.ParkIncompatible] != 1 || st.Backlog != 1 {
 		t.Fatalf("status %+v %v", st, err)
@@ -88,7 +108,7 @@ func TestRelay_ParksIncompatibleSchemaBlocksItsKeyOnlyAndRetryPublishesInOrder(t
 	// The fix: the subject gets a rule the new schema meets (FORWARD: old readers
 	// ignore the added field); Apicurio treats NONE as "no subject rule", so the global
 	// BACKWARD rule would still apply. Then retry by key.
-	if err := reg.SetCompatibility(subject, "FORWARD"); err != nil {
+	if err := reg.SetCompatibility(context.Background(), subject, "FORWARD"); err != nil {
 		t.Fatal(err)
 	}
 	if n, err := relay.RetryParked(context.Background(), e.pool, e.schema, relay.ParkedFilter{Key: "bad"}); err != nil || n != 1 {
@@ -175,7 +195,7 @@ func TestRelay_PublishesCompatibleSchemaEvolution(t *testing.T) {
 	e := newEnv(t)
 	topic := testenv.Topic(t, 1)
 	reg := registry.New(e.registry, registry.Options{})
-	if err := reg.SetCompatibility(topic+"-value", "BACKWARD"); err != nil {
+	if err := reg.SetCompatibility(context.Background(), topic+"-value", "BACKWARD"); err != nil {
 		t.Fatal(err)
 	}
 	e.writeOne(t, topic, "k", 1, 0, seqV1)
@@ -232,10 +252,12 @@ func TestRelay_HostileSchemaNameIsQuotedEndToEnd(t *testing.T) {
 	w, _ := outbox.New(pool, &outbox.Config{Schema: schema, Channel: `c"; NOTIFY x; --`})
 	e := &env{pool: pool, schema: schema, w: w, brokers: testenv.Brokers(t), registry: testenv.RegistryURL(t)}
 	topic := testenv.Topic(t, 1)
+	// The relay polls only every 10 minutes: the event, written once every shard has
+	// been read, reaches Kafka within the test only if LISTEN on the hostile channel works.
+	e.quietRelay(t, func(c *relay.Config) { c.Channel = `c"; NOTIFY x; --` })
 	e.writeOne(t, topic, "k", 1, 0, "")
-	e.relay(t, func(c *relay.Config) { c.Channel = `c"; NOTIFY x; --` })
-	if got := readBack(t, topic, 1, 20*time.Second); got.distinct != 1 {
-		t.Fatal("event not published from the hostile-named schema")
+	if got := readBack(t, topic, 1, 60*time.Second); got.distinct != 1 {
+		t.Fatal("event not published from the hostile-named schema within 60s: the NOTIFY on the hostile channel did not wake the relay")
 	}
 	if _, err := relay.ReadStatus(ctx, pool, schema); err != nil {
 		t.Fatal(err)

@@ -3,6 +3,7 @@ package relay_test
 import (
 	"context"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -16,15 +17,20 @@ import (
 	"github.com/relaybox/relaybox/relay"
 )
 
-// Postgres crashes (immediate shutdown) and restarts under a running relay and a
-// writer: every committed event is published, in order, and the relay needs no restart.
+// Postgres crashes (immediate shutdown) and restarts under a running relay that has a
+// backlog to drain and a writer that keeps writing (and retrying while Postgres is
+// down): every committed event is published, in per-key order, and the relay needs no
+// restart.
 func TestRelay_SurvivesPostgresRestartWithoutRestart(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: skips the Postgres restart test")
 	}
 	t.Parallel()
 	pg, url := testenv.OwnPostgres(t)
-	cfg, _ := pgxpool.ParseConfig(url)
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		t.Fatal(err)
+	}
 	cfg.MaxConns = 12
 	ctx := context.Background()
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
@@ -35,11 +41,58 @@ func TestRelay_SurvivesPostgresRestartWithoutRestart(t *testing.T) {
 	if _, err := migrations.Migrate(ctx, pool, nil); err != nil {
 		t.Fatal(err)
 	}
-	w, _ := outbox.New(pool, nil)
+	w, err := outbox.New(pool, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
 	topic := testenv.Topic(t, 3)
+	const keys = 20
+
+	// The writer: one transaction of one event per key at a time. A write that fails
+	// (Postgres down) is retried with the same seq, as a service would, so per-key
+	// order holds; an ambiguous commit that did land shows up as a duplicate only.
+	var committed, failedWrites, afterRestart atomic.Int64
+	var restarted atomic.Bool
+	seq := 0
+	write := func() {
+		seq++
+		evs := make([]outbox.Event, keys)
+		for k := range evs {
+			key := "key-" + strconv.Itoa(k)
+			evs[k] = outbox.Event{Topic: topic, Key: key, Type: "Seq", Value: Seq{Key: key, Seq: int64(seq)}}
+		}
+		for {
+			err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error { return w.Write(ctx, tx, evs...) })
+			if err == nil {
+				committed.Add(keys)
+				if restarted.Load() {
+					afterRestart.Add(1)
+				}
+				return
+			}
+			failedWrites.Add(1)
+			time.Sleep(100 * time.Millisecond) // the writer's retry backoff
+		}
+	}
+	// A backlog first: 500 transactions (10,000 events), drained in batches of 20, one
+	// batch at a time, so that rows are still pending when Postgres goes down.
+	for range 500 {
+		write()
+	}
+
+	var pgErrors, published atomic.Int64
 	r, err := relay.New(pool, &relay.Config{Brokers: testenv.Brokers(t), RegistryURL: testenv.RegistryURL(t), AutoRegister: true,
 		PollInterval: 200 * time.Millisecond, LeaseTTL: 3 * time.Second, HeartbeatInterval: 500 * time.Millisecond,
-		UnreadyAfter: 2 * time.Second, MaxBackoff: time.Second, Logger: testLogger(t)})
+		UnreadyAfter: 2 * time.Second, MaxBackoff: time.Second, Logger: testLogger(t),
+		BatchSize: 20, MaxInFlightBatches: 1,
+		Hooks: relay.Hooks{
+			OnError: func(kind string, _ error) {
+				if kind == "postgres" {
+					pgErrors.Add(1)
+				}
+			},
+			OnPublished: func(time.Duration) { published.Add(1) },
+		}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -48,52 +101,57 @@ func TestRelay_SurvivesPostgresRestartWithoutRestart(t *testing.T) {
 	go func() { done <- r.Run(rctx) }()
 	defer func() { cancel(); <-done }()
 
-	var committed atomic.Int64
-	seq := 0
-	write := func() {
-		seq++
-		evs := make([]outbox.Event, 20)
-		for k := range evs {
-			key := "key-" + strconv.Itoa(k)
-			evs[k] = outbox.Event{Topic: topic, Key: key, Type: "Seq", Value: Seq{Key: key, Seq: int64(seq)}}
-		}
-		// A write that fails while Postgres is down is not committed: the caller retries
-		// it, as a service would (the same seq, so per-key order holds).
+	// The writer goes on (a transaction every 50 ms) through the crash and restart.
+	stopWriting := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		tick := time.NewTicker(50 * time.Millisecond)
+		defer tick.Stop()
 		for {
-			if err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error { return w.Write(ctx, tx, evs...) }); err == nil {
-				committed.Add(20)
+			select {
+			case <-stopWriting:
 				return
+			case <-tick.C:
+				write()
 			}
-			time.Sleep(200 * time.Millisecond)
 		}
+	}()
+
+	waitFor(t, 60*time.Second, "the relay publishing its backlog", func() bool { return published.Load() >= 200 })
+	var pending int
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM relaybox.outbox WHERE published_at IS NULL AND parked_at IS NULL`).Scan(&pending); err != nil {
+		t.Fatal(err)
 	}
-	for range 20 {
-		write()
-		time.Sleep(50 * time.Millisecond)
-	}
+	errorsBefore, writeFailuresBefore := pgErrors.Load(), failedWrites.Load()
 	pg.Stop(true)
-	t.Log("postgres: immediate shutdown")
-	time.Sleep(5 * time.Second)
-	if r.Ready() == nil {
-		t.Error("Ready() nil with Postgres down 5s (UnreadyAfter 2s)")
+	t.Logf("postgres: immediate shutdown with %d rows pending", pending)
+	if pending == 0 {
+		t.Fatal("the outbox was empty when Postgres went down: the relay's retry path would not run")
 	}
+	waitFor(t, 30*time.Second, "the relay unready, its Postgres errors reported and the writer retrying", func() bool {
+		return r.Ready() != nil && pgErrors.Load() > errorsBefore && failedWrites.Load() >= writeFailuresBefore+3
+	})
+	restarted.Store(true)
 	pg.Start()
 	t.Log("postgres: back")
-	for range 20 {
-		write()
-		time.Sleep(50 * time.Millisecond)
-	}
+	waitFor(t, 60*time.Second, "50 transactions committed after the restart", func() bool { return afterRestart.Load() >= 50 })
+	close(stopWriting)
+	wg.Wait()
+
 	want := int(committed.Load())
-	got := readBack(t, topic, want, 60*time.Second)
+	got := readBack(t, topic, want, 120*time.Second)
 	if got.distinct != want || got.violations != 0 {
 		t.Fatalf("distinct %d of %d committed, order violations %d", got.distinct, want, got.violations)
 	}
-	deadline := time.Now().Add(20 * time.Second)
-	for r.Ready() != nil && time.Now().Before(deadline) {
-		time.Sleep(100 * time.Millisecond)
+	for k := range keys {
+		key := "key-" + strconv.Itoa(k)
+		if n := len(got.byKey[key]); n != seq {
+			t.Errorf("%s: %d distinct events on Kafka, want %d", key, n, seq)
+		}
 	}
-	if err := r.Ready(); err != nil {
-		t.Fatalf("not ready after Postgres came back: %v", err)
-	}
-	t.Logf("%d events across a Postgres crash and restart: 0 lost, 0 order violations, %d duplicates", want, got.duplicates)
+	waitFor(t, 30*time.Second, "the relay ready after Postgres came back", func() bool { return r.Ready() == nil })
+	t.Logf("%d events across a Postgres crash and restart (%d pending at the crash, %d Postgres errors reported, %d failed writes retried): 0 lost, 0 order violations, %d duplicates",
+		want, pending, pgErrors.Load(), failedWrites.Load(), got.duplicates)
 }

@@ -36,6 +36,8 @@ type Relay struct {
 	releasing map[int]bool
 	drains    sync.WaitGroup // every drain and release goroutine
 
+	testHook func(point string) // tests pause the relay at named points; nil otherwise
+
 	fenced  atomic.Int64 // outcome writes that matched rows of a lease no longer held
 	aborted atomic.Int64 // Kafka transactions aborted (exactly-once mode)
 	txnMeta eosMeta      // exactly-once mode: the transactional id prefix and the commit log topic
@@ -49,6 +51,7 @@ type Relay struct {
 	mixed      string // a live replica of the other mode (no claims meanwhile)
 	running    bool
 	topicsMade sync.Map
+	notFound   sync.Map // subject+fingerprint -> when the registry first said "not found"
 	closeKafka sync.Once
 }
 
@@ -172,6 +175,13 @@ func (r *Relay) Run(ctx context.Context) error {
 			return nil
 		case <-tick.C:
 		}
+	}
+}
+
+// testPoint calls the test hook, if any, at point.
+func (r *Relay) testPoint(point string) {
+	if r.testHook != nil {
+		r.testHook(point)
 	}
 }
 

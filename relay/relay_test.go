@@ -193,6 +193,51 @@ func readBackFrom(t *testing.T, brokers, registryURL string, topics []string, wa
 	return s
 }
 
+// quietRelay starts a relay whose idle shards poll only every 10 minutes, with leases
+// that outlast the test (no shard is lost and claimed again, which would read it at
+// once), and returns once the relay owns all 64 shards and each has finished its first
+// read: from then on an event reaches Kafka within the test only if a NOTIFY woke its
+// shard. mod may set further fields (an OnRead hook is kept).
+func (e *env) quietRelay(t *testing.T, mod func(*relay.Config)) *relay.Relay {
+	t.Helper()
+	var mu sync.Mutex
+	read := map[int]bool{}
+	r, _, _ := e.relay(t, func(c *relay.Config) {
+		c.PollInterval = 10 * time.Minute
+		c.LeaseTTL, c.HeartbeatInterval = 5*time.Minute, time.Second
+		if mod != nil {
+			mod(c)
+		}
+		next := c.Hooks.OnRead
+		c.Hooks.OnRead = func(shard, rows int, d time.Duration) {
+			mu.Lock()
+			read[shard] = true
+			mu.Unlock()
+			if next != nil {
+				next(shard, rows, d)
+			}
+		}
+	})
+	waitFor(t, 60*time.Second, "the relay owning all 64 shards, each read once", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(read) == 64 && len(r.Owned()) == 64
+	})
+	return r
+}
+
+// waitFor polls cond until it holds, failing the test after timeout.
+func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 func header(rec *kgo.Record, k string) string {
 	for _, h := range rec.Headers {
 		if h.Key == k {
@@ -243,25 +288,49 @@ func TestRelay_PublishesEverythingInKeyOrderAndEmptiesOutbox(t *testing.T) {
 	}
 }
 
+// In retention mode published rows are marked, not deleted, and the relay's purge
+// (once a minute) deletes those published longer ago than Retention and keeps the
+// others.
 func TestRelay_RetentionModeMarksThenPurges(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	topic := testenv.Topic(t, 1)
+	outboxTable := pgx.Identifier{e.schema, "outbox"}.Sanitize()
+	counts := func() (published, total int) {
+		t.Helper()
+		if err := e.pool.QueryRow(context.Background(), `SELECT count(*) FILTER (WHERE published_at IS NOT NULL), count(*) FROM `+outboxTable).
+			Scan(&published, &total); err != nil {
+			t.Fatal(err)
+		}
+		return published, total
+	}
 	e.write(t, topic, 3, 3, 0)
 	e.relay(t, func(c *relay.Config) { c.Retention = time.Hour })
 	readBack(t, topic, 9, 30*time.Second)
-	var published, total int
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		e.pool.QueryRow(context.Background(), `SELECT count(*) FILTER (WHERE published_at IS NOT NULL), count(*) FROM `+
-			pgx.Identifier{e.schema, "outbox"}.Sanitize()).Scan(&published, &total)
-		if published == 9 {
-			break
+	waitFor(t, 20*time.Second, "the 9 published rows marked, none deleted", func() bool {
+		published, total := counts()
+		if total != 9 {
+			t.Fatalf("retention mode: %d rows left of 9; published rows must be kept until they are old", total)
 		}
-		time.Sleep(100 * time.Millisecond)
+		return published == 9
+	})
+	// Those 9 were published two hours ago (past the 1 h retention); 9 more, published
+	// now, must outlive the purge.
+	if _, err := e.pool.Exec(context.Background(), `UPDATE `+outboxTable+` SET published_at = now() - interval '2 hours' WHERE published_at IS NOT NULL`); err != nil {
+		t.Fatal(err)
 	}
-	if published != 9 || total != 9 {
-		t.Fatalf("retention mode: %d marked of %d rows, want 9 of 9", published, total)
+	e.write(t, topic, 3, 6, 0) // seq 1..6 per key: 1..3 again (new rows) and 4..6
+	readBack(t, topic, 18, 30*time.Second)
+	waitFor(t, 20*time.Second, "the 18 new rows marked", func() bool { p, _ := counts(); return p == 27 })
+	var old int
+	waitFor(t, 100*time.Second, "the purge of the 9 rows published 2 h ago (it runs a minute after start)", func() bool {
+		if err := e.pool.QueryRow(context.Background(), `SELECT count(*) FROM `+outboxTable+` WHERE published_at < now() - interval '1 hour'`).Scan(&old); err != nil {
+			t.Fatal(err)
+		}
+		return old == 0
+	})
+	if published, total := counts(); published != 18 || total != 18 {
+		t.Fatalf("after the purge: %d marked of %d rows, want the 18 recent ones kept", published, total)
 	}
 }
 
@@ -269,20 +338,14 @@ func TestRelay_NotifyWakesIdleRelayDespiteLongPoll(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	topic := testenv.Topic(t, 1)
-	r, _, _ := e.relay(t, func(c *relay.Config) { c.PollInterval = 30 * time.Second })
-	// Wait until the relay holds its shards and its first (empty) polls are done.
-	deadline := time.Now().Add(10 * time.Second)
-	for len(r.Owned()) < 64 && time.Now().Before(deadline) {
-		time.Sleep(50 * time.Millisecond)
-	}
-	time.Sleep(time.Second)
+	e.quietRelay(t, nil)
 	start := time.Now()
 	e.write(t, topic, 1, 1, 0)
-	got := readBack(t, topic, 1, 10*time.Second)
+	got := readBack(t, topic, 1, 60*time.Second)
 	if got.distinct != 1 {
-		t.Fatalf("event committed on an idle relay (poll 30s) not on Kafka within 10s")
+		t.Fatalf("event committed on an idle relay (poll 10 min) not on Kafka within 60s")
 	}
-	t.Logf("idle wake-up to Kafka: %s (poll interval 30s)", time.Since(start).Round(time.Millisecond))
+	t.Logf("idle wake-up to Kafka: %s (poll interval 10 min)", time.Since(start).Round(time.Millisecond))
 
 	// The writer's payload names the shards; a plain-SQL writer's empty payload, or
 	// one that is not a shard list, must still wake the relay (every shard).
@@ -300,8 +363,8 @@ func TestRelay_NotifyWakesIdleRelayDespiteLongPoll(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := readBack(t, topic, 2+i, 10*time.Second); got.distinct != 2+i {
-			t.Fatalf("event notified with payload %q not on Kafka within 10s (poll 30s)", payload)
+		if got := readBack(t, topic, 2+i, 60*time.Second); got.distinct != 2+i {
+			t.Fatalf("event notified with payload %q not on Kafka within 60s (poll 10 min)", payload)
 		}
 	}
 }
@@ -315,20 +378,14 @@ func TestRelay_CommitOnManyShardsIsDrainedInFewBatches(t *testing.T) {
 	e := newEnv(t)
 	topic := testenv.Topic(t, 3)
 	var reads, rowsRead atomic.Int64
-	r, _, _ := e.relay(t, func(c *relay.Config) {
-		c.PollInterval = 30 * time.Second
+	e.quietRelay(t, func(c *relay.Config) {
 		c.Hooks.OnRead = func(_, rows int, _ time.Duration) {
 			if rows > 0 {
 				reads.Add(1)
 				rowsRead.Add(int64(rows))
 			}
 		}
-	})
-	deadline := time.Now().Add(10 * time.Second)
-	for len(r.Owned()) < 64 && time.Now().Before(deadline) {
-		time.Sleep(50 * time.Millisecond)
-	}
-	time.Sleep(time.Second) // every shard's first (empty) batch is done: all keep up
+	}) // every shard's first (empty) batch is done: all keep up
 
 	// 3 events on each of 64 keys, one key per shard, in 3 transactions.
 	keys := map[int]string{}
@@ -348,7 +405,7 @@ func TestRelay_CommitOnManyShardsIsDrainedInFewBatches(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	got := readBack(t, topic, 192, 20*time.Second)
+	got := readBack(t, topic, 192, 60*time.Second)
 	if got.distinct != 192 || got.violations != 0 {
 		t.Fatalf("distinct %d of 192, order violations %d", got.distinct, got.violations)
 	}

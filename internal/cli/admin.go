@@ -5,15 +5,17 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/relaybox/relaybox/migrations"
+	"github.com/relaybox/relaybox/outbox"
 	"github.com/relaybox/relaybox/relay"
 )
 
@@ -29,10 +31,12 @@ func defineAdmin(f *flags) *adminOpts {
 	return o
 }
 
-func runMigrate(ctx context.Context, args []string, out io.Writer) error {
-	f := newFlags("migrate")
+func runMigrate(ctx context.Context, args []string, s *stdio) error {
+	out := s.out
+	f := newFlags("migrate", s)
 	o := defineAdmin(f)
 	target := f.Int("target", 0, "up: last version to apply (0: latest); down: version to roll back to (0: all)")
+	force := f.Bool("force", false, "down to 0: drop the outbox even with unpublished events in it (they are lost)")
 	f.Usage = func() {
 		fmt.Fprintln(f.Output(), "usage: relaybox migrate up|down|status [flags]")
 		f.PrintDefaults()
@@ -55,6 +59,11 @@ func runMigrate(ctx context.Context, args []string, out io.Writer) error {
 		dir := migrations.Up
 		if sub == "down" {
 			dir = migrations.Down
+			if *target == 0 && !*force {
+				if err := refuseDropWithPending(ctx, pool, o.schema); err != nil {
+					return err
+				}
+			}
 		}
 		res, err := migrations.Migrate(ctx, pool, &migrations.Options{Schema: o.schema, Direction: dir, TargetVersion: *target})
 		if err != nil {
@@ -92,8 +101,32 @@ func runMigrate(ctx context.Context, args []string, out io.Writer) error {
 	return fmt.Errorf("migrate %q: say up, down or status", sub)
 }
 
-func runStatus(ctx context.Context, args []string, out io.Writer) error {
-	f := newFlags("status")
+// refuseDropWithPending fails while schema's outbox holds events not yet published
+// (parked ones included): rolling back every migration drops the table with them.
+func refuseDropWithPending(ctx context.Context, pool *pgxpool.Pool, schema string) error {
+	table := pgx.Identifier{schema, "outbox"}.Sanitize()
+	var exists bool
+	if err := pool.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL`, table).Scan(&exists); err != nil {
+		return fmt.Errorf("migrate down: checking the outbox: %w", err)
+	}
+	if !exists {
+		return nil
+	}
+	var pending, parked int64
+	if err := pool.QueryRow(ctx, `SELECT count(*), count(*) FILTER (WHERE parked_at IS NOT NULL) FROM `+table+` WHERE published_at IS NULL`).
+		Scan(&pending, &parked); err != nil {
+		return fmt.Errorf("migrate down: counting unpublished events: %w", err)
+	}
+	if pending > 0 {
+		return fmt.Errorf("migrate down: schema %q has %d unpublished event(s) (%d of them parked) that dropping the outbox would lose; "+
+			"let the relay publish them (relaybox status), skip the parked ones, or pass --force", schema, pending, parked)
+	}
+	return nil
+}
+
+func runStatus(ctx context.Context, args []string, s *stdio) error {
+	out := s.out
+	f := newFlags("status", s)
 	o := defineAdmin(f)
 	if err := f.parse(args); err != nil {
 		return err
@@ -141,8 +174,9 @@ func runStatus(ctx context.Context, args []string, out io.Writer) error {
 	return tw.Flush()
 }
 
-func runParked(ctx context.Context, args []string, out io.Writer) error {
-	f := newFlags("parked")
+func runParked(ctx context.Context, args []string, s *stdio) error {
+	out := s.out
+	f := newFlags("parked", s)
 	o := defineAdmin(f)
 	ids := f.String("id", "", "outbox row ids, comma-separated")
 	eventIDs := f.String("event-id", "", "event ids (UUID), comma-separated")
@@ -150,6 +184,8 @@ func runParked(ctx context.Context, args []string, out io.Writer) error {
 	reason := f.String("reason", "", "substring of the parking reason, e.g. too_large")
 	all := f.Bool("all", false, "every parked event (retry/skip need this or a filter)")
 	limit := f.Int("limit", 100, "list: most rows shown")
+	var channel string
+	f.str(&channel, "channel", "RELAYBOX_CHANNEL", outbox.DefaultChannel, "retry: the relays' LISTEN channel, notified so that they publish at once")
 	f.Usage = func() {
 		fmt.Fprintln(f.Output(), "usage: relaybox parked list|retry|skip [--id N,..|--event-id U,..|--key K|--reason R|--all]")
 		f.PrintDefaults()
@@ -198,7 +234,7 @@ func runParked(ctx context.Context, args []string, out io.Writer) error {
 		}
 		return tw.Flush()
 	case "retry":
-		n, err := relay.RetryParked(ctx, pool, o.schema, filter)
+		n, err := relay.RetryParkedOn(ctx, pool, o.schema, channel, filter)
 		if err != nil {
 			return err
 		}

@@ -1,5 +1,5 @@
 // Package cli implements the relaybox command: relay, migrate, status, parked, dlq,
-// demo. cmd/relaybox/main.go only calls Main.
+// demo, schema. cmd/relaybox/main.go only calls Main.
 //
 // Every flag has an environment variable (shown in -help); a flag given on the command
 // line wins over the variable. Errors print as one line: "relaybox: <what failed>".
@@ -22,42 +22,66 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/relaybox/relaybox/internal/redact"
 )
 
 type command struct {
 	name, summary string
-	run           func(ctx context.Context, args []string, out io.Writer) error
+	// subs are the subcommands, if any (the secret-leak test runs each).
+	subs []string
+	run  func(ctx context.Context, args []string, s *stdio) error
 }
 
 func commands() []command {
 	return []command{
-		{"relay", "publish the outbox to Kafka (the daemon)", runRelay},
-		{"migrate", "apply or roll back relaybox's tables: migrate up|down|status", runMigrate},
-		{"status", "backlog, oldest age, leases and owners, parked events by reason", runStatus},
-		{"parked", "parked events: parked list|retry|skip", runParked},
-		{"dlq", "dead letters: dlq redrive", runDLQ},
-		{"demo", "run the whole flow in one process on embedded defaults", runDemo},
+		{"relay", "publish the outbox to Kafka (the daemon)", nil, runRelay},
+		{"migrate", "apply or roll back relaybox's tables: migrate up|down|status", []string{"up", "down", "status"}, runMigrate},
+		{"status", "backlog, oldest age, leases and owners, parked events by reason", nil, runStatus},
+		{"parked", "parked events: parked list|retry|skip", []string{"list", "retry", "skip"}, runParked},
+		{"dlq", "dead letters: dlq redrive", []string{"redrive"}, runDLQ},
+		{"demo", "run the whole flow in one process on embedded defaults", nil, runDemo},
+		{"schema", "schema governance: schema check|compat|list", []string{"check", "compat", "list"}, runSchema},
+		{"version", "print the version and commit of this binary", nil, runVersion},
 	}
+}
+
+// stdio is one invocation's output. Everything written through it, logs and usage
+// included, is scrubbed of the secrets its flags and environment carry (passwords,
+// URL userinfo), so that no secret reaches a terminal or a pod's log.
+type stdio struct {
+	out, err io.Writer
+	secrets  *redact.Set
 }
 
 // Main runs the command line and returns the process exit code.
 func Main(args []string, stdout, stderr io.Writer) int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return mainContext(ctx, args, stdout, stderr)
+}
+
+// mainContext is Main under ctx.
+func mainContext(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	secrets := &redact.Set{}
+	for _, env := range secretEnvVars() { // before anything can print them
+		secrets.Add(os.Getenv(env))
+	}
+	s := &stdio{out: secrets.Writer(stdout), err: secrets.Writer(stderr), secrets: secrets}
 	if len(args) < 1 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
-		usage(stderr)
+		usage(s.err)
 		if len(args) < 1 {
 			return 2
 		}
 		return 0
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
 	for _, c := range commands() {
 		if c.name == args[0] {
-			err := c.run(ctx, args[1:], stdout)
+			err := c.run(ctx, args[1:], s)
 			if err == nil || errors.Is(err, flag.ErrHelp) {
 				return 0
 			}
-			fmt.Fprintln(stderr, "relaybox: "+oneLine(err))
+			fmt.Fprintln(s.err, "relaybox: "+oneLine(err))
 			var ee exitError
 			if errors.As(err, &ee) {
 				return int(ee)
@@ -65,8 +89,8 @@ func Main(args []string, stdout, stderr io.Writer) int {
 			return 1
 		}
 	}
-	fmt.Fprintf(stderr, "relaybox: unknown command %q\n", args[0])
-	usage(stderr)
+	fmt.Fprintf(s.err, "relaybox: unknown command %q\n", args[0])
+	usage(s.err)
 	return 2
 }
 
@@ -89,96 +113,128 @@ func oneLine(err error) string {
 }
 
 var (
-	envMu   sync.Mutex
-	envSeen = map[string]bool{}
+	envMu     sync.Mutex
+	envSeen   = map[string]bool{}
+	envSecret = map[string]bool{} // variables whose values are secrets
 )
 
+// secretEnvVars lists the variables holding secrets (passwords). The passwords in
+// connection URLs are masked by pattern (redact.URL), not as literal values: a
+// development password such as "relaybox" would mask every mention of the name.
+func secretEnvVars() []string { return envNames(envSecret) }
+
 // EnvVars lists every environment variable a relaybox command reads.
-func EnvVars() []string {
-	registerAll() // variables are recorded as flag sets are defined
+func EnvVars() []string { return envNames(envSeen) }
+
+// envNames returns the sorted keys of set, once every flag set has been defined
+// (variables are recorded as flag sets are defined).
+func envNames(set map[string]bool) []string {
+	registerAll()
 	envMu.Lock()
 	defer envMu.Unlock()
-	out := make([]string, 0, len(envSeen))
-	for k := range envSeen {
+	out := make([]string, 0, len(set))
+	for k := range set {
 		out = append(out, k)
 	}
 	sort.Strings(out)
 	return out
 }
 
+// flags is a command's flag set. A flag's default is the built-in one, never a
+// value from the environment: the flag package prints defaults in usage (-h, a bad
+// flag), and an environment value may be a password. Variables are applied by
+// parse, to the flags the command line did not set.
 type flags struct {
 	*flag.FlagSet
-	envErr []error
+	s        *stdio
+	bindings []binding
 }
 
-func newFlags(name string) *flags {
+// binding ties a flag to its environment variable.
+type binding struct {
+	flag, env string
+	want      string // what a bad value is not, e.g. "a duration (e.g. 500ms, 15s)"
+	secret    bool   // the value is a secret (a password)
+}
+
+// newFlags returns the flag set of a command; s (nil only when the set is defined
+// to list variables) receives its usage and learns its secrets.
+func newFlags(name string, s *stdio) *flags {
 	fs := flag.NewFlagSet("relaybox "+name, flag.ContinueOnError)
-	return &flags{FlagSet: fs}
+	if s != nil {
+		fs.SetOutput(s.err)
+	}
+	return &flags{FlagSet: fs, s: s}
 }
 
-func seen(env string) {
+func (f *flags) bind(name, env, want string, secret bool) {
 	envMu.Lock()
 	envSeen[env] = true
+	if secret {
+		envSecret[env] = true
+	}
 	envMu.Unlock()
+	f.bindings = append(f.bindings, binding{flag: name, env: env, want: want, secret: secret})
 }
 
 func (f *flags) str(p *string, name, env, def, usage string) {
-	seen(env)
-	if v, ok := os.LookupEnv(env); ok {
-		def = v
-	}
+	f.bind(name, env, "", false)
 	f.StringVar(p, name, def, usage+" [$"+env+"]")
 }
 
+// conn defines a connection URL flag: its password is masked in every output by
+// pattern (redact.URL), and its default is never taken from the environment.
+func (f *flags) conn(p *string, name, env, usage string) {
+	f.bind(name, env, "", false)
+	f.StringVar(p, name, "", usage+" [$"+env+"]")
+}
+
 func (f *flags) secret(p *string, name, env, usage string) {
-	seen(env)
-	f.StringVar(p, name, os.Getenv(env), usage+" [$"+env+"] (prefer the variable: flags show in ps)")
+	f.bind(name, env, "", true)
+	f.StringVar(p, name, "", usage+" [$"+env+"] (prefer the variable: flags show in ps)")
 }
 
 func (f *flags) dur(p *time.Duration, name, env string, def time.Duration, usage string) {
-	seen(env)
-	if v, ok := os.LookupEnv(env); ok {
-		if d, err := time.ParseDuration(v); err == nil {
-			def = d
-		} else {
-			f.envErr = append(f.envErr, fmt.Errorf("$%s: %q is not a duration (e.g. 500ms, 15s)", env, v))
-		}
-	}
+	f.bind(name, env, "a duration (e.g. 500ms, 15s)", false)
 	f.DurationVar(p, name, def, usage+" [$"+env+"]")
 }
 
 func (f *flags) num(p *int, name, env string, def int, usage string) {
-	seen(env)
-	if v, ok := os.LookupEnv(env); ok {
-		if n, err := strconv.Atoi(v); err == nil {
-			def = n
-		} else {
-			f.envErr = append(f.envErr, fmt.Errorf("$%s: %q is not an integer", env, v))
-		}
-	}
+	f.bind(name, env, "an integer", false)
 	f.IntVar(p, name, def, usage+" [$"+env+"]")
 }
 
 func (f *flags) boolean(p *bool, name, env string, def bool, usage string) {
-	seen(env)
-	if v, ok := os.LookupEnv(env); ok {
-		if b, err := strconv.ParseBool(v); err == nil {
-			def = b
-		} else {
-			f.envErr = append(f.envErr, fmt.Errorf("$%s: %q is not a boolean", env, v))
-		}
-	}
+	f.bind(name, env, "a boolean", false)
 	f.BoolVar(p, name, def, usage+" [$"+env+"]")
 }
 
+// parse parses args, then applies the environment to the flags args did not set,
+// and registers the secrets among the values with the invocation's output.
 func (f *flags) parse(args []string) error {
 	if err := f.Parse(args); err != nil {
 		return err
 	}
-	if len(f.envErr) > 0 {
-		return errors.Join(f.envErr...)
+	set := map[string]bool{}
+	f.Visit(func(fl *flag.Flag) { set[fl.Name] = true })
+	var errs []error
+	for _, b := range f.bindings {
+		// An empty variable sets a string flag to "" (RELAYBOX_METRICS_ADDR= turns the
+		// endpoint off) and leaves any other flag at its default.
+		if v, ok := os.LookupEnv(b.env); ok && !set[b.flag] && (v != "" || b.want == "") {
+			if err := f.Set(b.flag, v); err != nil {
+				if b.secret {
+					errs = append(errs, fmt.Errorf("$%s: not a valid value", b.env))
+				} else {
+					errs = append(errs, fmt.Errorf("$%s: %q is not %s", b.env, v, b.want))
+				}
+			}
+		}
+		if b.secret && f.s != nil {
+			f.s.secrets.Add(f.Lookup(b.flag).Value.String())
+		}
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // common holds what most commands share.
@@ -190,7 +246,7 @@ type common struct {
 }
 
 func (f *flags) common(c *common) {
-	f.str(&c.databaseURL, "database-url", "DATABASE_URL", "", "Postgres URL of the database holding the outbox (TLS via sslmode in the URL)")
+	f.conn(&c.databaseURL, "database-url", "DATABASE_URL", "Postgres URL of the database holding the outbox (TLS via sslmode in the URL: verify-full in production)")
 	f.str(&c.schema, "schema", "RELAYBOX_SCHEMA", "relaybox", "Postgres schema of relaybox's tables")
 	f.str(&c.logFormat, "log-format", "RELAYBOX_LOG_FORMAT", "json", "log format: json or text")
 	f.str(&c.logLevel, "log-level", "RELAYBOX_LOG_LEVEL", "info", "log level: debug, info, warn, error")

@@ -51,9 +51,9 @@ func defineDemo(f *flags) *demoOpts {
 	f.BoolVar(&o.json, "json", false, "print the summary as one JSON object on stdout")
 	f.IntVar(&o.orders, "orders", 300, "orders to create (each is also modified; a third are deleted)")
 	f.DurationVar(&o.timeout, "timeout", 90*time.Second, "give up after this long")
-	f.str(&o.dbURL, "database-url", "DATABASE_URL", "", "Postgres to use (default: a throwaway cluster)")
+	f.conn(&o.dbURL, "database-url", "DATABASE_URL", "Postgres to use (default: a throwaway cluster)")
 	f.str(&o.brokers, "brokers", "KAFKA_BROKERS", "", "Kafka to use (default: franz-go's in-process kfake broker)")
-	f.str(&o.registry, "registry-url", "SCHEMA_REGISTRY_URL", "", "schema registry to use (default: in-process srfake)")
+	f.conn(&o.registry, "registry-url", "SCHEMA_REGISTRY_URL", "schema registry to use (default: in-process srfake)")
 	return o
 }
 
@@ -73,8 +73,9 @@ type DemoSummary struct {
 	Registry          string  `json:"registry"`
 }
 
-func runDemo(ctx context.Context, args []string, out io.Writer) error {
-	f := newFlags("demo")
+func runDemo(ctx context.Context, args []string, s *stdio) error {
+	out := s.out
+	f := newFlags("demo", s)
 	o := defineDemo(f)
 	if err := f.parse(args); err != nil {
 		return err
@@ -82,7 +83,7 @@ func runDemo(ctx context.Context, args []string, out io.Writer) error {
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(ctx, o.timeout)
 	defer cancel()
-	progress := func(format string, a ...any) { fmt.Fprintf(os.Stderr, "demo: "+format+"\n", a...) }
+	progress := func(format string, a ...any) { fmt.Fprintf(s.err, "demo: "+format+"\n", a...) }
 	var cleanups []func()
 	defer func() {
 		for i := len(cleanups) - 1; i >= 0; i-- {
@@ -188,7 +189,7 @@ func runDemo(ctx context.Context, args []string, out io.Writer) error {
 
 	lvl := slog.LevelError
 	_ = lvl.UnmarshalText([]byte(os.Getenv("RELAYBOX_DEMO_LOG_LEVEL")))
-	quiet := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
+	quiet := slog.New(slog.NewTextHandler(s.err, &slog.HandlerOptions{Level: lvl}))
 	var written, published, processed, dups atomic.Int64
 
 	// The orders service.

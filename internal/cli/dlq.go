@@ -4,7 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
+	"log/slog"
 
 	"github.com/relaybox/relaybox/consumer"
 )
@@ -21,10 +21,13 @@ func defineDLQ(f *flags) *dlqOpts {
 	return o
 }
 
-func runDLQ(ctx context.Context, args []string, out io.Writer) error {
-	f := newFlags("dlq")
+func runDLQ(ctx context.Context, args []string, s *stdio) error {
+	out := s.out
+	f := newFlags("dlq", s)
 	o := defineDLQ(f)
 	topic := f.String("topic", "", "dead-letter topic to redrive, e.g. orders.dlq (required)")
+	to := f.String("to", "", "topic to redrive every record to (default: the topic its header names, if this is that topic's dead-letter topic)")
+	suffix := f.String("dlq-suffix", ".dlq", "dead-letter suffix of the consumers (which topic a dead-letter topic belongs to)")
 	f.Usage = func() {
 		fmt.Fprintln(f.Output(), "usage: relaybox dlq redrive --topic <topic>.dlq [flags]")
 		f.PrintDefaults()
@@ -43,10 +46,17 @@ func runDLQ(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	n, err := consumer.Redrive(ctx, *topic, &consumer.RedriveOptions{KafkaOpts: kopts, Group: o.group})
-	if err != nil {
+	log := slog.New(slog.NewTextHandler(s.err, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	n, err := consumer.Redrive(ctx, *topic, &consumer.RedriveOptions{KafkaOpts: kopts, Group: o.group, Logger: log,
+		To: *to, DeadLetterSuffix: *suffix})
+	var refused *consumer.RedriveRefusedError
+	if err != nil && !errors.As(err, &refused) {
 		return err
 	}
-	fmt.Fprintf(out, "redrove %d record(s) from %s to their original topics\n", n, *topic)
-	return nil
+	dest := "their original topics"
+	if *to != "" {
+		dest = *to
+	}
+	fmt.Fprintf(out, "redrove %d record(s) from %s to %s\n", n, *topic, dest)
+	return err // the refusals, if any: exit 1
 }

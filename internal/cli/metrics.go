@@ -16,25 +16,26 @@ import (
 // are read from Postgres at scrape time (one query), so every replica reports the
 // same truth.
 type relayMetrics struct {
-	registry  *prometheus.Registry
-	published prometheus.Counter
-	latency   prometheus.Histogram
-	batchSize prometheus.Histogram
-	batchTime prometheus.Histogram
-	readTime  prometheus.Histogram
-	errors    *prometheus.CounterVec
-	parkedTot *prometheus.CounterVec
-	owned     prometheus.Gauge
-	fenced    *prometheus.CounterVec
-	txns      *prometheus.CounterVec
-	txnTime   prometheus.Histogram
-	mode      *prometheus.GaugeVec
-	pool      *pgxpool.Pool
-	schema    string
-	backlogD  *prometheus.Desc
-	oldestD   *prometheus.Desc
-	parkedD   *prometheus.Desc
-	replicasD *prometheus.Desc
+	registry   *prometheus.Registry
+	published  prometheus.Counter
+	latency    prometheus.Histogram
+	batchSize  prometheus.Histogram
+	batchTime  prometheus.Histogram
+	readTime   prometheus.Histogram
+	errors     *prometheus.CounterVec
+	parkedTot  *prometheus.CounterVec
+	owned      prometheus.Gauge
+	fenced     *prometheus.CounterVec
+	txns       *prometheus.CounterVec
+	txnTime    prometheus.Histogram
+	mode       *prometheus.GaugeVec
+	pool       *pgxpool.Pool
+	schema     string
+	backlogD   *prometheus.Desc
+	oldestD    *prometheus.Desc
+	parkedD    *prometheus.Desc
+	replicasD  *prometheus.Desc
+	scrapeErrD *prometheus.Desc
 }
 
 func newRelayMetrics(pool *pgxpool.Pool, schema string) *relayMetrics {
@@ -43,7 +44,7 @@ func newRelayMetrics(pool *pgxpool.Pool, schema string) *relayMetrics {
 		published: prometheus.NewCounter(prometheus.CounterOpts{Name: "relaybox_relay_published_total",
 			Help: "Events acked by Kafka and removed from the outbox by this replica."}),
 		latency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "relaybox_relay_publish_latency_seconds",
-			Help: "Time from an event's commit (created_at) to its Kafka ack.", Buckets: prometheus.ExponentialBuckets(0.001, 2, 16)}),
+			Help: "Time from an event's created_at (now() of the transaction that wrote it: its start, not its commit) to its Kafka ack.", Buckets: prometheus.ExponentialBuckets(0.001, 2, 16)}),
 		batchSize: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "relaybox_relay_batch_size",
 			Help: "Rows read per batch.", Buckets: prometheus.ExponentialBuckets(1, 2, 14)}),
 		readTime: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "relaybox_relay_read_seconds",
@@ -69,6 +70,8 @@ func newRelayMetrics(pool *pgxpool.Pool, schema string) *relayMetrics {
 		oldestD:   prometheus.NewDesc("relaybox_outbox_oldest_unpublished_seconds", "Age of the oldest unpublished event per shard.", []string{"shard"}, nil),
 		parkedD:   prometheus.NewDesc("relaybox_outbox_parked", "Parked events by reason.", []string{"reason"}, nil),
 		replicasD: prometheus.NewDesc("relaybox_relay_live_replicas", "Relay replicas with a live heartbeat.", nil, nil),
+		scrapeErrD: prometheus.NewDesc("relaybox_scrape_error", "1 when this scrape could not read the outbox's status from Postgres "+
+			"(its backlog, oldest age, parked and replica series are missing from this scrape), else 0.", nil, nil),
 	}
 	m.registry.MustRegister(m.published, m.latency, m.batchSize, m.batchTime, m.readTime, m.errors, m.parkedTot, m.owned, m.fenced, m.txns, m.txnTime, m.mode, m,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -114,6 +117,7 @@ func (m *relayMetrics) Describe(ch chan<- *prometheus.Desc) {
 	ch <- m.oldestD
 	ch <- m.parkedD
 	ch <- m.replicasD
+	ch <- m.scrapeErrD
 }
 
 func (m *relayMetrics) Collect(ch chan<- prometheus.Metric) {
@@ -121,9 +125,12 @@ func (m *relayMetrics) Collect(ch chan<- prometheus.Metric) {
 	defer cancel()
 	st, err := relay.ReadStatus(ctx, m.pool, m.schema)
 	if err != nil {
-		ch <- prometheus.NewInvalidMetric(m.backlogD, err)
+		// A failed status read costs only its own series: the counters that explain the
+		// failure (errors by kind, ...) must still be scraped.
+		ch <- prometheus.MustNewConstMetric(m.scrapeErrD, prometheus.GaugeValue, 1)
 		return
 	}
+	ch <- prometheus.MustNewConstMetric(m.scrapeErrD, prometheus.GaugeValue, 0)
 	for _, s := range st.Shards {
 		sh := strconv.Itoa(s.Shard)
 		ch <- prometheus.MustNewConstMetric(m.backlogD, prometheus.GaugeValue, float64(s.Backlog), sh)

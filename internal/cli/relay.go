@@ -6,10 +6,10 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"net/url"
 	"os"
 	"strings"
 	"time"
@@ -20,6 +20,7 @@ import (
 	"github.com/twmb/franz-go/pkg/sasl/plain"
 	"github.com/twmb/franz-go/pkg/sasl/scram"
 
+	"github.com/relaybox/relaybox/outbox"
 	"github.com/relaybox/relaybox/relay"
 )
 
@@ -27,7 +28,13 @@ import (
 type kafkaOpts struct {
 	brokers, tlsCA, saslMechanism, saslUser, saslPassword string
 	tls, tlsInsecure                                      bool
+	// allowPlaintext lets credentials cross the network unencrypted (SASL PLAIN
+	// without TLS, registry basic auth over http://): refused otherwise.
+	allowPlaintext bool
 }
+
+// allowPlaintextFlag is the flag that lets credentials cross the network in clear.
+const allowPlaintextFlag = "--allow-plaintext-credentials"
 
 func (f *flags) kafka(k *kafkaOpts) {
 	f.str(&k.brokers, "brokers", "KAFKA_BROKERS", "", "Kafka seed brokers, comma-separated")
@@ -37,14 +44,22 @@ func (f *flags) kafka(k *kafkaOpts) {
 	f.str(&k.saslMechanism, "kafka-sasl-mechanism", "KAFKA_SASL_MECHANISM", "", "SASL mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512")
 	f.str(&k.saslUser, "kafka-sasl-username", "KAFKA_SASL_USERNAME", "", "SASL username")
 	f.secret(&k.saslPassword, "kafka-sasl-password", "KAFKA_SASL_PASSWORD", "SASL password")
+	f.boolean(&k.allowPlaintext, "allow-plaintext-credentials", "RELAYBOX_ALLOW_PLAINTEXT_CREDENTIALS", false,
+		"send credentials unencrypted: SASL PLAIN without TLS, registry basic auth over http:// (refused otherwise; local testing only)")
 }
+
+func (k *kafkaOpts) useTLS() bool { return k.tls || k.tlsCA != "" || k.tlsInsecure }
 
 func (k *kafkaOpts) opts() ([]kgo.Opt, error) {
 	if k.brokers == "" {
 		return nil, errors.New("no Kafka brokers: set KAFKA_BROKERS or --brokers")
 	}
 	opts := []kgo.Opt{kgo.SeedBrokers(strings.Split(k.brokers, ",")...)}
-	if k.tls || k.tlsCA != "" || k.tlsInsecure {
+	if strings.EqualFold(k.saslMechanism, "PLAIN") && !k.useTLS() && !k.allowPlaintext {
+		return nil, errors.New("KAFKA_SASL_MECHANISM PLAIN without TLS sends the password in clear: set KAFKA_TLS (or --kafka-tls), " +
+			"use SCRAM, or pass " + allowPlaintextFlag)
+	}
+	if k.useTLS() {
 		cfg := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: k.tlsInsecure} //nolint:gosec // opt-in for tests
 		if k.tlsCA != "" {
 			pem, err := os.ReadFile(k.tlsCA)
@@ -79,10 +94,31 @@ type registryOpts struct {
 }
 
 func (f *flags) registry(r *registryOpts) {
-	f.str(&r.url, "registry-url", "SCHEMA_REGISTRY_URL", "", "Confluent-compatible schema registry URL (Apicurio: http://host:8080/apis/ccompat/v7)")
+	f.conn(&r.url, "registry-url", "SCHEMA_REGISTRY_URL", "Confluent-compatible schema registry URL (Apicurio: http://host:8080/apis/ccompat/v7)")
 	f.str(&r.user, "registry-username", "SCHEMA_REGISTRY_USERNAME", "", "registry basic-auth username")
 	f.secret(&r.password, "registry-password", "SCHEMA_REGISTRY_PASSWORD", "registry basic-auth password")
 	f.dur(&r.timeout, "registry-timeout", "SCHEMA_REGISTRY_TIMEOUT", 10*time.Second, "timeout of each registry call")
+}
+
+// check moves credentials in the URL's userinfo to user and password (so that no
+// error text carries them), and refuses basic auth over http:// unless allowed.
+func (r *registryOpts) check(allowPlaintext bool) error {
+	u, err := url.Parse(r.url)
+	if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
+		return errors.New("SCHEMA_REGISTRY_URL: want http(s)://host[:port][/path]")
+	}
+	if u.User != nil {
+		if r.user == "" {
+			r.user = u.User.Username()
+			r.password, _ = u.User.Password()
+		}
+		u.User = nil
+		r.url = u.String()
+	}
+	if (r.user != "" || r.password != "") && u.Scheme == "http" && !allowPlaintext {
+		return errors.New("schema registry basic auth over http:// sends the password in clear: use https:// or pass " + allowPlaintextFlag)
+	}
+	return nil
 }
 
 type relayOpts struct {
@@ -122,7 +158,7 @@ func defineRelay(f *flags) *relayOpts {
 	f.boolean(&c.AutoCreateTopics, "auto-create-topics", "RELAYBOX_AUTO_CREATE_TOPICS", false, "create missing topics instead of parking their events")
 	f.num(&o.partitions, "topic-partitions", "RELAYBOX_TOPIC_PARTITIONS", 12, "partitions of auto-created topics")
 	f.dur(&c.UnreadyAfter, "unready-after", "RELAYBOX_UNREADY_AFTER", 30*time.Second, "/readyz fails once a dependency has failed this long")
-	f.str(&c.Channel, "channel", "RELAYBOX_CHANNEL", "relaybox_outbox", "LISTEN channel")
+	f.str(&c.Channel, "channel", "RELAYBOX_CHANNEL", outbox.DefaultChannel, "LISTEN channel")
 	f.str(&o.metrics, "metrics-addr", "RELAYBOX_METRICS_ADDR", ":9090", "address for /metrics, /healthz, /readyz (empty: off)")
 	f.boolean(&o.pprof, "pprof", "RELAYBOX_PPROF", false, "also serve Go's /debug/pprof/ on the metrics address (CPU and heap profiles)")
 	f.num(&o.poolSize, "pool-size", "RELAYBOX_POOL_SIZE", 0, "Postgres connections (0: max-inflight-batches + 8, at least 16, so outcome writes and small batches do not queue behind the claims)")
@@ -131,25 +167,29 @@ func defineRelay(f *flags) *relayOpts {
 }
 
 func registerAll() {
-	defineRelay(newFlags("relay"))
-	defineAdmin(newFlags("admin"))
-	defineDLQ(newFlags("dlq"))
-	defineDemo(newFlags("demo"))
+	defineRelay(newFlags("relay", nil))
+	defineAdmin(newFlags("admin", nil))
+	defineDLQ(newFlags("dlq", nil))
+	defineDemo(newFlags("demo", nil))
 }
 
-func runRelay(ctx context.Context, args []string, out io.Writer) error {
-	f := newFlags("relay")
+func runRelay(ctx context.Context, args []string, s *stdio) error {
+	out := s.out
+	f := newFlags("relay", s)
 	o := defineRelay(f)
 	if err := f.parse(args); err != nil {
 		return err
 	}
 	o.cfg.TopicPartitions = int32(o.partitions)
-	log, err := o.logger(os.Stderr)
+	log, err := o.logger(s.err)
 	if err != nil {
 		return err
 	}
 	if o.registry.url == "" {
 		return errors.New("no schema registry: set SCHEMA_REGISTRY_URL or --registry-url")
+	}
+	if err := o.registry.check(o.kafka.allowPlaintext); err != nil {
+		return err
 	}
 	kopts, err := o.kafka.opts()
 	if err != nil {
@@ -188,7 +228,13 @@ func runRelay(ctx context.Context, args []string, out io.Writer) error {
 		return nil
 	}
 	if o.metrics != "" {
-		srv, err := serveOps(o.metrics, m.registry, r.Ready, o.pprof)
+		ready := func() error { // error texts may carry a URL: scrubbed
+			if err := r.Ready(); err != nil {
+				return errors.New(s.secrets.Error(err))
+			}
+			return nil
+		}
+		srv, err := serveOps(o.metrics, m.registry, ready, o.pprof)
 		if err != nil {
 			return err
 		}

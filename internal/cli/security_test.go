@@ -63,7 +63,7 @@ func TestSecurity_RelayOverSCRAMAndTLS(t *testing.T) {
 	code, _, stderr := run(t, "relay", "--check", "--metrics-addr", "", "--log-level", "debug", "--database-url", testenv.DatabaseURL(t),
 		"--schema", schema, "--brokers", sk.Brokers, "--kafka-tls-ca", sk.CAFile, "--kafka-sasl-mechanism", "SCRAM-SHA-256",
 		"--kafka-sasl-username", sk.User, "--kafka-sasl-password", "wrong-"+sk.Password, "--registry-url", reg,
-		"--registry-username", "u", "--registry-password", "registry-s3cret")
+		"--registry-username", "u", "--registry-password", "registry-s3cret", "--allow-plaintext-credentials") // the test registry is http://
 	logs.WriteString(stderr)
 	if line := lastLine(stderr); code != 1 || !strings.HasPrefix(line, "relaybox: kafka unreachable: ") || !strings.Contains(strings.ToLower(line), "sasl") {
 		t.Fatalf("wrong SASL password: exit %d, last line %q", code, line)

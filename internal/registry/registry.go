@@ -1,7 +1,9 @@
-// Package registry wraps srclient for relaybox: an http.Client with timeouts (srclient
-// takes no context), caches of subject+schema → id and id → parsed schema, and error
-// classification (incompatible, not found, unavailable) that holds for Confluent Schema
-// Registry and for Apicurio's Confluent-compatible API alike.
+// Package registry wraps srclient for relaybox: an http.Client with timeouts, every
+// call bound to its context (srclient takes none: each call gets a client whose
+// transport attaches the call's context to its requests), caches of subject+schema → id
+// and id → parsed schema, and error classification (incompatible, not found,
+// unavailable) that holds for Confluent Schema Registry and for Apicurio's
+// Confluent-compatible API alike.
 package registry
 
 import (
@@ -19,6 +21,8 @@ import (
 	"github.com/hamba/avro/v2"
 	"github.com/riferrei/srclient"
 	"golang.org/x/sync/singleflight"
+
+	"github.com/relaybox/relaybox/internal/redact"
 )
 
 // Options configures a Client.
@@ -33,8 +37,11 @@ type Options struct {
 
 // Client is a caching schema registry client. Safe for concurrent use.
 type Client struct {
-	url string
-	sr  *srclient.SchemaRegistryClient
+	url        string // for requests
+	shown      string // for error texts: the URL without its userinfo's password
+	timeout    time.Duration
+	transport  http.RoundTripper // normalizer over the configured transport
+	user, pass string
 
 	flight  singleflight.Group
 	mu      sync.RWMutex
@@ -52,13 +59,32 @@ func New(url string, o Options) *Client {
 	if base == nil {
 		base = http.DefaultTransport
 	}
-	hc := &http.Client{Timeout: o.Timeout, Transport: normalizer{base}}
-	sr := srclient.NewSchemaRegistryClient(strings.TrimRight(url, "/"), srclient.WithClient(hc))
+	return &Client{url: strings.TrimRight(url, "/"), shown: redact.URL(url), timeout: o.Timeout, transport: normalizer{base},
+		user: o.Username, pass: o.Password, ids: map[string]int{}, schemas: map[int]avro.Schema{}}
+}
+
+// sr returns an srclient whose requests carry ctx: srclient v0.7.4 builds its requests
+// without a context, so the transport attaches it. The client is cheap (a few maps);
+// caching is relaybox's own (ids, schemas), srclient's is off.
+func (c *Client) sr(ctx context.Context) *srclient.SchemaRegistryClient {
+	hc := &http.Client{Timeout: c.timeout, Transport: ctxTransport{ctx: ctx, base: c.transport}}
+	sr := srclient.NewSchemaRegistryClient(c.url, srclient.WithClient(hc))
 	sr.CodecCreationEnabled(false)
-	if o.Username != "" {
-		sr.SetCredentials(o.Username, o.Password)
+	sr.CachingEnabled(false)
+	if c.user != "" {
+		sr.SetCredentials(c.user, c.pass)
 	}
-	return &Client{url: url, sr: sr, ids: map[string]int{}, schemas: map[int]avro.Schema{}}
+	return sr
+}
+
+// ctxTransport binds every request it carries to ctx.
+type ctxTransport struct {
+	ctx  context.Context
+	base http.RoundTripper
+}
+
+func (t ctxTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	return t.base.RoundTrip(req.WithContext(t.ctx))
 }
 
 // Error is a registry answer that is not a success.
@@ -77,6 +103,10 @@ func (e *Error) Error() string {
 	return fmt.Sprintf("%s: %d %s", s, e.Code, e.Message)
 }
 
+// codeReadOnly is the registry's "operation not permitted" answer in read-only
+// mode (during an import or a failover): retried like an outage.
+const codeReadOnly = 42205
+
 // ErrUnavailable wraps transport failures (connection refused, timeouts, 5xx).
 var ErrUnavailable = errors.New("schema registry unavailable")
 
@@ -90,7 +120,9 @@ func IsIncompatible(err error) bool {
 	if strings.Contains(e.Message, "already exists") {
 		return false
 	}
-	return e.Code == 409 || e.Code == 422 || e.Code/100 == 422 || strings.Contains(e.Message, "ncompatible")
+	// 42201 is an invalid schema; 42204 (invalid mode) and 42205 (read-only mode) say
+	// nothing about the schema: not incompatible (classify makes 42205 unavailable).
+	return e.Code == 409 || e.Code == 422 || e.Code == 42201 || strings.Contains(e.Message, "ncompatible")
 }
 
 // IsNotFound reports whether the registry does not know the subject, version or id.
@@ -103,39 +135,79 @@ func IsNotFound(err error) bool {
 // (Apicurio's H2 store times out on locks under concurrent registrations).
 func serverError(err error) bool {
 	var se srclient.Error
-	return errors.As(err, &se) && (se.Code >= 500 && se.Code < 600 || se.Code/100 >= 500 && se.Code/100 < 600)
+	var e *Error
+	switch {
+	case errors.As(err, &se):
+		return is5xx(se.Code)
+	case errors.As(err, &e):
+		return is5xx(e.Code)
+	}
+	return false
+}
+
+// is5xx reports whether a status or Confluent error code (50001, ...) is a server error.
+func is5xx(code int) bool {
+	return code >= 500 && code < 600 || code/100 >= 500 && code/100 < 600
 }
 
 // retry runs f up to three times while the registry answers 5xx.
-func retry[T any](f func() (T, error)) (T, error) {
+func retry[T any](ctx context.Context, f func() (T, error)) (T, error) {
 	var v T
 	var err error
 	for i := 0; i < 3; i++ {
 		if v, err = f(); err == nil || !serverError(err) {
 			return v, err
 		}
-		time.Sleep(time.Duration(i+1) * 250 * time.Millisecond)
+		if sleep(ctx, time.Duration(i+1)*250*time.Millisecond) != nil {
+			return v, err
+		}
 	}
 	return v, err
 }
 
-func classify(op, subject string, err error) error {
+// sleep waits d or until ctx ends, and returns ctx's error if it ended.
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// classify turns an srclient or transport error into an *Error or ErrUnavailable. When
+// ctx ended, the error wraps both ErrUnavailable and ctx's error (errors.Is(err,
+// context.Canceled) holds): callers that treat ErrUnavailable as "try again later"
+// (the relay, the consumer) never take a cancellation for a verdict on the schema.
+func classify(ctx context.Context, op, subject string, err error) error {
+	if cerr := ctx.Err(); cerr != nil {
+		return fmt.Errorf("%w: %s: %w", ErrUnavailable, op, cerr)
+	}
 	var se srclient.Error
-	if errors.As(err, &se) {
-		e := &Error{Op: op, Subject: subject, Code: se.Code, Message: se.Message}
-		if e.Code >= 500 && e.Code < 600 || e.Code/100 >= 500 && e.Code/100 < 600 {
+	e, ok := err.(*Error)
+	if !ok && errors.As(err, &se) {
+		e, ok = &Error{Op: op, Subject: subject, Code: se.Code, Message: se.Message}, true
+	}
+	if ok {
+		if is5xx(e.Code) || e.Code == codeReadOnly {
 			return fmt.Errorf("%w: %v", ErrUnavailable, e)
 		}
 		return e
 	}
-	return fmt.Errorf("%w: %s: %v", ErrUnavailable, op, err)
+	return fmt.Errorf("%w: %s: %w", ErrUnavailable, op, err)
 }
 
 func key(subject, schema string) string { return subject + "\x00" + schema }
 
 // ID returns the registry id of schema under subject: from the cache, else by lookup,
 // else (when register is true) by registering it.
-func (c *Client) ID(_ context.Context, subject, schema string, register bool) (int, error) {
+//
+// The call is bound to ctx: cancelling it ends the HTTP request and returns an error
+// wrapping ctx's error. Concurrent calls for the same subject and schema share one
+// request (and so the first caller's context).
+func (c *Client) ID(ctx context.Context, subject, schema string, register bool) (int, error) {
 	k := key(subject, schema)
 	c.mu.RLock()
 	id, ok := c.ids[k]
@@ -146,35 +218,38 @@ func (c *Client) ID(_ context.Context, subject, schema string, register bool) (i
 	// One call per subject and schema at a time: concurrent first registrations of
 	// the same subject race inside some registries (Apicurio answers "already exists").
 	v, err, _ := c.flight.Do(fmt.Sprint(register)+k, func() (any, error) {
+		sr := c.sr(ctx)
 		if !register {
-			s, err := retry(func() (*srclient.Schema, error) { return c.sr.LookupSchema(subject, schema, srclient.Avro) })
+			s, err := retry(ctx, func() (*srclient.Schema, error) { return sr.LookupSchema(subject, schema, srclient.Avro) })
 			if err != nil {
-				return 0, classify("lookup", subject, err)
+				return 0, classify(ctx, "lookup", subject, err)
 			}
 			return s.ID(), nil
 		}
 		var lerr error
 		for attempt := 0; attempt < 5; attempt++ {
-			s, err := retry(func() (*srclient.Schema, error) { return c.sr.CreateSchema(subject, schema, srclient.Avro) })
+			s, err := retry(ctx, func() (*srclient.Schema, error) { return sr.CreateSchema(subject, schema, srclient.Avro) })
 			if err == nil {
 				return s.ID(), nil
 			}
-			cerr := classify("register", subject, err)
+			cerr := classify(ctx, "register", subject, err)
 			var e *Error
 			if !errors.As(cerr, &e) || !strings.Contains(e.Message, "already exists") {
 				return 0, cerr
 			}
 			// Registered by a concurrent client: look it up. Apicurio can answer "already
 			// exists" before the artifact is visible to a lookup: then try again.
-			s, err = retry(func() (*srclient.Schema, error) { return c.sr.LookupSchema(subject, schema, srclient.Avro) })
+			s, err = retry(ctx, func() (*srclient.Schema, error) { return sr.LookupSchema(subject, schema, srclient.Avro) })
 			if err == nil {
 				return s.ID(), nil
 			}
-			lerr = classify("lookup", subject, err)
+			lerr = classify(ctx, "lookup", subject, err)
 			if !IsNotFound(lerr) {
 				return 0, lerr
 			}
-			time.Sleep(time.Duration(attempt+1) * 200 * time.Millisecond)
+			if err := sleep(ctx, time.Duration(attempt+1)*200*time.Millisecond); err != nil {
+				return 0, classify(ctx, "lookup", subject, err)
+			}
 		}
 		return 0, lerr
 	})
@@ -188,17 +263,18 @@ func (c *Client) ID(_ context.Context, subject, schema string, register bool) (i
 	return id, nil
 }
 
-// Schema returns the parsed schema with the given id, cached.
-func (c *Client) Schema(_ context.Context, id int) (avro.Schema, error) {
+// Schema returns the parsed schema with the given id, cached. The call is bound to ctx.
+func (c *Client) Schema(ctx context.Context, id int) (avro.Schema, error) {
 	c.mu.RLock()
 	s, ok := c.schemas[id]
 	c.mu.RUnlock()
 	if ok {
 		return s, nil
 	}
-	got, err := retry(func() (*srclient.Schema, error) { return c.sr.GetSchema(id) })
+	sr := c.sr(ctx)
+	got, err := retry(ctx, func() (*srclient.Schema, error) { return sr.GetSchema(id) })
 	if err != nil {
-		return nil, classify(fmt.Sprintf("get schema id %d", id), "", err)
+		return nil, classify(ctx, fmt.Sprintf("get schema id %d", id), "", err)
 	}
 	parsed, err := avro.Parse(got.Schema())
 	if err != nil {
@@ -210,19 +286,20 @@ func (c *Client) Schema(_ context.Context, id int) (avro.Schema, error) {
 	return parsed, nil
 }
 
-// Check verifies that the registry answers GET /subjects.
-func (c *Client) Check(_ context.Context) error {
-	if _, err := c.sr.GetSubjects(); err != nil {
-		return classify("GET /subjects at "+c.url, "", err)
+// Check verifies that the registry answers GET /subjects. The call is bound to ctx.
+func (c *Client) Check(ctx context.Context) error {
+	if _, err := c.sr(ctx).GetSubjects(); err != nil {
+		return classify(ctx, "GET /subjects at "+c.shown, "", err)
 	}
 	return nil
 }
 
-// SetCompatibility sets the subject's compatibility level (e.g. "BACKWARD").
-func (c *Client) SetCompatibility(subject, level string) error {
-	_, err := c.sr.ChangeSubjectCompatibilityLevel(subject, srclient.CompatibilityLevel(level))
+// SetCompatibility sets the subject's compatibility level (e.g. "BACKWARD"). The call
+// is bound to ctx.
+func (c *Client) SetCompatibility(ctx context.Context, subject, level string) error {
+	_, err := c.sr(ctx).ChangeSubjectCompatibilityLevel(subject, srclient.CompatibilityLevel(level))
 	if err != nil {
-		return classify("set compatibility", subject, err)
+		return classify(ctx, "set compatibility", subject, err)
 	}
 	return nil
 }

@@ -56,7 +56,7 @@ func TestSmoke_RegistryEnforcesBackwardCompatibility(t *testing.T) {
 	c := registry.New(testenv.RegistryURL(t), registry.Options{})
 	ctx := context.Background()
 	subject := testenv.Name(t, "s") + "-value"
-	if err := c.SetCompatibility(subject, "BACKWARD"); err != nil {
+	if err := c.SetCompatibility(ctx, subject, "BACKWARD"); err != nil {
 		t.Fatal(err)
 	}
 	v1 := `{"type":"record","name":"Smoke","fields":[{"name":"a","type":"string"}]}`

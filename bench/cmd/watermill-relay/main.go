@@ -90,6 +90,7 @@ func run() error {
 	sc := kafka.DefaultSaramaSyncPublisherConfig()
 	sc.Version = sarama.V3_6_0_0 // Kafka 4 refuses the default's old protocol versions
 	sc.Producer.RequiredAcks = sarama.WaitForAll
+	sc.Producer.Compression = sarama.CompressionSnappy // every system of the benchmark compresses alike
 	pub, err := kafka.NewPublisher(kafka.PublisherConfig{
 		Brokers: brokers,
 		Marshaler: kafka.NewWithPartitioningMarshaler(func(_ string, msg *message.Message) (string, error) {
@@ -109,7 +110,9 @@ func run() error {
 	settings, _ := json.Marshal(map[string]any{
 		"watermill": "v1.5.1", "watermill_sql": "v4.1.2 (pgx adapter, DefaultPostgreSQLSchema, DefaultPostgreSQLOffsetsAdapter)",
 		"watermill_kafka": "v3.0.6 (sarama sync producer)", "forwarder": "components/forwarder",
-		"poll_interval": poll.String(), "subscribe_batch_size": batch, "acks": "all",
+		"producer_design": "watermill-kafka's Publisher is a sarama SyncProducer (its design; it has no asynchronous publisher): each Publish waits for its acks before the forwarder takes the next message",
+		"compression":     sc.Producer.Compression.String(),
+		"poll_interval":   poll.String(), "subscribe_batch_size": batch, "acks": "all",
 		"partitioning":   "NewWithPartitioningMarshaler(key metadata), sarama hash partitioner",
 		"sarama_version": sc.Version.String(), "idempotent": sc.Producer.Idempotent, "pool_max_conns": pool.Config().MaxConns,
 	})

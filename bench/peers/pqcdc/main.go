@@ -2,9 +2,8 @@
 // table from an existing slot/publication (no snapshot) and produces one Kafka record per INSERT,
 // key = aggregateid, value = payload bytes, acks=all. Contract: bench/peers/README.md.
 //
-// The connector config is generated as YAML (written to BENCH_RUN_DIR) and decoded into the
-// library's own config struct, so the same source builds across library versions whose Go field
-// names moved; the message mapper is the only code that touches the library's types.
+// The connector config is built as the library's own examples build it (typed Go) and written,
+// password hidden, to BENCH_RUN_DIR/pqcdc-config.json.
 package main
 
 import (
@@ -26,8 +25,10 @@ import (
 
 	cdc "github.com/Trendyol/go-pq-cdc-kafka"
 	"github.com/Trendyol/go-pq-cdc-kafka/config"
+	cdcconfig "github.com/Trendyol/go-pq-cdc/config"
+	"github.com/Trendyol/go-pq-cdc/pq/publication"
+	"github.com/Trendyol/go-pq-cdc/pq/slot"
 	gokafka "github.com/segmentio/kafka-go"
-	"gopkg.in/yaml.v3"
 )
 
 var (
@@ -67,50 +68,57 @@ func main() {
 	// caps a record batch at message.max.bytes (1 MiB default): size the byte limit so each
 	// partition's share stays under ~768 KiB.
 	batchBytes := envInt("PQCDC_BATCH_BYTES", min(max(partitions, 1)*768*1024, 32<<20))
-	batchSize := envInt("PQCDC_BATCH_SIZE", 20000)
-	ticker := env("PQCDC_BATCH_TICKER", "20ms")
+	// Its README's benchmark (benchmark/go-pq-cdc-kafka) runs batches of 10000 records
+	// with a 100 ms ticker; those are the defaults here.
+	batchSize := envInt("PQCDC_BATCH_SIZE", 10000)
+	ticker, err := time.ParseDuration(env("PQCDC_BATCH_TICKER", "100ms"))
+	if err != nil {
+		fail("PQCDC_BATCH_TICKER: %v", err)
+	}
+	// Kafka's codes: 0 none, 1 gzip, 2 snappy, 3 lz4, 4 zstd. snappy: relaybox's default,
+	// so every system of the benchmark compresses alike.
+	compression := envInt("PQCDC_COMPRESSION", 2)
 	metricPort := envInt("PQCDC_METRIC_PORT", freePort())
 
-	cfgDoc := map[string]any{
-		"cdc": map[string]any{
-			"host":     env("BENCH_PG_HOST", "127.0.0.1"),
-			"port":     port,
-			"username": env("BENCH_PG_USER", "postgres"),
-			"password": os.Getenv("BENCH_PG_PASSWORD"),
-			"database": env("BENCH_PG_DB", "postgres"),
-			// existing publication: the library reads its tables from pg_publication_tables
-			"publication": map[string]any{"name": need("BENCH_PUBLICATION"), "createIfNotExists": false},
-			"slot": map[string]any{
-				"name":                        need("BENCH_SLOT"),
-				"createIfNotExists":           false,
-				"slotActivityCheckerInterval": 3000,
-			},
-			"snapshot": map[string]any{"enabled": false, "mode": "never"},
-			"metric":   map[string]any{"port": metricPort},
-		},
-		"kafka": map[string]any{
-			"brokers":                     brokers,
-			"tableTopicMapping":           map[string]string{schema + "." + name: topic},
-			"requiredAcks":                -1,
-			"balancer":                    "Murmur2Balancer",
-			"producerBatchSize":           batchSize,
-			"producerBatchBytes":          strconv.Itoa(batchBytes/1024) + "kb",
-			"producerBatchTickerDuration": ticker,
-			"compression":                 0,
-			"clientID":                    "bench-peer-pqcdc",
-		},
-	}
-	raw, err := yaml.Marshal(cfgDoc)
-	if err != nil {
-		fail("config yaml: %v", err)
-	}
-	genPath := filepath.Join(runDir, "pqcdc-config.yml")
-	if err := os.WriteFile(genPath, redact(raw), 0o600); err != nil {
-		fail("write %s: %v", genPath, err)
-	}
+	// The connector's configuration as the library's own examples build it (typed Go;
+	// its README: config.Connector{CDC: cdcconfig.Config{...}, Kafka: config.Kafka{...}}).
+	// Decoding YAML into it fails: slot.Config.SlotActivityCheckerInterval is a
+	// time.Duration the library multiplies by time.Millisecond, so its documented value
+	// 3000 is a bare number, which yaml.v3 refuses for a Duration.
 	var cfg config.Connector
-	if err := yaml.Unmarshal(raw, &cfg); err != nil {
-		fail("decode config into config.Connector: %v", err)
+	cfg.CDC = cdcconfig.Config{
+		Host:     env("BENCH_PG_HOST", "127.0.0.1"),
+		Port:     port,
+		Username: env("BENCH_PG_USER", "postgres"),
+		Password: os.Getenv("BENCH_PG_PASSWORD"),
+		Database: env("BENCH_PG_DB", "postgres"),
+		// The harness's publication and slot, used as they are: the library reads the
+		// publication's tables from pg_publication_tables.
+		Publication: publication.Config{Name: need("BENCH_PUBLICATION"), CreateIfNotExists: false,
+			Tables: publication.Tables{{Schema: schema, Name: name, ReplicaIdentity: publication.ReplicaIdentityDefault}}},
+		Slot:     slot.Config{Name: need("BENCH_SLOT"), CreateIfNotExists: false, SlotActivityCheckerInterval: 3000},
+		Snapshot: cdcconfig.SnapshotConfig{Enabled: false},
+		Metric:   cdcconfig.MetricConfig{Port: metricPort},
+		Logger:   cdcconfig.LoggerConfig{LogLevel: slog.LevelInfo},
+	}
+	cfg.Kafka = config.Kafka{
+		Brokers:                     brokers,
+		TableTopicMapping:           map[string]string{schema + "." + name: topic},
+		RequiredAcks:                -1,
+		Balancer:                    "Murmur2Balancer",
+		ProducerBatchSize:           batchSize,
+		ProducerBatchBytes:          strconv.Itoa(batchBytes/1024) + "kb",
+		ProducerBatchTickerDuration: ticker,
+		Compression:                 int8(compression),
+		ClientID:                    "bench-peer-pqcdc",
+	}
+	genPath := filepath.Join(runDir, "pqcdc-config.json")
+	shown := cfg
+	shown.CDC.Password = "*****"
+	if raw, err := json.MarshalIndent(shown, "", "  "); err == nil {
+		if err := os.WriteFile(genPath, raw, 0o600); err != nil {
+			fail("write %s: %v", genPath, err)
+		}
 	}
 
 	settings := map[string]any{
@@ -123,8 +131,8 @@ func main() {
 		"balancer":                      "Murmur2Balancer (Kafka-compatible key hash)",
 		"producerBatchSize":             batchSize,
 		"producerBatchBytes":            batchBytes,
-		"producerBatchTickerDuration":   ticker,
-		"compression":                   "none",
+		"producerBatchTickerDuration":   ticker.String(),
+		"compression":                   []string{"none", "gzip", "snappy", "lz4", "zstd"}[compression],
 		"topic_partitions":              partitions,
 		"snapshot":                      "disabled",
 		"slot_createIfNotExists":        false,
@@ -269,17 +277,6 @@ func runtimeVersion() string {
 		return bi.GoVersion
 	}
 	return "unknown"
-}
-
-func redact(y []byte) []byte {
-	var out []string
-	for _, l := range strings.Split(string(y), "\n") {
-		if strings.HasPrefix(strings.TrimSpace(l), "password:") {
-			l = l[:strings.Index(l, "password:")] + "password: '*****'"
-		}
-		out = append(out, l)
-	}
-	return []byte(strings.Join(out, "\n"))
 }
 
 func env(k, def string) string {

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Benchmark peer: Trendyol go-pq-cdc-kafka (Go), key = aggregateid, value = payload bytes, acks=all.
-#   run.sh --prepare-only   resolve + build (Go module proxy), cached; fast when cached
+#   run.sh --prepare-only   resolve + build, cached; fast when cached
 #   run.sh                  stream BENCH_SLOT -> BENCH_TOPIC until SIGTERM/SIGINT
 # Contract and env: bench/peers/README.md.
-# Build knobs: PQCDC_VERSION (default latest), or local checkouts PQCDC_KAFKA_SRC=/path/to/go-pq-cdc-kafka
-# and PQCDC_CORE_SRC=/path/to/go-pq-cdc (go.mod replace in the build copy only), GOPROXY as usual.
-# Tuning knobs: PQCDC_BATCH_SIZE, PQCDC_BATCH_BYTES, PQCDC_BATCH_TICKER (see main.go).
+# Sources: the copies in ../shared/peers next to the repository (go-pq-cdc-kafka v1.3.1 and the
+# go-pq-cdc v1.10.12 it requires; see their PROVENANCE) when present, through a go.mod replace in
+# the build copy only (never in this repository). Override with PQCDC_KAFKA_SRC=/path/to/go-pq-cdc-kafka
+# and PQCDC_CORE_SRC=/path/to/go-pq-cdc, or PQCDC_PEERS_DIR; with neither, PQCDC_VERSION (default
+# latest) from the Go module proxy (GOPROXY as usual).
+# Tuning knobs: PQCDC_BATCH_SIZE, PQCDC_BATCH_BYTES, PQCDC_BATCH_TICKER, PQCDC_COMPRESSION (see main.go).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -15,10 +18,20 @@ core=github.com/Trendyol/go-pq-cdc
 
 die() { echo "pqcdc runner: $*" >&2; exit 1; }
 
+# The shared copies by default (bench/peers/pqcdc -> the repository -> its parent's shared/peers).
+peers="${PQCDC_PEERS_DIR:-$(cd "$here/../../.." && pwd)/../shared/peers}"
+if [ -z "${PQCDC_KAFKA_SRC:-}" ] && [ -f "$peers/go-pq-cdc-kafka/go.mod" ]; then
+	PQCDC_KAFKA_SRC="$(cd "$peers/go-pq-cdc-kafka" && pwd)"
+fi
+if [ -z "${PQCDC_CORE_SRC:-}" ] && [ -f "$peers/go-pq-cdc/go.mod" ]; then
+	PQCDC_CORE_SRC="$(cd "$peers/go-pq-cdc" && pwd)"
+fi
+
 prepare() {
 	command -v go >/dev/null || die "go not found"
 	local want
-	want="$( (cat "$here/main.go" "$here/go.mod"; echo "${PQCDC_VERSION:-latest} ${PQCDC_KAFKA_SRC:-} ${PQCDC_CORE_SRC:-}") | sha256sum | cut -c1-16)"
+	want="$( (cat "$here/main.go" "$here/go.mod" "$here/run.sh"; echo "${PQCDC_VERSION:-latest} ${PQCDC_KAFKA_SRC:-} ${PQCDC_CORE_SRC:-}"
+		for d in "${PQCDC_KAFKA_SRC:-}" "${PQCDC_CORE_SRC:-}"; do [ -n "$d" ] && cat "$d/go.mod" "$d/PROVENANCE" 2>/dev/null; done) | sha256sum | cut -c1-16)"
 	if [ -f "$cache/stamp" ] && [ "$(cat "$cache/stamp")" = "$want" ] && [ -x "$cache/pqcdc" ]; then
 		return 0
 	fi
@@ -38,7 +51,7 @@ prepare() {
 			go get "$lib@${PQCDC_VERSION:-latest}"
 		fi
 		if [ -n "${PQCDC_CORE_SRC:-}" ]; then
-			go mod edit -replace "$core=$PQCDC_CORE_SRC"
+			go mod edit -replace "$core=$PQCDC_CORE_SRC" -require "$core@v0.0.0-local"
 		fi
 		go mod tidy
 		go build -trimpath -o "$cache/pqcdc" .

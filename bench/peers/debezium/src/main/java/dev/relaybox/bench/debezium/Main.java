@@ -71,7 +71,7 @@ public final class Main {
         String lingerMs = env("DBZ_PRODUCER_LINGER_MS", "5");
         String batchSize = env("DBZ_PRODUCER_BATCH_SIZE", "262144");
         String bufferMemory = env("DBZ_PRODUCER_BUFFER_MEMORY", "134217728");
-        String compression = env("DBZ_PRODUCER_COMPRESSION", "none");
+        String compression = env("DBZ_PRODUCER_COMPRESSION", "snappy");
         String maxInFlight = env("DBZ_PRODUCER_MAX_IN_FLIGHT", "5");
 
         Properties props = new Properties();
