@@ -190,18 +190,29 @@ func (h *harness) inject(f fault) (bool, string) {
 		return failed > 0, fmt.Sprintf("%d writer transactions failed (hard %v)", failed, f.hard)
 	case "registry_pause":
 		// By construction: writers switch to a schema version never resolved before,
-		// and a consumer restarts (cold cache) while the registry does not answer.
-		// Harm: registry requests that arrived during the pause and were not answered.
+		// and a consumer and a relay restart (SIGTERM, then started again: cold caches,
+		// and a relay checks the registry before it works) while the registry does not
+		// answer. Harm: registry requests that arrived during the pause and were not
+		// answered.
 		v := h.nextVersion()
 		paused := make(chan *registryWindow)
 		go func() { paused <- h.regProxy.pause(f.pause + 2*time.Second) }()
 		time.Sleep(500 * time.Millisecond)
 		c := h.consumers[f.target%len(h.consumers)]
-		m := h.locks[c.name]
-		m.Lock()
-		c.stop()
-		c.start(h.t)
-		m.Unlock()
+		r := h.relays[f.target%len(h.relays)]
+		var restarts sync.WaitGroup
+		for _, p := range []*process{c, r} {
+			restarts.Add(1)
+			go func() {
+				defer restarts.Done()
+				m := h.locks[p.name]
+				m.Lock()
+				defer m.Unlock()
+				p.stop()
+				p.start(h.t)
+			}()
+		}
+		restarts.Wait()
 		win := <-paused
 		// Requests that arrived during the pause end when their client gives up or
 		// the thawed registry answers.
@@ -209,8 +220,8 @@ func (h *harness) inject(f fault) (bool, string) {
 		for win.inflight.Load() > 0 && time.Now().Before(deadline) {
 			time.Sleep(100 * time.Millisecond)
 		}
-		return win.refused.Load() > 0, fmt.Sprintf("schema v%d written from the pause on, %s restarted in it; %d registry requests arrived during the pause, %d not answered",
-			v, c.name, win.arrived.Load(), win.refused.Load())
+		return win.refused.Load() > 0, fmt.Sprintf("schema v%d written from the pause on, %s and %s restarted in it; %d registry requests arrived during the pause, %d not answered",
+			v, c.name, r.name, win.arrived.Load(), win.refused.Load())
 	case "slow_network":
 		// Harm: the relays' traffic crossed a slow network: a Kafka request through
 		// the proxy (the probe's) took at least the added round trip (two delayed
