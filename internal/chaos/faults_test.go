@@ -194,6 +194,7 @@ func (h *harness) inject(f fault) (bool, string) {
 		// and a relay checks the registry before it works) while the registry does not
 		// answer. Harm: registry requests that arrived during the pause and were not
 		// answered.
+		waited := h.awaitBroker()
 		v := h.nextVersion()
 		paused := make(chan *registryWindow)
 		go func() { paused <- h.regProxy.pause(f.pause + 2*time.Second) }()
@@ -220,8 +221,8 @@ func (h *harness) inject(f fault) (bool, string) {
 		for win.inflight.Load() > 0 && time.Now().Before(deadline) {
 			time.Sleep(100 * time.Millisecond)
 		}
-		return win.refused.Load() > 0, fmt.Sprintf("schema v%d written from the pause on, %s and %s restarted in it; %d registry requests arrived during the pause, %d not answered",
-			v, c.name, r.name, win.arrived.Load(), win.refused.Load())
+		return win.refused.Load() > 0, fmt.Sprintf("%sschema v%d written from the pause on, %s and %s restarted in it; %d registry requests arrived during the pause, %d not answered",
+			waited, v, c.name, r.name, win.arrived.Load(), win.refused.Load())
 	case "slow_network":
 		// Harm: the relays' traffic crossed a slow network: a Kafka request through
 		// the proxy (the probe's) took at least the added round trip (two delayed
@@ -229,6 +230,7 @@ func (h *harness) inject(f fault) (bool, string) {
 		// tell: on this shared machine most batches after a broker restart take longer
 		// than 400 ms with no delay at all.
 		d := time.Duration(20+f.target*90) * time.Millisecond // 20, 110 or 200 ms per chunk
+		waited := h.awaitBroker()
 		m0 := h.scrapeAll()
 		h.proxy.SetDelay(d)
 		rtt, perr := h.probeRTT(time.Now().Add(f.pause + 3*time.Second))
@@ -243,9 +245,9 @@ func (h *harness) inject(f fault) (bool, string) {
 			}
 		}
 		if perr != nil {
-			return false, fmt.Sprintf("%v per chunk: the probe's request failed (%v); %.0f relay batches completed", d, perr, batches)
+			return false, fmt.Sprintf("%s%v per chunk: the probe's request failed (%v); %.0f relay batches completed", waited, d, perr, batches)
 		}
-		return rtt >= 2*d && batches > 0, fmt.Sprintf("%v per chunk: a Kafka request through it took %v; %.0f relay batches completed over it", d, rtt.Round(time.Millisecond), batches)
+		return rtt >= 2*d && batches > 0, fmt.Sprintf("%s%v per chunk: a Kafka request through it took %v; %.0f relay batches completed over it", waited, d, rtt.Round(time.Millisecond), batches)
 	}
 	panic("unknown fault kind " + f.kind)
 }
@@ -260,6 +262,29 @@ func retry(f func() error) error {
 			return err
 		}
 		time.Sleep(250 * time.Millisecond)
+	}
+}
+
+// awaitBroker waits (up to 60 s) until the broker answers the probe, so that a
+// registry pause or a slow network begins while the relays can work: with the broker
+// down they wait for it and touch neither. It says how long it waited, if at all.
+func (h *harness) awaitBroker() string {
+	start := time.Now()
+	deadline := start.Add(60 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		err := h.probe.Ping(ctx)
+		cancel()
+		if err == nil {
+			if waited := time.Since(start); waited > time.Second {
+				return fmt.Sprintf("began when the broker answered, after %v; ", waited.Round(time.Second))
+			}
+			return ""
+		}
+		if time.Now().After(deadline) {
+			return fmt.Sprintf("began with the broker not answering for 60 s (%v); ", err)
+		}
+		time.Sleep(500 * time.Millisecond)
 	}
 }
 
