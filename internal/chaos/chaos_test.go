@@ -377,6 +377,7 @@ func runChaos(t *testing.T, pl plan) {
 		NotDone: []string{"slow_network uses a user-space delay proxy in front of the broker: this kernel has no netem qdisc"}}
 	writeFor := time.Duration(float64(pl.events) / float64(pl.rate) * float64(time.Second))
 	writersDone := make(chan struct{})
+	h.writersDone = writersDone
 	go func() { wg.Wait(); close(writersDone) }()
 	go func() {
 		tick := time.NewTicker(writeFor / 9)

@@ -53,6 +53,8 @@ type harness struct {
 	// version is the schema version writers use now; bumped during the run, up to
 	// maxVersion (all registered before the run).
 	version, maxVersion atomic.Int64
+	// writersDone is closed when the writers have written every event.
+	writersDone chan struct{}
 	// writeFailures counts writer transactions that failed (and were retried).
 	writeFailures atomic.Int64
 	// locks serialise the faults on one target (made before the faults start).
@@ -269,13 +271,17 @@ func retry(f func() error) error {
 // relaybox_relay_published_total grows between two scrapes half a second apart), so
 // that a registry pause or a slow network begins while the relays work: with the
 // broker or Postgres down they wait for it and touch neither. It says how long it
-// waited, if at all.
+// waited, if at all. Once the writers are done it does not wait: the relays run dry.
 func (h *harness) awaitPublishing() string {
 	start := time.Now()
 	deadline := start.Add(60 * time.Second)
 	prev := h.scrapeAll()
 	for {
-		time.Sleep(500 * time.Millisecond)
+		select {
+		case <-h.writersDone:
+			return "began after the writers were done; "
+		case <-time.After(500 * time.Millisecond):
+		}
 		cur := h.scrapeAll()
 		for i, m := range cur {
 			if p, ok := prev[i]; ok && m.published > p.published {
