@@ -13,25 +13,27 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
-	"github.com/hamba/avro/v2"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/relaybox/relaybox/consumer"
-	"github.com/relaybox/relaybox/internal/registry"
 	"github.com/relaybox/relaybox/internal/testenv"
-	"github.com/relaybox/relaybox/internal/wire"
 	"github.com/relaybox/relaybox/migrations"
 	"github.com/relaybox/relaybox/outbox"
 )
 
 const topic = "chaos"
+
+// The publication modes (CHAOS_MODE).
+const (
+	atLeastOnce = "at-least-once"
+	exactlyOnce = "exactly-once"
+)
 
 // Tick is the chaos event: key and its per-key sequence.
 type Tick struct {
@@ -55,14 +57,20 @@ func consumerChild() int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
+	var kopts []kgo.Opt
+	if os.Getenv("CHAOS_MODE") == exactlyOnce {
+		kopts = append(kopts, kgo.FetchIsolationLevel(kgo.ReadCommitted()))
+	}
+	// A registry timeout shorter than the pauses: a cold cache during a pause fails.
 	c, err := consumer.New(pool, &consumer.Config{Group: "chaos", Topics: []string{topic}, Brokers: []string{os.Getenv("CHAOS_BROKERS")},
-		RegistryURL: os.Getenv("CHAOS_REGISTRY"), BatchMode: true, MaxRetryBackoff: time.Second})
+		KafkaOpts: kopts, RegistryURL: os.Getenv("CHAOS_REGISTRY"), RegistryTimeout: 2 * time.Second, BatchMode: true, MaxRetryBackoff: time.Second})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
+	name := os.Getenv("CHAOS_NAME")
 	consumer.Handle(c, "Tick", func(ctx context.Context, tx pgx.Tx, ev consumer.Event[Tick]) error {
-		_, err := tx.Exec(ctx, `INSERT INTO effects (event_id, key, seq) VALUES ($1, $2, $3)`, ev.ID, ev.Value.Key, ev.Value.Seq)
+		_, err := tx.Exec(ctx, `INSERT INTO effects (event_id, key, seq, consumer) VALUES ($1, $2, $3, $4)`, ev.ID, ev.Value.Key, ev.Value.Seq, name)
 		return err
 	})
 	sctx, stop := signalContext()
@@ -84,44 +92,72 @@ func signalContext() (context.Context, func()) {
 
 // Report is the JSON written to CHAOS_OUT.
 type Report struct {
-	Seed              uint64         `json:"seed"`
-	Events            int64          `json:"events"`
-	Keys              int            `json:"keys"`
-	Faults            map[string]int `json:"faults"`
-	FaultsTotal       int            `json:"faults_total"`
-	Lost              int64          `json:"lost"`
-	OrderViolations   int64          `json:"order_violations"`
-	DuplicateEffects  int64          `json:"duplicate_effects"`
-	MissingEffects    int64          `json:"missing_effects"`
-	EffectOrderErrors int64          `json:"effect_order_violations"`
-	DuplicatesOnTopic int64          `json:"duplicates_on_topic"`
-	Parked            int64          `json:"parked"`
-	DeadLettered      int64          `json:"dead_lettered"`
+	Mode   string `json:"mode"`
+	Seed   uint64 `json:"seed"`
+	Events int64  `json:"events"`
+	Keys   int    `json:"keys"`
+	// Faults counts the faults injected by kind; FaultsEffective those of them that
+	// did observed harm (FaultLog says what was observed for each).
+	Faults          map[string]int `json:"faults"`
+	FaultsEffective map[string]int `json:"faults_effective"`
+	FaultsTotal     int            `json:"faults_total"`
+	Lost            int64          `json:"lost"`
+	OrderViolations int64          `json:"order_violations"`
+	// StaleAfterNewer counts records on the topic landing after a newer record of
+	// their key (any occurrence, not only the first).
+	StaleAfterNewer   int64 `json:"stale_after_newer"`
+	DuplicateEffects  int64 `json:"duplicate_effects"`
+	MissingEffects    int64 `json:"missing_effects"`
+	EffectOrderErrors int64 `json:"effect_order_violations"`
+	DuplicatesOnTopic int64 `json:"duplicates_on_topic"`
+	// Undecodable counts records on the topic that do not decode independently
+	// (Confluent framing, the registry's schema text, hamba/avro).
+	Undecodable  int64 `json:"undecodable"`
+	Parked       int64 `json:"parked"`
+	DeadLettered int64 `json:"dead_lettered"`
+	// SchemaVersions is the number of Tick schema versions the writers used.
+	SchemaVersions int64 `json:"schema_versions"`
 	// SelfExits counts processes that exited by themselves and were restarted.
 	SelfExits map[string]int64 `json:"self_exits"`
+	FaultLog  []FaultRecord    `json:"fault_log"`
 	NotDone   []string         `json:"notes,omitempty"`
 	Seconds   float64          `json:"seconds"`
 }
 
 type plan struct {
+	mode                 string
 	events, keys, faults int
 	rate                 int // events per second, all writers
 	seed                 uint64
+	// requireEveryKind: every kind injected and at least one of each effective.
+	requireEveryKind bool
 }
 
 func TestChaos_Short(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short")
 	}
-	runChaos(t, plan{events: 30000, keys: 1000, faults: 8, rate: 1000, seed: seedFromEnv()})
+	runChaos(t, plan{mode: modeFromEnv(t), events: 30000, keys: 1000, faults: 8, rate: 1000, seed: seedFromEnv()})
 }
 
 func TestChaos(t *testing.T) {
 	if os.Getenv("CHAOS") != "1" {
 		t.Skip("the long fault run: `make chaos` (CHAOS=1)")
 	}
-	runChaos(t, plan{events: envInt("CHAOS_EVENTS", 200000), keys: 1000, faults: envInt("CHAOS_FAULTS", 60),
-		rate: envInt("CHAOS_RATE", 1500), seed: seedFromEnv()})
+	runChaos(t, plan{mode: modeFromEnv(t), events: envInt("CHAOS_EVENTS", 200000), keys: 1000, faults: envInt("CHAOS_FAULTS", 60),
+		rate: envInt("CHAOS_RATE", 1500), seed: seedFromEnv(), requireEveryKind: true})
+}
+
+func modeFromEnv(t *testing.T) string {
+	switch m := os.Getenv("CHAOS_MODE"); m {
+	case "", atLeastOnce:
+		return atLeastOnce
+	case exactlyOnce:
+		return exactlyOnce
+	default:
+		t.Fatalf("CHAOS_MODE=%q: want %s (the default) or %s", m, atLeastOnce, exactlyOnce)
+		return ""
+	}
 }
 
 func envInt(k string, def int) int {
@@ -138,111 +174,43 @@ func seedFromEnv() uint64 {
 	return uint64(time.Now().UnixNano())
 }
 
-type process struct {
-	name string
-	args []string
-	env  []string
-	log  string
-	mu   sync.Mutex
-	cmd  *exec.Cmd
-	done chan struct{}
-	hold bool // a fault or the end of the run owns it: the supervisor keeps off
-	// exits counts the times it exited by itself and was restarted by the supervisor.
-	exits atomic.Int64
-}
-
-func (p *process) start(t *testing.T) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.startLocked(t)
-	p.hold = false
-}
-
-func (p *process) startLocked(t *testing.T) {
-	f, err := os.OpenFile(p.log, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
-	if err != nil {
-		t.Error(err)
-		return
+// schedule draws the faults: every kind once first (when there are enough faults),
+// the rest of random kinds, all at uniform random moments within 90 % of writeFor.
+func schedule(rng *rand.Rand, n int, writeFor time.Duration) []fault {
+	faults := make([]fault, n)
+	order := rng.Perm(len(kinds))
+	for i := range faults {
+		kind := kinds[rng.IntN(len(kinds))]
+		if i < len(order) {
+			kind = kinds[order[i]]
+		}
+		faults[i] = fault{at: time.Duration(rng.Int64N(int64(writeFor * 9 / 10))), kind: kind,
+			target: rng.IntN(3), pause: time.Duration(500+rng.IntN(4500)) * time.Millisecond, hard: rng.IntN(2) == 0}
 	}
-	p.cmd = exec.Command(p.args[0], p.args[1:]...)
-	p.cmd.Env = append(os.Environ(), p.env...)
-	p.cmd.Stdout, p.cmd.Stderr = f, f
-	if err := p.cmd.Start(); err != nil {
-		t.Errorf("starting %s: %v", p.name, err)
-		return
-	}
-	done := make(chan struct{})
-	p.done = done
-	cmd := p.cmd
-	go func() { cmd.Wait(); f.Close(); close(done) }()
-}
-
-// supervise restarts the process when it exits by itself (as a service manager would).
-func (p *process) supervise(t *testing.T) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.hold || p.done == nil {
-		return
-	}
-	select {
-	case <-p.done:
-		p.exits.Add(1)
-		p.startLocked(t)
-	default:
-	}
-}
-
-func (p *process) signal(sig syscall.Signal) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.cmd != nil && p.cmd.Process != nil {
-		_ = p.cmd.Process.Signal(sig)
-	}
-}
-
-func (p *process) kill() {
-	p.mu.Lock()
-	p.hold = true
-	d := p.done
-	if p.cmd != nil && p.cmd.Process != nil {
-		_ = p.cmd.Process.Signal(syscall.SIGCONT)
-		_ = p.cmd.Process.Signal(syscall.SIGKILL)
-	}
-	p.mu.Unlock()
-	if d != nil {
-		<-d
-	}
-}
-
-func (p *process) stop() {
-	p.mu.Lock()
-	p.hold = true
-	d := p.done
-	if p.cmd != nil && p.cmd.Process != nil {
-		_ = p.cmd.Process.Signal(syscall.SIGCONT)
-		_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	}
-	p.mu.Unlock()
-	if d == nil {
-		return
-	}
-	select {
-	case <-d:
-	case <-time.After(20 * time.Second):
-		p.kill()
-	}
+	slices.SortFunc(faults, func(a, b fault) int { return int(a.at - b.at) })
+	return faults
 }
 
 func runChaos(t *testing.T, pl plan) {
 	start := time.Now()
 	rng := rand.New(rand.NewPCG(pl.seed, pl.seed^0x9e3779b97f4a7c15))
-	t.Logf("chaos seed %d (CHAOS_SEED=%d reproduces the fault schedule): %d events on %d keys at %d/s, %d faults", pl.seed, pl.seed, pl.events, pl.keys, pl.rate, pl.faults)
+	t.Logf("chaos seed %d (CHAOS_SEED=%d reproduces the fault schedule), %s: %d events on %d keys at %d/s, %d faults", pl.seed, pl.seed, pl.mode, pl.events, pl.keys, pl.rate, pl.faults)
 	dir := t.TempDir()
+	if keep := os.Getenv("CHAOS_LOGS"); keep != "" { // the processes' logs, kept after the run
+		if err := os.MkdirAll(keep, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		dir = keep
+	}
 	pg, dbURL := testenv.OwnPostgres(t)
 	kafka, brokers, proxy := testenv.OwnKafkaBehindProxy(t)
-	reg, regURL := testenv.OwnRegistry(t)
+	_, regURL := testenv.OwnRegistry(t)
+	regProxy := newRegistryProxy(t, regURL)
 	ctx := context.Background()
-	pcfg, _ := pgxpool.ParseConfig(dbURL)
+	pcfg, err := pgxpool.ParseConfig(dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
 	pcfg.MaxConns = 20
 	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
 	if err != nil {
@@ -253,40 +221,69 @@ func runChaos(t *testing.T, pl plan) {
 		t.Fatal(err)
 	}
 	if _, err := pool.Exec(ctx, `CREATE TABLE business (key text NOT NULL, seq bigint NOT NULL, PRIMARY KEY (key, seq));
-		CREATE TABLE effects (applied bigint GENERATED ALWAYS AS IDENTITY, event_id text NOT NULL, key text NOT NULL, seq bigint NOT NULL)`); err != nil {
+		CREATE TABLE effects (applied bigint GENERATED ALWAYS AS IDENTITY, event_id text NOT NULL, key text NOT NULL, seq bigint NOT NULL,
+			consumer text NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp())`); err != nil {
 		t.Fatal(err)
 	}
 	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := kadm.NewClient(cl).CreateTopics(ctx, 6, 1, nil, topic, topic+".dlq"); err != nil {
+	created, err := kadm.NewClient(cl).CreateTopics(ctx, 6, 1, nil, topic, topic+".dlq")
+	cl.Close()
+	if err == nil {
+		err = created.Error()
+	}
+	if err != nil {
 		t.Fatal(err)
 	}
-	cl.Close()
 
-	// Processes: 3 relays (the relaybox binary), 2 consumers (this test binary).
+	// Processes: 3 relays (the relaybox binary), 2 consumers (this test binary), all
+	// reaching the registry through regProxy.
 	bin := filepath.Join(dir, "relaybox")
 	if out, err := exec.Command("go", "build", "-o", bin, "../../cmd/relaybox").CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v %s", err, out)
 	}
-	self, _ := os.Executable()
-	var relays, consumers []*process
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &harness{t: t, pool: pool, pg: pg, kafka: kafka, proxy: proxy, regProxy: regProxy, locks: map[string]*sync.Mutex{}}
+	h.version.Store(1)
+	if h.probe, err = kgo.NewClient(kgo.SeedBrokers(brokers)); err != nil {
+		t.Fatal(err)
+	}
+	defer h.probe.Close()
+	// Versions: the first, 9 periodic switches and one per fault at most.
+	h.maxVersion.Store(int64(10 + pl.faults))
+	registerVersions(t, regURL, topic+"-value", int(h.maxVersion.Load()))
 	for i := range 3 {
-		relays = append(relays, &process{name: fmt.Sprintf("relay-%d", i), log: filepath.Join(dir, fmt.Sprintf("relay-%d.log", i)),
-			args: []string{bin, "relay", "--database-url", dbURL, "--brokers", brokers, "--registry-url", regURL, "--replica-id", fmt.Sprintf("relay-%d", i),
-				"--lease-ttl", "4s", "--heartbeat-interval", "500ms", "--poll-interval", "200ms", "--metrics-addr", "", "--pool-size", "6",
-				"--unready-after", "5s", "--registry-timeout", "3s"}})
+		name := fmt.Sprintf("relay-%d", i)
+		addr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+		args := []string{bin, "relay", "--database-url", dbURL, "--brokers", brokers, "--registry-url", regProxy.url, "--replica-id", name,
+			"--lease-ttl", "4s", "--heartbeat-interval", "500ms", "--poll-interval", "200ms", "--metrics-addr", addr, "--pool-size", "6",
+			"--unready-after", "5s", "--registry-timeout", "3s", "--auto-register=false"}
+		if pl.mode == exactlyOnce {
+			args = append(args, "--exactly-once")
+		}
+		h.relays = append(h.relays, &process{name: name, log: filepath.Join(dir, name+".log"), args: args})
+		h.metrics = append(h.metrics, addr)
 	}
 	for i := range 2 {
-		consumers = append(consumers, &process{name: fmt.Sprintf("consumer-%d", i), log: filepath.Join(dir, fmt.Sprintf("consumer-%d.log", i)),
+		name := fmt.Sprintf("consumer-%d", i)
+		h.consumers = append(h.consumers, &process{name: name, log: filepath.Join(dir, name+".log"),
 			args: []string{self, "-test.run", "^$"},
-			env:  []string{"CHAOS_CHILD=consumer", "CHAOS_DB=" + dbURL, "CHAOS_BROKERS=" + brokers, "CHAOS_REGISTRY=" + regURL}})
+			env: []string{"CHAOS_CHILD=consumer", "CHAOS_NAME=" + name, "CHAOS_MODE=" + pl.mode, "CHAOS_DB=" + dbURL, "CHAOS_BROKERS=" + brokers,
+				"CHAOS_REGISTRY=" + regProxy.url}})
 	}
-	all := append(append([]*process{}, relays...), consumers...)
+	all := append(append([]*process{}, h.relays...), h.consumers...)
 	for _, p := range all {
+		h.locks[p.name] = &sync.Mutex{}
 		p.start(t)
 		defer p.stop()
+	}
+	for _, k := range kinds {
+		h.locks[k] = &sync.Mutex{}
 	}
 	supervising := make(chan struct{})
 	defer close(supervising)
@@ -306,7 +303,7 @@ func runChaos(t *testing.T, pl plan) {
 	}()
 	defer func() {
 		if t.Failed() {
-			for _, p := range append(append([]*process{}, relays...), consumers...) {
+			for _, p := range all {
 				b, _ := os.ReadFile(p.log)
 				lines := strings.Split(string(b), "\n")
 				t.Logf("tail of %s:\n%s", p.name, strings.Join(lines[max(0, len(lines)-15):], "\n"))
@@ -316,8 +313,12 @@ func runChaos(t *testing.T, pl plan) {
 
 	// Writers: each key is owned by one writer goroutine, so per-key commit order is
 	// the seq order. A failed transaction (Postgres restarting) is retried with the same
-	// seq. The business row and the event commit together.
-	w, _ := outbox.New(pool, nil)
+	// seq. The business row and the event commit together. Each transaction's events
+	// use the schema version current when it starts.
+	w, err := outbox.New(pool, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
 	var written atomic.Int64
 	writers := 8
 	perWriter := pl.events / writers
@@ -338,13 +339,14 @@ func runChaos(t *testing.T, pl plan) {
 			for n < perWriter {
 				<-tick.C
 				batch := min(20, perWriter-n)
+				schema := schemaText(int(h.version.Load()))
 				evs := make([]outbox.Event, 0, batch)
 				keysIn, seqIn := []string{}, []int64{}
 				for range batch {
 					k := keys[ki%len(keys)]
 					ki++
 					seqs[k]++
-					evs = append(evs, outbox.Event{Topic: topic, Key: k, Type: "Tick", Value: Tick{Key: k, Seq: seqs[k]}})
+					evs = append(evs, outbox.Event{Topic: topic, Key: k, Type: "Tick", Value: Tick{Key: k, Seq: seqs[k]}, Schema: schema})
 					keysIn, seqIn = append(keysIn, k), append(seqIn, seqs[k])
 				}
 				for {
@@ -357,6 +359,7 @@ func runChaos(t *testing.T, pl plan) {
 					if err == nil {
 						break
 					}
+					h.writeFailures.Add(1)
 					time.Sleep(200 * time.Millisecond)
 				}
 				n += batch
@@ -367,107 +370,77 @@ func runChaos(t *testing.T, pl plan) {
 
 	// Faults, at uniform random moments over the writing period, each in its own
 	// goroutine: faults on different targets overlap (Kafka down while a relay is a
-	// zombie...); faults on one target wait for each other.
-	rep := &Report{Seed: pl.seed, Keys: pl.keys, Faults: map[string]int{}, NotDone: []string{"slow_network uses a user-space delay proxy in front of the broker: this kernel has no netem qdisc"}}
-	kinds := []string{"relay_kill", "relay_zombie", "consumer_kill", "kafka_kill", "postgres_restart", "registry_pause", "slow_network"}
+	// zombie...); faults on one target wait for each other. Besides the registry
+	// pauses (which switch schema version themselves), writers switch to a new schema
+	// version at 8 moments of the writing period.
+	rep := &Report{Mode: pl.mode, Seed: pl.seed, Keys: pl.keys, Faults: map[string]int{}, FaultsEffective: map[string]int{},
+		NotDone: []string{"slow_network uses a user-space delay proxy in front of the broker: this kernel has no netem qdisc"}}
 	writeFor := time.Duration(float64(pl.events) / float64(pl.rate) * float64(time.Second))
 	writersDone := make(chan struct{})
+	h.writersDone = writersDone
 	go func() { wg.Wait(); close(writersDone) }()
-	type fault struct {
-		at     time.Duration
-		kind   string
-		target int
-		pause  time.Duration
-		hard   bool
-	}
-	faults := make([]fault, pl.faults)
-	for i := range faults {
-		faults[i] = fault{at: time.Duration(rng.Int64N(int64(writeFor * 9 / 10))), kind: kinds[rng.IntN(len(kinds))],
-			target: rng.IntN(3), pause: time.Duration(500+rng.IntN(4500)) * time.Millisecond, hard: rng.IntN(2) == 0}
-	}
-	slices.SortFunc(faults, func(a, b fault) int { return int(a.at - b.at) })
-	locks := map[string]*sync.Mutex{}
-	lock := func(name string) *sync.Mutex {
-		if locks[name] == nil {
-			locks[name] = &sync.Mutex{}
+	go func() {
+		tick := time.NewTicker(writeFor / 9)
+		defer tick.Stop()
+		for {
+			select {
+			case <-writersDone:
+				return
+			case <-tick.C:
+				h.nextVersion()
+			}
 		}
-		return locks[name]
-	}
+	}()
+	faults := schedule(rng, pl.faults, writeFor)
 	var repMu sync.Mutex
 	var fwg sync.WaitGroup
 	begin := time.Now()
 	for i, f := range faults {
 		time.Sleep(time.Until(begin.Add(f.at)))
-		target := f.kind
-		switch f.kind {
-		case "relay_kill", "relay_zombie":
-			target = fmt.Sprintf("relay-%d", f.target%len(relays))
-		case "consumer_kill":
-			target = fmt.Sprintf("consumer-%d", f.target%len(consumers))
-		}
-		m := lock(target)
+		target := h.target(f)
+		m := h.locks[h.lockName(f)]
 		fwg.Add(1)
 		go func() {
 			defer fwg.Done()
 			m.Lock()
 			defer m.Unlock()
-			switch f.kind {
-			case "relay_kill":
-				p := relays[f.target%len(relays)]
-				p.kill()
-				time.Sleep(f.pause / 2)
-				p.start(t)
-			case "relay_zombie":
-				p := relays[f.target%len(relays)]
-				p.signal(syscall.SIGSTOP)
-				time.Sleep(5*time.Second + f.pause/2) // past the 4s lease
-				p.signal(syscall.SIGCONT)
-			case "consumer_kill":
-				p := consumers[f.target%len(consumers)]
-				p.kill()
-				time.Sleep(f.pause / 2)
-				p.start(t)
-			case "kafka_kill":
-				kafka.Stop(true)
-				time.Sleep(f.pause)
-				kafka.Start()
-			case "postgres_restart":
-				pg.Stop(f.hard)
-				time.Sleep(f.pause / 2)
-				pg.Start()
-			case "registry_pause":
-				reg.Pause(f.pause + 2*time.Second)
-			case "slow_network":
-				proxy.SetDelay(time.Duration(20+f.target*90) * time.Millisecond) // 20, 110 or 200 ms per chunk
-				time.Sleep(f.pause + 3*time.Second)
-				proxy.SetDelay(0)
-			}
+			at := time.Since(begin)
+			effective, evidence := h.inject(f)
+			t.Logf("fault %d/%d %s %s: effective %v: %s", i+1, pl.faults, f.kind, target, effective, evidence)
 			repMu.Lock()
+			defer repMu.Unlock()
 			rep.Faults[f.kind]++
 			rep.FaultsTotal++
-			repMu.Unlock()
+			if effective {
+				rep.FaultsEffective[f.kind]++
+			}
+			rep.FaultLog = append(rep.FaultLog, FaultRecord{At: at.Round(time.Millisecond).Seconds(), Kind: f.kind, Target: target, Effective: effective, Evidence: evidence})
 		}()
 		t.Logf("fault %d/%d at %s: %s %s (written %d)", i+1, pl.faults, f.at.Round(time.Millisecond), f.kind, target, written.Load())
 	}
 	fwg.Wait()
 	<-writersDone
 	rep.Events = written.Load()
-	t.Logf("writers done: %d events; draining", rep.Events)
+	rep.SchemaVersions = h.version.Load()
+	slices.SortFunc(rep.FaultLog, func(a, b FaultRecord) int { return int((a.At - b.At) * 1000) })
+	t.Logf("writers done: %d events, %d schema versions; draining", rep.Events, rep.SchemaVersions)
 
-	// Drain: every event applied (distinct event ids in effects == events), or time out.
+	// Drain: every event applied (distinct key/seq in effects == events) and the outbox
+	// empty, or time out.
 	deadline := time.Now().Add(5 * time.Minute)
 	for {
-		var distinct int64
-		if err := pool.QueryRow(ctx, `SELECT count(DISTINCT (key, seq)) FROM effects`).Scan(&distinct); err == nil && distinct >= rep.Events {
+		var distinct, pending int64
+		err := pool.QueryRow(ctx, `SELECT (SELECT count(DISTINCT (key, seq)) FROM effects), (SELECT count(*) FROM relaybox.outbox WHERE published_at IS NULL)`).Scan(&distinct, &pending)
+		if err == nil && distinct >= rep.Events && pending == 0 {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Logf("drain timed out")
+			t.Logf("drain timed out: %d of %d events applied, %d unpublished (%v)", distinct, rep.Events, pending, err)
 			break
 		}
 		time.Sleep(time.Second)
 	}
-	time.Sleep(2 * time.Second)
+	time.Sleep(2 * time.Second) // late redeliveries, if any, to count them
 
 	// Verify from the business table, the effects table and Kafka read back.
 	q := func(sql string) int64 {
@@ -481,22 +454,29 @@ func runChaos(t *testing.T, pl plan) {
 	rep.DuplicateEffects = q(`SELECT count(*) - count(DISTINCT (key, seq)) FROM effects`)
 	rep.EffectOrderErrors = q(`SELECT count(*) FROM (SELECT seq, lag(seq) OVER (PARTITION BY key ORDER BY applied) prev FROM effects) x WHERE prev IS NOT NULL AND seq <= prev`)
 	rep.Parked = q(`SELECT count(*) FROM relaybox.outbox WHERE parked_at IS NOT NULL`)
-	onTopic, dups, violations := readTopic(t, brokers, regURL, topic)
-	rep.DuplicatesOnTopic, rep.OrderViolations = dups, violations
-	business := map[string]bool{}
-	rows, _ := pool.Query(ctx, `SELECT key || '/' || seq FROM business`)
-	for rows.Next() {
-		var k string
-		rows.Scan(&k)
-		business[k] = true
+	// The topic is read read_committed in exactly-once mode (aborted records are not
+	// part of it), as written otherwise.
+	tr, err := readTopic(ctx, brokers, regURL, topic, pl.mode == exactlyOnce)
+	if err != nil {
+		t.Fatal(err)
 	}
-	for k := range business {
-		if !onTopic[k] {
-			rep.Lost++
-		}
+	if len(tr.examples) > 0 {
+		t.Logf("topic records to look at: %s", strings.Join(tr.examples, "; "))
 	}
-	dlq, _, _ := readTopic(t, brokers, regURL, topic+".dlq")
-	rep.DeadLettered = int64(len(dlq))
+	rep.DuplicatesOnTopic, rep.OrderViolations, rep.StaleAfterNewer, rep.Undecodable = tr.dups, tr.violations, tr.stale, tr.undecodable
+	lost, businessRows, err := lostEvents(ctx, pool, tr.seen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if businessRows != rep.Events {
+		t.Errorf("business rows %d, events written %d", businessRows, rep.Events)
+	}
+	rep.Lost = lost
+	dlq, err := readTopic(ctx, brokers, regURL, topic+".dlq", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep.DeadLettered = dlq.records
 	rep.Seconds = time.Since(start).Round(time.Second).Seconds()
 	rep.SelfExits = map[string]int64{}
 	for _, p := range all {
@@ -505,75 +485,73 @@ func runChaos(t *testing.T, pl plan) {
 		}
 	}
 
-	b, _ := json.MarshalIndent(rep, "", "  ")
+	b, err := json.MarshalIndent(rep, "", "  ")
+	if err != nil {
+		t.Fatal(err)
+	}
 	t.Logf("chaos report:\n%s", b)
 	if out := os.Getenv("CHAOS_OUT"); out != "" {
 		if err := os.WriteFile(out, b, 0o644); err != nil {
 			t.Error(err)
 		}
 	}
-	if rep.Lost != 0 || rep.OrderViolations != 0 || rep.DuplicateEffects != 0 || rep.MissingEffects != 0 || rep.EffectOrderErrors != 0 {
-		t.Fatalf("guarantee broken (seed %d): lost %d, order violations %d, duplicate effects %d, missing effects %d, effect order violations %d",
-			pl.seed, rep.Lost, rep.OrderViolations, rep.DuplicateEffects, rep.MissingEffects, rep.EffectOrderErrors)
+	for _, problem := range verdict(rep, pl) {
+		t.Errorf("seed %d: %s", pl.seed, problem)
 	}
 }
 
-// readTopic reads a topic to its end with an independent client: the set of
-// "key/seq" seen, duplicates, and per-key order violations of first occurrences.
-func readTopic(t *testing.T, brokers, regURL, name string) (map[string]bool, int64, int64) {
-	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers), kgo.ConsumeTopics(name), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	ends, err := kadm.NewClient(cl).ListEndOffsets(ctx, name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	remaining := map[int32]int64{}
-	ends.Each(func(o kadm.ListedOffset) {
-		if o.Offset > 0 {
-			remaining[o.Partition] = o.Offset
+// verdict lists what the report breaks: the guarantees of the mode, and in a full
+// run, a fault kind never injected or never effective.
+func verdict(rep *Report, pl plan) []string {
+	var out []string
+	must0 := func(name string, n int64) {
+		if n != 0 {
+			out = append(out, fmt.Sprintf("%s %d, want 0", name, n))
 		}
-	})
-	reg := registry.New(regURL, registry.Options{})
-	seen := map[string]bool{}
-	last := map[string]int64{}
-	var dups, violations int64
-	for len(remaining) > 0 && ctx.Err() == nil {
-		fs := cl.PollFetches(ctx)
-		fs.EachRecord(func(r *kgo.Record) {
-			if r.Offset+1 >= remaining[r.Partition] {
-				delete(remaining, r.Partition)
-			}
-			id, body, err := wire.Parse(r.Value)
-			if err != nil {
-				seen[fmt.Sprintf("garbage@%d/%d", r.Partition, r.Offset)] = true
-				return
-			}
-			s, err := reg.Schema(ctx, int(id))
-			if err != nil {
-				t.Errorf("schema %d: %v", id, err)
-				return
-			}
-			var v Tick
-			if err := avro.Unmarshal(s, body, &v); err != nil {
-				t.Errorf("decode: %v", err)
-				return
-			}
-			k := fmt.Sprintf("%s/%d", v.Key, v.Seq)
-			if seen[k] {
-				dups++
-				return
-			}
-			seen[k] = true
-			if v.Seq <= last[v.Key] {
-				violations++
-			}
-			last[v.Key] = v.Seq
-		})
 	}
-	return seen, dups, violations
+	must0("lost", rep.Lost)
+	must0("order_violations", rep.OrderViolations)
+	must0("duplicate_effects", rep.DuplicateEffects)
+	must0("missing_effects", rep.MissingEffects)
+	must0("effect_order_violations", rep.EffectOrderErrors)
+	must0("undecodable", rep.Undecodable)
+	if pl.mode == exactlyOnce {
+		must0("duplicates_on_topic (read_committed)", rep.DuplicatesOnTopic)
+		must0("stale_after_newer (read_committed)", rep.StaleAfterNewer)
+	}
+	if pl.requireEveryKind {
+		for _, k := range kinds {
+			if rep.Faults[k] == 0 {
+				out = append(out, fmt.Sprintf("fault kind %s never injected", k))
+			} else if rep.FaultsEffective[k] == 0 {
+				out = append(out, fmt.Sprintf("fault kind %s injected %d times, never effective", k, rep.Faults[k]))
+			}
+		}
+	}
+	return out
+}
+
+// lostEvents counts the business rows (each an event committed with its business
+// transaction) whose key/seq is not on the topic, and the business rows.
+func lostEvents(ctx context.Context, pool *pgxpool.Pool, onTopic map[string]bool) (lost, rows int64, err error) {
+	r, err := pool.Query(ctx, `SELECT key, seq FROM business`)
+	if err != nil {
+		return 0, 0, fmt.Errorf("reading business rows: %w", err)
+	}
+	defer r.Close()
+	for r.Next() {
+		var key string
+		var seq int64
+		if err := r.Scan(&key, &seq); err != nil {
+			return 0, 0, fmt.Errorf("reading business rows: %w", err)
+		}
+		rows++
+		if !onTopic[fmt.Sprintf("%s/%d", key, seq)] {
+			lost++
+		}
+	}
+	if err := r.Err(); err != nil {
+		return 0, 0, fmt.Errorf("reading business rows: %w", err)
+	}
+	return lost, rows, nil
 }
