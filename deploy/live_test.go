@@ -105,6 +105,37 @@ func TestDashboard_Static(t *testing.T) {
 	}
 }
 
+// TestDashboard_EveryPanelDocumented: docs/operations.md's dashboard tour has a row for
+// each panel, and no row for a panel that is gone.
+func TestDashboard_EveryPanelDocumented(t *testing.T) {
+	b, err := os.ReadFile("../docs/operations.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc := string(b)
+	start := strings.Index(doc, "### The dashboard")
+	end := strings.Index(doc, "### Deploying with Helm")
+	if start < 0 || end < start {
+		t.Fatal(`docs/operations.md: no "### The dashboard" section before "### Deploying with Helm"`)
+	}
+	rows := map[string]bool{}
+	for _, l := range strings.Split(doc[start:end], "\n") {
+		cells := strings.Split(l, "|")
+		if len(cells) == 4 && strings.TrimSpace(cells[1]) != "Panel" && !strings.HasPrefix(strings.TrimSpace(cells[1]), "---") {
+			rows[strings.TrimSpace(cells[1])] = true
+		}
+	}
+	for title := range dashboardQueries(t) {
+		if !rows[title] {
+			t.Errorf("panel %q has no row in docs/operations.md's dashboard tour", title)
+		}
+		delete(rows, title)
+	}
+	for title := range rows {
+		t.Errorf("docs/operations.md's dashboard tour describes %q, which the dashboard does not have", title)
+	}
+}
+
 // TestLive_PrometheusEvaluatesDashboardAndRules runs two `relaybox relay` processes on
 // the services of `make env` (their own schema, migrated by `relaybox migrate up`)
 // under load, a real Prometheus scraping both every second with alerts.yml loaded,
