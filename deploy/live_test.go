@@ -141,7 +141,8 @@ func TestDashboard_EveryPanelDocumented(t *testing.T) {
 // under load, a real Prometheus scraping both every second with alerts.yml loaded,
 // and checks that every PromQL expression of the dashboard and of the rules parses and
 // evaluates without error, that every rule evaluates healthy, and that every
-// dashboard query returns series. A parked event (a missing topic) and a fenced write
+// dashboard query returns series, and `promtool check metrics` is clean on each
+// relay's /metrics. A parked event (a missing topic) and a fenced write
 // (a replica paused past its lease) are provoked so that those panels have data.
 func TestLive_PrometheusEvaluatesDashboardAndRules(t *testing.T) {
 	prom := tool(t, "prometheus", promInstall)
@@ -238,6 +239,22 @@ func TestLive_PrometheusEvaluatesDashboardAndRules(t *testing.T) {
 		api.waitAbsentOrPresent(fencedQ, 15*time.Second)
 	}
 	t.Logf("fenced writes seen")
+
+	// The relay's exposition follows Prometheus's naming conventions.
+	promtool := tool(t, "promtool", promInstall)
+	for _, target := range targets {
+		resp, err := http.Get("http://" + target + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command(promtool, "check", "metrics")
+		cmd.Stdin = resp.Body
+		out, err := cmd.CombinedOutput()
+		resp.Body.Close()
+		if err != nil || len(out) > 0 {
+			t.Errorf("promtool check metrics on %s: %v\n%s", target, err, out)
+		}
+	}
 
 	// Every dashboard query: parses, evaluates, returns series (under load).
 	queries := dashboardQueries(t)
