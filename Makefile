@@ -18,12 +18,13 @@ env-down:
 	@$(ENV) down
 
 ## test: the project's test command (what .ci/run calls): env, format check, vet, staticcheck, all tests
-## (the root module's and bench/'s)
+## (the root module's, bench/'s and deploy/k8stest/'s: the Helm chart, its own module)
 test:
 	@exports="$$($(ENV) up)" && eval "$$exports" && echo "$$exports" && \
 	$(MAKE) --no-print-directory lint && \
 	RELAYBOX_REQUIRE_SERVICES=1 $(GO) test -count=1 -timeout 25m ./... && \
-	cd bench && RELAYBOX_REQUIRE_SERVICES=1 $(GO) test -count=1 -timeout 10m ./...
+	(cd bench && RELAYBOX_REQUIRE_SERVICES=1 $(GO) test -count=1 -timeout 10m ./...) && \
+	cd deploy/k8stest && $(GO) test -count=1 -timeout 15m ./...
 
 ## unit: tests without services (integration tests skip, naming the missing variable)
 unit:
@@ -32,11 +33,12 @@ unit:
 fmt-check:
 	@out="$$(gofmt -l $$(git ls-files '*.go'))"; if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
-## lint: go vet and staticcheck, on the root module and on bench/
+## lint: go vet and staticcheck, on the root module, bench/ and deploy/k8stest/
 lint: fmt-check
 	$(GO) vet ./...
 	$(STATICCHECK) ./...
 	sc="$$($(GO) tool -n staticcheck)" && cd bench && $(GO) vet ./... && "$$sc" ./...
+	sc="$$($(GO) tool -n staticcheck)" && cd deploy/k8stest && $(GO) vet ./... && "$$sc" ./...
 
 # relaybox version prints these (internal/cli/version.go).
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)

@@ -117,6 +117,13 @@ pg_down() {
 	done
 }
 
+# ---------------------------------------------------------------- Prometheus
+# promtool and prometheus: deploy/'s tests run them (alert rule tests; a live scrape).
+need_prometheus() {
+	command -v promtool >/dev/null && command -v prometheus >/dev/null && return
+	apt_install --no-install-recommends prometheus
+}
+
 # ---------------------------------------------------------------- Kafka (KRaft)
 need_java_mvn() {
 	command -v java >/dev/null || apt_install openjdk-17-jre-headless
@@ -264,6 +271,7 @@ up)
 	start=$(date +%s)
 	mkdir -p "$CACHE_DIR"
 	ensure_jars
+	need_prometheus
 	pg_up
 	kafka_up
 	registry_up
