@@ -38,6 +38,9 @@ import (
 // shard's client is closed and the next batch starts with a new one, which reads the
 // commit log again, so a commit whose answer was lost is not published twice.
 
+// errCommitLogPartitions: the commit log topic exists with fewer than 64 partitions.
+var errCommitLogPartitions = errors.New("needs 64 (one per shard)")
+
 // errTxnAborted marks the records of an aborted transaction: they are retried.
 var errTxnAborted = errors.New("kafka transaction aborted")
 
@@ -136,7 +139,7 @@ func (r *Relay) prepareExactlyOnce(ctx context.Context) error {
 			break
 		}
 		if err == nil && n > 0 {
-			return fmt.Errorf("relay: exactly-once: the commit log topic %q has %d partitions, needs 64 (one per shard)", topic, n)
+			return fmt.Errorf("relay: exactly-once: the commit log topic %q has %d partitions: %w", topic, n, errCommitLogPartitions)
 		}
 		if cctx.Err() != nil {
 			return fmt.Errorf("relay: exactly-once: describing the commit log topic %q: %w", topic, errors.Join(err, cctx.Err()))

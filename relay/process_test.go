@@ -256,6 +256,19 @@ func withAppName(u, name string) string {
 // to exit. It must wait, unready, and publish once Kafka is back.
 func TestRelayProcess_StartedDuringKafkaOutageWaitsThenPublishes(t *testing.T) {
 	t.Parallel()
+	for _, mode := range []string{"at-least-once", "exactly-once"} {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			var extra []string
+			if mode == "exactly-once" {
+				extra = []string{"--exactly-once"}
+			}
+			startedDuringKafkaOutage(t, extra)
+		})
+	}
+}
+
+func startedDuringKafkaOutage(t *testing.T, extra []string) {
 	e := newEnv(t)
 	kafka, brokers := testenv.OwnKafka(t)
 	cl := testenv.Client(t, kgo.SeedBrokers(brokers))
@@ -265,7 +278,7 @@ func TestRelayProcess_StartedDuringKafkaOutageWaitsThenPublishes(t *testing.T) {
 	kafka.Stop(true)
 	e.writeOne(t, "waits", "k", 1, 0, "")
 	port := testenv.FreePort(t)
-	p := e.startRelayProcess(t, "waiter", "--brokers", brokers, "--metrics-addr", fmt.Sprintf("127.0.0.1:%d", port))
+	p := e.startRelayProcess(t, "waiter", append([]string{"--brokers", brokers, "--metrics-addr", fmt.Sprintf("127.0.0.1:%d", port)}, extra...)...)
 	exited := make(chan struct{})
 	go func() { p.cmd.Process.Wait(); close(exited) }()
 	readyz := func() int {

@@ -138,11 +138,21 @@ func (r *Relay) Run(ctx context.Context) error {
 		sleep(ctx, r.backoff(attempt))
 	}
 	if r.cfg.ExactlyOnce {
-		if err := r.prepareExactlyOnce(ctx); err != nil {
+		// Kafka unreachable here is waited for like any dependency; a commit log topic
+		// with too few partitions is a configuration error.
+		for attempt := 1; ; attempt++ {
+			err := r.prepareExactlyOnce(ctx)
+			if err == nil {
+				break
+			}
 			if ctx.Err() != nil {
 				return nil
 			}
-			return err
+			if errors.Is(err, errCommitLogPartitions) {
+				return err
+			}
+			r.log.Warn("waiting for dependencies", "err", err)
+			sleep(ctx, r.backoff(attempt))
 		}
 	}
 	r.healthMu.Lock()
