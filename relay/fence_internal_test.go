@@ -144,6 +144,25 @@ func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 	}
 }
 
+// pauseAt stops r the first time it reaches point: reached is closed then, and r goes
+// on once resume is called.
+func pauseAt(r *Relay, point string) (reached <-chan struct{}, resume func()) {
+	at, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	r.testHook = func(p string) {
+		if p != point {
+			return
+		}
+		first := false
+		once.Do(func() { first = true })
+		if first {
+			close(at)
+			<-release
+		}
+	}
+	return at, sync.OnceFunc(func() { close(release) })
+}
+
 // noLeaks checks, after every other cleanup of t ran (the test's pools and clients
 // closed), that no goroutine started during t is left.
 func noLeaks(t *testing.T) {
@@ -267,18 +286,7 @@ func TestFence_ShutdownRenewsLeasesUntilItsBatchesEnd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	acked, finish := make(chan struct{}), make(chan struct{})
-	var once sync.Once
-	r.testHook = func(p string) {
-		if p == "acked" {
-			first := false
-			once.Do(func() { first = true })
-			if first {
-				close(acked)
-				<-finish
-			}
-		}
-	}
+	acked, finish := pauseAt(r, "acked")
 	stop := start(t, r)
 	s := f.writeOne(t, "k", 1)
 	recv(t, acked, 30*time.Second, "the batch's records acked")
@@ -295,7 +303,7 @@ func TestFence_ShutdownRenewsLeasesUntilItsBatchesEnd(t *testing.T) {
 	if owner != "me" || !live {
 		t.Fatalf("during shutdown the shard's lease is owner %q, unexpired %v: another replica could take it under the batch", owner, live)
 	}
-	close(finish)
+	finish()
 	select {
 	case err := <-stopped:
 		if err != nil {
@@ -407,24 +415,13 @@ func TestFence_ExactlyOnceZombieCommitIsFencedByTheNextOwner(t *testing.T) {
 	zcfg := f.config(t, reg)
 	zcfg.ExactlyOnce, zcfg.TransactionalIDPrefix, zcfg.ReplicaID = true, prefix, "zombie"
 	zcfg.LeaseTTL, zcfg.HeartbeatInterval = 20*time.Second, 2*time.Second // the transaction outlives the pause
-	paused, resume := make(chan struct{}), make(chan struct{})
-	var pauseOnce sync.Once
 	var zev atomic.Pointer[TransactionEvent]
 	zcfg.Hooks.OnTransaction = func(e TransactionEvent) { zev.Store(&e) }
 	z, err := New(f.pool, zcfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	z.testHook = func(p string) {
-		if p == "commit" {
-			first := false
-			pauseOnce.Do(func() { first = true })
-			if first {
-				close(paused)
-				<-resume
-			}
-		}
-	}
+	paused, resume := pauseAt(z, "commit")
 	stopZ := start(t, z)
 	s := f.writeOne(t, "k", 1)
 	recv(t, paused, 60*time.Second, "the zombie to reach its commit")
@@ -447,7 +444,7 @@ func TestFence_ExactlyOnceZombieCommitIsFencedByTheNextOwner(t *testing.T) {
 	if len(got) != 1 {
 		t.Fatalf("read_committed saw %d records from the next owner, want 1", len(got))
 	}
-	close(resume)
+	resume()
 	waitFor(t, 60*time.Second, "the zombie's transaction to end", func() bool { return zev.Load() != nil })
 	if e := zev.Load(); e.Committed || !e.Fenced {
 		t.Fatalf("zombie transaction: committed %v, fenced %v, err %v; want fenced", e.Committed, e.Fenced, e.Err)
@@ -482,23 +479,12 @@ func TestFence_OutcomeWriteOfALostLeaseChangesNoRow(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	acked, finish := make(chan struct{}), make(chan struct{})
-	var once sync.Once
-	r.testHook = func(p string) {
-		if p == "acked" {
-			first := false
-			once.Do(func() { first = true })
-			if first {
-				close(acked)
-				<-finish
-			}
-		}
-	}
+	acked, finish := pauseAt(r, "acked")
 	start(t, r)
 	s := f.writeOne(t, "k", 1)
 	recv(t, acked, 30*time.Second, "the batch's records acked")
 	f.exec(t, `UPDATE `+f.leases+` SET owner = 'thief', generation = generation + 1, expires_at = now() + interval '1 hour' WHERE shard = $1`, s)
-	close(finish)
+	finish()
 	waitFor(t, 30*time.Second, "the fenced write reported", func() bool { return fenced.Load() != nil })
 	if e := fenced.Load(); e.Rows != 1 || e.Op != "delete" || e.Shards[0] != s {
 		t.Fatalf("fenced event %+v, want 1 row of shard %d on delete", *e, s)
