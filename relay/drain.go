@@ -133,6 +133,9 @@ func (r *Relay) drainLoop(s *shardRun) {
 		s.failing.Store(err != nil || res.retry > 0)
 		var wait time.Duration
 		switch {
+		case err != nil && r.cfg.ExactlyOnce:
+			failures++
+			wait = r.txnBackoff(failures)
 		case err != nil:
 			failures++
 			wait = r.backoff(failures)

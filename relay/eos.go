@@ -196,7 +196,7 @@ func (r *Relay) startTxn(s *shardRun) bool {
 			return false
 		}
 		r.fail(ErrorKafka, fmt.Errorf("exactly-once: starting shard %d's producer: %w", s.shard, err))
-		t := time.NewTimer(r.backoff(attempt))
+		t := time.NewTimer(r.txnBackoff(attempt))
 		select {
 		case <-s.stop:
 			t.Stop()
@@ -204,6 +204,15 @@ func (r *Relay) startTxn(s *shardRun) bool {
 		case <-t.C:
 		}
 	}
+}
+
+// txnBackoff is the backoff of exactly-once mode's failures, capped at a quarter of the
+// lease: a transaction cannot wait for Kafka as an at-least-once produce does (it ends
+// with its lease), so a broker that is back must be found again quickly, not after
+// MaxBackoff (the fault suite's broker kills left shards asleep through every window
+// in which the broker was up).
+func (r *Relay) txnBackoff(attempt int) time.Duration {
+	return min(r.backoff(attempt), max(r.cfg.LeaseTTL/4, 500*time.Millisecond))
 }
 
 // initTxn creates s's transactional client, initialises its producer id (fencing
