@@ -215,6 +215,11 @@ func (r *Relay) txnBackoff(attempt int) time.Duration {
 	return min(r.backoff(attempt), max(r.cfg.LeaseTTL/4, 500*time.Millisecond))
 }
 
+// txnRetryBackoff is the transactional clients' retry backoff: 10 ms doubling to 250 ms.
+func txnRetryBackoff(tries int) time.Duration {
+	return min(10*time.Millisecond<<min(max(tries, 0), 5), 250*time.Millisecond)
+}
+
 // initTxn creates s's transactional client, initialises its producer id (fencing
 // the previous owner's), then deletes the rows the shard's last committed
 // transaction carried.
@@ -222,6 +227,10 @@ func (r *Relay) initTxn(ctx context.Context, s *shardRun) error {
 	opts := append(slices.Clone(r.kopts),
 		kgo.TransactionalID(r.txnMeta.prefix+"-"+strconv.Itoa(s.shard)),
 		kgo.TransactionTimeout(r.cfg.LeaseTTL),
+		// A transaction's first produce right after the previous commit may be refused
+		// while the coordinator writes that commit's markers; franz-go's default retry
+		// backoff (250 ms doubling to 5 s) then holds the batch for seconds.
+		kgo.RetryBackoffFn(txnRetryBackoff),
 		kgo.RecordPartitioner(logPartitioner{topic: r.txnMeta.topic, def: kgo.UniformBytesPartitioner(64<<10, true, true, nil)}),
 	)
 	cl, err := kgo.NewClient(opts...)
