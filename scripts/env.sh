@@ -103,10 +103,11 @@ CONF
 	log "starting postgres $PG_VERSION/$PG_CLUSTER on 127.0.0.1:$PG_PORT"
 	as_root pg_ctlcluster "$PG_VERSION" "$PG_CLUSTER" start || die "pg_ctlcluster start failed (see $LOG_DIR/postgres.log)"
 	wait_port "$PG_PORT" 30 postgres "$LOG_DIR/postgres.log"
-	if [ -f "$ENV_DIR/.pg-new" ]; then
-		as_root runuser -u postgres -- psql -q -p "$PG_PORT" -c "ALTER USER postgres PASSWORD '$PG_PASSWORD'" >/dev/null
-		rm -f "$ENV_DIR/.pg-new"
-	fi
+	# Always (idempotent): the cluster may have been created by another clone's env.sh,
+	# whose first start set the password on another data directory.
+	as_root runuser -u postgres -- psql -q -p "$PG_PORT" -c "ALTER USER postgres PASSWORD '$PG_PASSWORD'" >/dev/null ||
+		die "setting the postgres password failed"
+	rm -f "$ENV_DIR/.pg-new"
 }
 
 pg_down() {
