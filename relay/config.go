@@ -114,7 +114,8 @@ type FencedEvent struct {
 
 // TransactionEvent is the argument of Hooks.OnTransaction.
 type TransactionEvent struct {
-	Shard     int
+	Shard     int // the first shard of the transaction's group (ExactlyOnceGroupShards)
+	Shards    []int
 	Records   int
 	Committed bool  // false: aborted (Err says why)
 	Fenced    bool  // the next owner's producer fenced this one
@@ -135,6 +136,13 @@ const (
 	ModeAtLeastOnce = "at-least-once"
 	ModeExactlyOnce = "exactly-once"
 )
+
+// ExactlyOnceGroupShards is how many consecutive shards exactly-once mode leases and
+// publishes together (64/8 = 8 groups, so at most 8 replicas share the work). A group
+// is the unit of the lease and of the transactional id: one transaction per group
+// batch, not one per shard, keeps the transaction rate (and so the broker's commit
+// markers) low at steady rates.
+const ExactlyOnceGroupShards = 8
 
 // Defaults of Config (the CLI's too). DefaultBatchSize × DefaultMaxInFlightBatches:
 // 16000 rows in flight at most.
@@ -242,21 +250,23 @@ type Config struct {
 	// in flight (leases are renewed meanwhile); then the Kafka client is closed, the
 	// records still waiting fail and their rows stay. Defaults to 20s.
 	ShutdownGrace time.Duration
-	// ExactlyOnce publishes each batch in a Kafka transaction, with one transactional
-	// id per shard: a read_committed reader then sees every event once, in key order,
-	// whatever fails (docs/guarantees.md). Every replica sharing the outbox must run in
-	// the same mode: a replica does not claim shards while one of the other mode is
-	// live. Defaults to false (at-least-once).
+	// ExactlyOnce publishes each batch in a Kafka transaction: a read_committed reader
+	// then sees every event once, in key order, whatever fails (docs/guarantees.md).
+	// Shards are leased and published in groups of ExactlyOnceGroupShards, one
+	// transactional id per group: a transaction carries the rows of all the shards of
+	// its group. Every replica sharing the outbox must run in the same mode: a replica
+	// does not claim shards while one of the other mode is live. Defaults to false
+	// (at-least-once).
 	ExactlyOnce bool
-	// TransactionalIDPrefix names the shards' transactional ids (prefix-<shard>) in
+	// TransactionalIDPrefix names the groups' transactional ids (prefix-g<group>) in
 	// exactly-once mode. Two relays with the same prefix fence each other: it must
 	// be unique per outbox. Defaults to relaybox-<database system identifier>-<Schema>.
 	TransactionalIDPrefix string
-	// CommitLogTopic is the compacted topic (64 partitions, one per shard) where
-	// exactly-once mode records, inside each transaction, which outbox rows it carried,
-	// so the next owner of a shard does not publish them again. Created if missing.
-	// Defaults to "<TransactionalIDPrefix>.commits" with characters Kafka refuses
-	// replaced by "_".
+	// CommitLogTopic is the compacted topic (64 partitions; a group writes to the
+	// partition of its first shard) where exactly-once mode records, inside each
+	// transaction, which outbox rows it carried, so the next owner of a group does not
+	// publish them again. Created if missing. Defaults to
+	// "<TransactionalIDPrefix>.commits" with characters Kafka refuses replaced by "_".
 	CommitLogTopic string
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger

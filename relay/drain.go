@@ -32,6 +32,10 @@ func (r *Relay) drainLoop(s *shardRun) {
 		s.prev = nil
 	}
 	if r.cfg.ExactlyOnce {
+		if !isLeader(s.shard) { // the group's leader drains it
+			<-s.stop
+			return
+		}
 		defer r.closeTxn(s)
 		if !r.startTxn(s) {
 			return
@@ -78,7 +82,20 @@ func (r *Relay) drainLoop(s *shardRun) {
 			return
 		}
 		group := []*shardRun{s}
-		if !slot && !r.cfg.ExactlyOnce { // a transaction belongs to one shard's producer
+		switch {
+		case r.cfg.ExactlyOnce: // the whole group, always: it has one producer
+			if group = r.group(s); group == nil {
+				s.draining.Store(false)
+				s.busy.Unlock()
+				release()
+				r.log.Warn("exactly-once: the shard's group is not held whole; its drain stops", "shard", s.shard)
+				return
+			}
+			for _, g := range group[1:] {
+				g.busy.Lock()
+				g.draining.Store(true)
+			}
+		case !slot:
 			group = r.steal(s, group)
 		}
 		shards := make([]int, len(group))
@@ -98,7 +115,7 @@ func (r *Relay) drainLoop(s *shardRun) {
 		var res batchResult
 		var err error
 		if r.cfg.ExactlyOnce {
-			res, err = r.drainTxn(ctx, s)
+			res, err = r.drainTxn(ctx, s, shards, gens)
 		} else {
 			res, err = r.drainOnce(ctx, shards, gens)
 		}

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"slices"
 	"strconv"
 	"strings"
@@ -12,30 +13,32 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
 // Exactly-once mode (Config.ExactlyOnce).
 //
-// Each shard has its own transactional id, <prefix>-<shard>, and so its own Kafka
-// client (franz-go allows one transactional id, and one open transaction, per client).
-// When a replica starts draining a shard it first initialises the producer id: Kafka
-// bumps the id's epoch, which fences the previous owner's producer (its open
-// transaction is aborted, its later produce or commit fails). Only then does it read
-// the shard's state.
+// Shards are leased and drained in groups of ExactlyOnceGroupShards (see the Groups
+// section below). Each group has its own transactional id, <prefix>-g<group>, and so
+// its own Kafka client (franz-go allows one transactional id, and one open
+// transaction, per client), run by the group's first shard. When a replica starts
+// draining a group it first initialises the producer id: Kafka bumps the id's epoch,
+// which fences the previous owner's producer (its open transaction is aborted, its
+// later produce or commit fails). Only then does it read the group's state.
 //
-// Every batch is one transaction holding the batch's records and one record on the
-// commit log topic (compacted, partition = shard) listing the outbox ids the
-// transaction carried, plus any ids committed before and not yet deleted from the
-// outbox. After the commit the rows are deleted (fenced by the lease generation). A
-// crash between Kafka's commit and Postgres's delete therefore cannot republish: the
-// next owner reads the shard's last committed commit-log record (read_committed) and
-// deletes those rows before it drains. The ids are carried, not a high-water mark:
-// outbox ids are not commit order.
+// Every batch is one transaction holding the batch's records (of any shard of the
+// group) and one record on the commit log topic (compacted; the partition of the
+// group's first shard) listing the outbox ids the transaction carried, plus any ids
+// committed before and not yet deleted from the outbox. After the commit the rows are
+// deleted (fenced by the lease generations). A crash between Kafka's commit and
+// Postgres's delete therefore cannot republish: the next owner reads the group's last
+// committed commit-log record (read_committed) and deletes those rows before it
+// drains. The ids are carried, not a high-water mark: outbox ids are not commit order.
 //
 // A transaction that fails in any way is aborted (or its outcome is unknown): the
-// shard's client is closed and the next batch starts with a new one, which reads the
+// group's client is closed and the next batch starts with a new one, which reads the
 // commit log again, so a commit whose answer was lost is not published twice.
 
 // errCommitLogPartitions: the commit log topic exists with fewer than 64 partitions.
@@ -181,13 +184,23 @@ func (p logPartitioner) ForTopic(t string) kgo.TopicPartitioner {
 // while the lease holds. It returns false if the drain should stop.
 func (r *Relay) startTxn(s *shardRun) bool {
 	for attempt := 1; ; attempt++ {
+		group := r.group(s)
+		if group == nil {
+			r.log.Warn("exactly-once: the shard's group is not held whole; its drain stops", "shard", s.shard)
+			return false
+		}
 		deadline := s.leaseDeadline()
+		shards, gens := make([]int, len(group)), make([]int64, len(group))
+		for i, g := range group {
+			deadline = minTime(deadline, g.leaseDeadline())
+			shards[i], gens[i] = g.shard, g.gen
+		}
 		if !time.Now().Before(deadline) {
 			r.log.Warn("lease not renewed in time; shard drain stops until it is", "shard", s.shard)
 			return false
 		}
 		ctx, cancel := context.WithDeadline(context.Background(), deadline)
-		err := r.initTxn(ctx, s)
+		err := r.initTxn(ctx, s, shards, gens)
 		cancel()
 		if err == nil {
 			return true
@@ -223,9 +236,9 @@ func txnRetryBackoff(tries int) time.Duration {
 // initTxn creates s's transactional client, initialises its producer id (fencing
 // the previous owner's), then deletes the rows the shard's last committed
 // transaction carried.
-func (r *Relay) initTxn(ctx context.Context, s *shardRun) error {
+func (r *Relay) initTxn(ctx context.Context, s *shardRun, shards []int, gens []int64) error {
 	opts := append(slices.Clone(r.kopts),
-		kgo.TransactionalID(r.txnMeta.prefix+"-"+strconv.Itoa(s.shard)),
+		kgo.TransactionalID(r.txnMeta.prefix+"-g"+strconv.Itoa(groupOf(s.shard))),
 		kgo.TransactionTimeout(r.cfg.LeaseTTL),
 		// A transaction's first produce right after the previous commit may be refused
 		// while the coordinator writes that commit's markers; franz-go's default retry
@@ -248,12 +261,12 @@ func (r *Relay) initTxn(ctx context.Context, s *shardRun) error {
 	}
 	t := &shardTxn{cl: cl}
 	if len(ids) > 0 {
-		b := &batch{shards: []int{s.shard}, gens: []int64{s.gen}}
+		b := &batch{shards: shards, gens: gens}
 		if err := r.record(b, ids); err != nil {
 			cl.Close()
 			return err
 		}
-		r.log.Info("exactly-once: rows of the shard's last committed transaction removed", "shard", s.shard, "rows", len(ids))
+		r.log.Info("exactly-once: rows of the group's last committed transaction removed", "group", groupOf(s.shard), "rows", len(ids))
 	}
 	s.setTxn(t)
 	r.ok(ErrorKafka)
@@ -289,18 +302,19 @@ func (r *Relay) closeTxnClients() {
 	}
 }
 
-// drainTxn publishes one batch of s in one Kafka transaction.
-func (r *Relay) drainTxn(ctx context.Context, s *shardRun) (batchResult, error) {
+// drainTxn publishes one batch of s's group (shards, under gens) in one Kafka
+// transaction.
+func (r *Relay) drainTxn(ctx context.Context, s *shardRun, shards []int, gens []int64) (batchResult, error) {
 	var res batchResult
 	t := s.txnRef()
 	if t == nil {
-		if err := r.initTxn(ctx, s); err != nil {
-			r.fail(ErrorKafka, fmt.Errorf("exactly-once: restarting shard %d's producer: %w", s.shard, err))
+		if err := r.initTxn(ctx, s, shards, gens); err != nil {
+			r.fail(ErrorKafka, fmt.Errorf("exactly-once: restarting group %d's producer: %w", groupOf(s.shard), err))
 			return res, err
 		}
 		t = s.txnRef()
 	}
-	b := &batch{shards: []int{s.shard}, gens: []int64{s.gen}}
+	b := &batch{shards: shards, gens: gens}
 	if len(t.pending) > 0 {
 		// Rows committed to Kafka whose delete failed: nothing is read (it would read
 		// them again) until they are gone.
@@ -327,7 +341,7 @@ func (r *Relay) drainTxn(ctx context.Context, s *shardRun) (batchResult, error) 
 		}
 	}
 	if len(recs) > 0 {
-		if err := r.produceTxn(ctx, s, t, recs); err != nil {
+		if err := r.produceTxn(ctx, s, shards, t, recs); err != nil {
 			// Aborted, fenced or unknown: nothing of it counts as published; the
 			// client is replaced and the next one reads the commit log.
 			r.closeTxn(s)
@@ -359,7 +373,7 @@ func (r *Relay) drainTxn(ctx context.Context, s *shardRun) (batchResult, error) 
 
 // produceTxn produces recs and the commit log record in one transaction and commits
 // it. A nil error means committed.
-func (r *Relay) produceTxn(ctx context.Context, s *shardRun, t *shardTxn, recs []*pending) error {
+func (r *Relay) produceTxn(ctx context.Context, s *shardRun, shards []int, t *shardTxn, recs []*pending) error {
 	start := time.Now()
 	if err := t.cl.BeginTransaction(); err != nil {
 		return err
@@ -382,7 +396,7 @@ func (r *Relay) produceTxn(ctx context.Context, s *shardRun, t *shardTxn, recs [
 	}
 	var logErr error
 	wg.Add(1)
-	t.cl.Produce(ctx, &kgo.Record{Topic: r.txnMeta.topic, Partition: int32(s.shard), Key: []byte("shard-" + strconv.Itoa(s.shard)),
+	t.cl.Produce(ctx, &kgo.Record{Topic: r.txnMeta.topic, Partition: int32(s.shard), Key: []byte("group-" + strconv.Itoa(groupOf(s.shard))),
 		Value: encodeCommitLog(s.gen, ids)}, func(_ *kgo.Record, err error) {
 		logErr = err
 		wg.Done()
@@ -407,7 +421,7 @@ func (r *Relay) produceTxn(ctx context.Context, s *shardRun, t *shardTxn, recs [
 		r.testPoint("commit")
 	}
 	endErr := t.cl.EndTransaction(ectx, kgo.TransactionEndTry(commit))
-	ev := TransactionEvent{Shard: s.shard, Records: len(recs), Committed: commit && endErr == nil, Duration: time.Since(start)}
+	ev := TransactionEvent{Shard: s.shard, Shards: shards, Records: len(recs), Committed: commit && endErr == nil, Duration: time.Since(start)}
 	if !ev.Committed {
 		if err == nil {
 			err = endErr
@@ -416,12 +430,12 @@ func (r *Relay) produceTxn(ctx context.Context, s *shardRun, t *shardTxn, recs [
 		r.aborted.Add(1)
 		if ev.Fenced {
 			r.fenced.Add(1)
-			r.log.Warn("exactly-once: transaction fenced by the shard's next owner; its records are not visible", "shard", s.shard, "records", len(recs), "err", err)
+			r.log.Warn("exactly-once: transaction fenced by the group's next owner; its records are not visible", "group", groupOf(s.shard), "records", len(recs), "err", err)
 			if r.cfg.Hooks.OnFenced != nil {
-				r.cfg.Hooks.OnFenced(FencedEvent{Shards: []int{s.shard}, Rows: len(recs), Op: "kafka transaction"})
+				r.cfg.Hooks.OnFenced(FencedEvent{Shards: shards, Rows: len(recs), Op: "kafka transaction"})
 			}
 		} else {
-			r.log.Warn("exactly-once: transaction aborted; its rows are retried", "shard", s.shard, "records", len(recs), "err", err)
+			r.log.Warn("exactly-once: transaction aborted; its rows are retried", "group", groupOf(s.shard), "records", len(recs), "err", err)
 		}
 	}
 	if r.cfg.Hooks.OnTransaction != nil {
@@ -579,4 +593,98 @@ func (r *Relay) readLogRange(ctx context.Context, shard int, from, end int64) ([
 			return last, found, nil
 		}
 	}
+}
+
+// Groups (exactly-once mode): shards are leased and drained ExactlyOnceGroupShards at a
+// time. The group's first shard (its leader) runs the drain and owns the transactional
+// producer; the other shards' runs only hold their leases.
+
+// groupOf is the group of shard.
+func groupOf(shard int) int { return shard / ExactlyOnceGroupShards }
+
+// isLeader reports whether shard is the first of its group.
+func isLeader(shard int) bool { return shard%ExactlyOnceGroupShards == 0 }
+
+// claimLockKey is the advisory lock that serialises exactly-once claims of schema.
+func claimLockKey(schema string) int64 {
+	h := fnv.New64a()
+	h.Write([]byte("relaybox group claim\x00" + schema))
+	return int64(h.Sum64())
+}
+
+// claimGroups claims up to groups whole groups whose every shard is free, under an
+// advisory lock: two claims never split a group between them.
+func (r *Relay) claimGroups(ctx context.Context, groups int, collect func(pgx.Rows, error) error) error {
+	if groups <= 0 {
+		return nil
+	}
+	return pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, claimLockKey(r.cfg.Schema)); err != nil {
+			return err
+		}
+		rows, err := tx.Query(ctx, r.sql.claimGroups, r.cfg.ReplicaID, groups, interval(r.cfg.LeaseTTL), ExactlyOnceGroupShards)
+		return collect(rows, err)
+	})
+}
+
+// dropPartialGroups removes from held, in exactly-once mode, the shards of every group
+// this replica holds only in part (a group is drained whole or not at all) and returns
+// them, to be released.
+func (r *Relay) dropPartialGroups(held map[int]lease) []heldShard {
+	if !r.cfg.ExactlyOnce {
+		return nil
+	}
+	count := map[int]int{}
+	for s := range held {
+		count[groupOf(s)]++
+	}
+	var out []heldShard
+	for s, l := range held {
+		if count[groupOf(s)] != ExactlyOnceGroupShards {
+			out = append(out, heldShard{shard: s, gen: l.gen})
+			delete(held, s)
+		}
+	}
+	if len(out) > 0 {
+		r.log.Warn("exactly-once: releasing the shards of groups held only in part", "shards", len(out))
+	}
+	return out
+}
+
+// heldShard is a lease by shard and generation.
+type heldShard struct {
+	shard int
+	gen   int64
+}
+
+// releasePartial releases leases dropped by dropPartialGroups (their drains were
+// stopped by apply; an outcome write of theirs still in flight is fenced).
+func (r *Relay) releasePartial(ctx context.Context, ls []heldShard) {
+	for _, l := range ls {
+		if _, err := r.pool.Exec(ctx, r.sql.release, l.shard, r.cfg.ReplicaID, l.gen); err != nil {
+			r.log.Warn("releasing a shard of a group held in part failed; it expires after the lease TTL", "shard", l.shard, "err", err)
+		}
+	}
+}
+
+// group is the runs of the shards of s's group (s first), each held and not stopped,
+// or nil if this replica does not hold the whole group.
+func (r *Relay) group(s *shardRun) []*shardRun {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	g := make([]*shardRun, 0, ExactlyOnceGroupShards)
+	g = append(g, s)
+	for i := 1; i < ExactlyOnceGroupShards; i++ {
+		o := r.shards[s.shard+i]
+		if o == nil || r.releasing[o.shard] {
+			return nil
+		}
+		select {
+		case <-o.stop:
+			return nil
+		default:
+		}
+		g = append(g, o)
+	}
+	return g
 }

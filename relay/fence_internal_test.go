@@ -425,8 +425,8 @@ func TestFence_ExactlyOnceZombieCommitIsFencedByTheNextOwner(t *testing.T) {
 	stopZ := start(t, z)
 	s := f.writeOne(t, "k", 1)
 	recv(t, paused, 60*time.Second, "the zombie to reach its commit")
-	// The shard passes to the next owner: freed, and claimed by a second replica.
-	f.exec(t, `UPDATE `+f.leases+` SET owner = NULL, expires_at = NULL, generation = generation + 1 WHERE shard = $1`, s)
+	// The shard's group passes to the next owner: freed, and claimed by a second replica.
+	f.exec(t, `UPDATE `+f.leases+` SET owner = NULL, expires_at = NULL, generation = generation + 1 WHERE shard / $2 = $1 / $2`, s, ExactlyOnceGroupShards)
 	ncfg := f.config(t, reg)
 	ncfg.ExactlyOnce, ncfg.TransactionalIDPrefix, ncfg.ReplicaID = true, prefix, "next"
 	n, err := New(f.pool, ncfg)

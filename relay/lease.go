@@ -124,7 +124,11 @@ func (r *Relay) heartbeat(ctx context.Context, claim bool) {
 		})
 		return err
 	}
-	rows, err := r.pool.Query(hctx, r.sql.renew, r.cfg.ReplicaID, interval(ttl))
+	renew := r.sql.renew
+	if r.cfg.ExactlyOnce {
+		renew = r.sql.renewLive
+	}
+	rows, err := r.pool.Query(hctx, renew, r.cfg.ReplicaID, interval(ttl))
 	if err := collect(rows, err, t0); err != nil {
 		r.fail(ErrorPostgres, fmt.Errorf("renewing leases: %w", err))
 		return
@@ -135,6 +139,7 @@ func (r *Relay) heartbeat(ctx context.Context, claim bool) {
 		r.apply(held, false)
 		return
 	}
+	partial := r.dropPartialGroups(held)
 
 	rows, err = r.pool.Query(hctx, r.sql.live)
 	var live []string
@@ -155,7 +160,10 @@ func (r *Relay) heartbeat(ctx context.Context, claim bool) {
 		return
 	}
 	r.setMixed(other)
-	target := fairShare(live, r.cfg.ReplicaID)
+	target := fairShare(live, r.cfg.ReplicaID, outbox.Shards)
+	if r.cfg.ExactlyOnce {
+		target = fairShare(live, r.cfg.ReplicaID, outbox.Shards/ExactlyOnceGroupShards) * ExactlyOnceGroupShards
+	}
 	r.mu.Lock()
 	n := 0 // held now: renewed, not being released
 	for s := range held {
@@ -169,9 +177,16 @@ func (r *Relay) heartbeat(ctx context.Context, claim bool) {
 		// A replica of the other mode is live: claim nothing (see Config.ExactlyOnce).
 	case n < target:
 		t1 := time.Now()
-		rows, err := r.pool.Query(hctx, r.sql.claim, r.cfg.ReplicaID, target-n, interval(ttl))
 		before := len(held)
-		if err := collect(rows, err, t1); err != nil {
+		var err error
+		if r.cfg.ExactlyOnce {
+			err = r.claimGroups(hctx, (target-n)/ExactlyOnceGroupShards, func(rows pgx.Rows, err error) error { return collect(rows, err, t1) })
+			partial = append(partial, r.dropPartialGroups(held)...)
+		} else {
+			rows, qerr := r.pool.Query(hctx, r.sql.claim, r.cfg.ReplicaID, target-n, interval(ttl))
+			err = collect(rows, qerr, t1)
+		}
+		if err != nil {
 			r.fail(ErrorPostgres, fmt.Errorf("claiming shards: %w", err))
 		} else if len(held) > before {
 			r.log.Info("claimed shards", "shards", len(held)-before, "target", target, "replicas", len(live))
@@ -180,14 +195,16 @@ func (r *Relay) heartbeat(ctx context.Context, claim bool) {
 		r.releaseExcess(n - target)
 	}
 	r.apply(held, true)
+	r.releasePartial(hctx, partial)
 	r.checkDependencies(hctx)
 	if rand.IntN(20) == 0 {
 		_, _ = r.pool.Exec(hctx, r.sql.purgeReplicas)
 	}
 }
 
-// fairShare is how many of the 64 shards replica me should hold among live.
-func fairShare(live []string, me string) int {
+// fairShare is how many of units (64 shards, or 8 groups in exactly-once mode)
+// replica me should hold among live.
+func fairShare(live []string, me string, units int) int {
 	i := slices.Index(live, me)
 	if i < 0 {
 		live = append(live, me)
@@ -195,8 +212,8 @@ func fairShare(live []string, me string) int {
 		i = slices.Index(live, me)
 	}
 	n := len(live)
-	t := outbox.Shards / n
-	if i < outbox.Shards%n {
+	t := units / n
+	if i < units%n {
 		t++
 	}
 	return t
@@ -292,6 +309,22 @@ func (r *Relay) releaseExcess(n int) {
 	slices.Sort(cand)
 	slices.Reverse(cand)
 	cand = cand[:min(n, len(cand))]
+	if r.cfg.ExactlyOnce {
+		// Whole groups: the highest held ones, every shard of each.
+		var groups []int
+		for _, s := range cand {
+			if g := groupOf(s); !slices.Contains(groups, g) {
+				groups = append(groups, g)
+			}
+		}
+		groups = groups[:min(len(groups), max(1, n/ExactlyOnceGroupShards))]
+		cand = cand[:0]
+		for s := range r.shards {
+			if !r.releasing[s] && slices.Contains(groups, groupOf(s)) {
+				cand = append(cand, s)
+			}
+		}
+	}
 	runs := make([]*shardRun, 0, len(cand))
 	for _, s := range cand {
 		r.releasing[s] = true
@@ -304,7 +337,9 @@ func (r *Relay) releaseExcess(n int) {
 	go func() {
 		defer r.drains.Done()
 		for _, run := range runs {
-			<-run.done // the batch in flight finishes first
+			<-run.done // the batches in flight finish first (a group's leader's too)
+		}
+		for _, run := range runs {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			_, err := r.pool.Exec(ctx, r.sql.release, run.shard, r.cfg.ReplicaID, run.gen)
 			cancel()

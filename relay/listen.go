@@ -27,9 +27,9 @@ func (r *Relay) wake(payload string) {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.cfg.ExactlyOnce { // no shared batches: a transaction belongs to one shard
+	if r.cfg.ExactlyOnce { // the group's leader drains the group
 		for _, n := range shards {
-			if s := r.shards[n]; s != nil {
+			if s := r.shards[n-n%ExactlyOnceGroupShards]; s != nil {
 				s.poke()
 			}
 		}

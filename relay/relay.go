@@ -135,7 +135,7 @@ func (r *Relay) Run(ctx context.Context) error {
 			return nil
 		}
 		r.log.Warn("waiting for dependencies", "err", err)
-		sleep(ctx, r.backoff(attempt))
+		sleep(ctx, r.startBackoff(attempt))
 	}
 	if r.cfg.ExactlyOnce {
 		// Kafka unreachable here is waited for like any dependency; a commit log topic
@@ -152,7 +152,7 @@ func (r *Relay) Run(ctx context.Context) error {
 				return err
 			}
 			r.log.Warn("waiting for dependencies", "err", err)
-			sleep(ctx, r.backoff(attempt))
+			sleep(ctx, r.startBackoff(attempt))
 		}
 	}
 	r.healthMu.Lock()
@@ -243,6 +243,13 @@ func (r *Relay) backoff(attempt int) time.Duration {
 	d := 100 * time.Millisecond << min(attempt, 10)
 	d = min(d, r.cfg.MaxBackoff)
 	return d/2 + rand.N(d/2+1) // jitter
+}
+
+// startBackoff is the wait between dependency checks at start: at most 5 s, so that a
+// relay started during an outage works as soon as the dependency is back (a check
+// costs little).
+func (r *Relay) startBackoff(attempt int) time.Duration {
+	return min(r.backoff(attempt), 5*time.Second)
 }
 
 func sleep(ctx context.Context, d time.Duration) {

@@ -155,7 +155,7 @@ func defineRelay(f *flags) *relayOpts {
 	f.dur(&c.LeaseTTL, "lease-ttl", "RELAYBOX_LEASE_TTL", relay.DefaultLeaseTTL, "shard lease time to live")
 	f.dur(&c.ShutdownGrace, "shutdown-grace", "RELAYBOX_SHUTDOWN_GRACE", relay.DefaultShutdownGrace, "on SIGTERM, how long batches in flight may wait for Kafka (leases are renewed meanwhile)")
 	f.boolean(&c.ExactlyOnce, "exactly-once", "RELAYBOX_EXACTLY_ONCE", false, "publish each batch in a Kafka transaction: read_committed readers see every event once (docs/guarantees.md); every replica must use the same mode")
-	f.str(&c.TransactionalIDPrefix, "transactional-id-prefix", "RELAYBOX_TRANSACTIONAL_ID_PREFIX", "", "exactly-once: prefix of the shards' transactional ids (default relaybox-<database system identifier>-<schema>)")
+	f.str(&c.TransactionalIDPrefix, "transactional-id-prefix", "RELAYBOX_TRANSACTIONAL_ID_PREFIX", "", "exactly-once: prefix of the shard groups' transactional ids (default relaybox-<database system identifier>-<schema>)")
 	f.str(&c.CommitLogTopic, "commit-log-topic", "RELAYBOX_COMMIT_LOG_TOPIC", "", "exactly-once: compacted topic recording what each transaction carried (default <prefix>.commits)")
 	f.dur(&c.HeartbeatInterval, "heartbeat-interval", "RELAYBOX_HEARTBEAT_INTERVAL", 0, "lease renewal interval (default lease-ttl/5)")
 	f.num(&c.MaxRecordBytes, "max-record-bytes", "RELAYBOX_MAX_RECORD_BYTES", relay.DefaultMaxRecordBytes, "largest record to produce; larger events park")
