@@ -244,11 +244,11 @@ func TestConsumer_RetriesDeadLettersAndMovesOn(t *testing.T) {
 	cfg := e.config(t, topic)
 	cfg.MaxAttempts, cfg.Hooks = 3, n.hooks()
 	var maxLag, lastLag, lagCalls atomic.Int64
-	cfg.Hooks.OnLag = func(_ string, _ int32, lag int64) {
+	cfg.Hooks.OnLag = func(e consumer.LagEvent) {
 		defer lagCalls.Add(1)
-		lastLag.Store(lag)
-		if lag > maxLag.Load() {
-			maxLag.Store(lag)
+		lastLag.Store(e.Lag)
+		if e.Lag > maxLag.Load() {
+			maxLag.Store(e.Lag)
 		}
 	}
 	c := e.newConsumer(t, cfg)
@@ -668,8 +668,8 @@ func TestConsumer_DeadLetterProduceFailureBlocksThePartitionInsteadOfDropping(t 
 	var n counters
 	cfg := e.config(t, topic)
 	cfg.Hooks = n.hooks()
-	cfg.Hooks.OnError = func(kind string, _ error) {
-		if kind == "kafka" {
+	cfg.Hooks.OnError = func(e consumer.ErrorEvent) {
+		if e.Kind == consumer.ErrorKafka {
 			kafkaErrs.Add(1)
 		}
 	}
