@@ -8,11 +8,14 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	dto "github.com/prometheus/client_model/go"
+
 	"github.com/relaybox/relaybox/relay"
 )
 
-// A status query that fails (Postgres down) costs only its own series: the scrape
-// still succeeds, with relaybox_scrape_error 1 and every other metric.
+// The CLI's registry: the relay's collectors, the status collector and the Go and
+// process collectors. A status query that fails (Postgres down) costs only its own
+// series: the scrape still succeeds, with relaybox_scrape_error 1 and every other
+// metric.
 func TestMetrics_FailedStatusQueryCostsOnlyItsOwnSeries(t *testing.T) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -25,9 +28,14 @@ func TestMetrics_FailedStatusQueryCostsOnlyItsOwnSeries(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer pool.Close()
-	m := newRelayMetrics(pool, "relaybox")
-	m.hooks().OnError(relay.ErrorEvent{Kind: relay.ErrorPostgres, Err: fmt.Errorf("down")})
-	mfs, err := m.registry.Gather()
+	reg, m, err := newRelayRegistry(pool, "relaybox")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := relay.Config{ExactlyOnce: true}
+	m.Install(&cfg)
+	cfg.Hooks.OnError(relay.ErrorEvent{Kind: relay.ErrorPostgres, Err: fmt.Errorf("down")})
+	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatalf("scrape failed as a whole: %v", err)
 	}
@@ -38,8 +46,11 @@ func TestMetrics_FailedStatusQueryCostsOnlyItsOwnSeries(t *testing.T) {
 	if mf := got["relaybox_scrape_error"]; mf == nil || mf.Metric[0].GetGauge().GetValue() != 1 {
 		t.Fatalf("relaybox_scrape_error = %v, want 1", mf)
 	}
-	if got["relaybox_relay_errors_total"] == nil || got["relaybox_relay_published_total"] == nil {
-		t.Fatal("the hook-fed series are missing from the scrape")
+	for _, n := range []string{"relaybox_relay_errors_total", "relaybox_relay_published_total", "relaybox_relay_mode",
+		"go_goroutines", "process_start_time_seconds"} {
+		if got[n] == nil {
+			t.Errorf("%s is missing from the scrape", n)
+		}
 	}
 	if got["relaybox_outbox_backlog"] != nil {
 		t.Fatal("a backlog series was emitted without a status")
