@@ -331,6 +331,25 @@ func TestConsumer_RetriesDeadLettersAndMovesOn(t *testing.T) {
 	if got := n.dead.Load(); got != 6 {
 		t.Errorf("OnDeadLetter called %d times, want 6", got)
 	}
+	// The hook's event says what the headers say.
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for i, w := range want {
+		var ev *consumer.DeadLetterEvent
+		for j := range n.deadEvents {
+			if n.deadEvents[j].EventID == "e-"+w.key {
+				ev = &n.deadEvents[j]
+			}
+		}
+		switch {
+		case ev == nil:
+			t.Errorf("OnDeadLetter: no event for e-%s", w.key)
+		case ev.Reason != w.reason || strconv.Itoa(ev.Attempts) != w.attempts || ev.Topic != topic || ev.Partition != 0 ||
+			ev.Offset != int64(1+i) || ev.DeadLetterTopic != topic+".dlq" || ev.Err == nil || !strings.Contains(ev.Err.Error(), w.errText):
+			t.Errorf("OnDeadLetter for e-%s: %+v, want reason %s, attempts %s, %s/0 offset %d, to %s.dlq, an error with %q",
+				w.key, *ev, w.reason, w.attempts, topic, 1+i, topic, w.errText)
+		}
+	}
 }
 
 // SeqNote is version 2 of Seq: a field with a default added.

@@ -86,6 +86,7 @@ type counters struct {
 	processed, duplicate, skipped, retry, dead atomic.Int64
 	mu                                         sync.Mutex
 	reasons                                    []string
+	deadEvents                                 []consumer.DeadLetterEvent
 }
 
 func (n *counters) hooks() consumer.Hooks {
@@ -98,6 +99,7 @@ func (n *counters) hooks() consumer.Hooks {
 			n.dead.Add(1)
 			n.mu.Lock()
 			n.reasons = append(n.reasons, e.Reason)
+			n.deadEvents = append(n.deadEvents, e)
 			n.mu.Unlock()
 		},
 	}
