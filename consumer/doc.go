@@ -156,7 +156,7 @@
 // metrics library: package github.com/relaybox/relaybox/metrics turns the hooks
 // into Prometheus collectors:
 //
-//	m, err := metrics.NewConsumer(metrics.ConsumerOpts{Registerer: prometheus.DefaultRegisterer})
+//	m, err := metrics.NewConsumer(&metrics.ConsumerOpts{Registerer: prometheus.DefaultRegisterer})
 //	if err != nil { ... }
 //	m.Install(cfg) // cfg is the *consumer.Config given to New
 //	http.Handle("/metrics", promhttp.Handler())
