@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -887,5 +888,66 @@ func TestConsumer_NearLimitRecordIsDeadLetteredWhole(t *testing.T) {
 	}
 	if size <= 1048588 {
 		t.Fatalf("dead-letter record is %d bytes: the test must exceed the default limit to mean anything", size)
+	}
+}
+
+// The hooks describe each record (topic, partition, offset, event id and type), the
+// batches of batch mode and the lag; and when the consumer stops, the partitions it
+// gives up (so that metrics drop their lag).
+func TestConsumer_HooksDescribeRecordsBatchesLagAndRevokedPartitions(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	topic := e.topic(t, 1)
+	id, s := e.schemaID(t, topic+"-value", schemaText[Seq](t))
+	var recs []*kgo.Record
+	for i := range 3 {
+		recs = append(recs, record(t, topic, id, s, "k", fmt.Sprintf("e-%d", i), "Seq", Seq{Key: "k", Seq: int64(i)}))
+	}
+	produce(t, recs...)
+
+	var mu sync.Mutex
+	var applied []consumer.RecordEvent
+	batched, lastLag := 0, int64(-1)
+	var revoked []consumer.RevokedEvent
+	cfg := e.config(t, topic)
+	cfg.BatchMode = true
+	cfg.Hooks = consumer.Hooks{
+		OnProcessed: func(ev consumer.RecordEvent) { mu.Lock(); applied = append(applied, ev); mu.Unlock() },
+		OnBatch: func(ev consumer.BatchEvent) {
+			mu.Lock()
+			if ev.Topic == topic && ev.Partition == 0 {
+				batched += ev.Records
+			}
+			mu.Unlock()
+		},
+		OnLag:     func(ev consumer.LagEvent) { mu.Lock(); lastLag = ev.Lag; mu.Unlock() },
+		OnRevoked: func(ev consumer.RevokedEvent) { mu.Lock(); revoked = append(revoked, ev); mu.Unlock() },
+	}
+	c := e.newConsumer(t, cfg)
+	consumer.Handle(c, "Seq", e.applySeq("c", nil))
+	stop := run(t, c)
+	waitFor(t, 60*time.Second, "3 records applied", func() bool { mu.Lock(); defer mu.Unlock(); return len(applied) == 3 })
+	stop()
+
+	mu.Lock()
+	defer mu.Unlock()
+	for i, ev := range applied {
+		want := consumer.RecordEvent{Topic: topic, Partition: 0, Offset: int64(i), EventID: fmt.Sprintf("e-%d", i), EventType: "Seq"}
+		if ev != want {
+			t.Errorf("OnProcessed %d: %+v, want %+v", i, ev, want)
+		}
+	}
+	if batched != 3 {
+		t.Errorf("OnBatch counted %d records, want 3", batched)
+	}
+	if lastLag != 0 {
+		t.Errorf("last OnLag: %d, want 0 (all processed)", lastLag)
+	}
+	gaveUp := false
+	for _, ev := range revoked {
+		gaveUp = gaveUp || slices.Contains(ev.Partitions[topic], 0)
+	}
+	if !gaveUp {
+		t.Errorf("OnRevoked: %+v, want %s partition 0 given up at shutdown", revoked, topic)
 	}
 }
