@@ -898,12 +898,7 @@ func TestConsumer_HooksDescribeRecordsBatchesLagAndRevokedPartitions(t *testing.
 	t.Parallel()
 	e := newEnv(t)
 	topic := e.topic(t, 1)
-	id, s := e.schemaID(t, topic+"-value", schemaText[Seq](t))
-	var recs []*kgo.Record
-	for i := range 3 {
-		recs = append(recs, record(t, topic, id, s, "k", fmt.Sprintf("e-%d", i), "Seq", Seq{Key: "k", Seq: int64(i)}))
-	}
-	produce(t, recs...)
+	produce(t, seqRecords(t, e, topic, []string{"k"}, 3)...) // event ids k-1, k-2, k-3
 
 	var mu sync.Mutex
 	var applied []consumer.RecordEvent
@@ -932,7 +927,7 @@ func TestConsumer_HooksDescribeRecordsBatchesLagAndRevokedPartitions(t *testing.
 	mu.Lock()
 	defer mu.Unlock()
 	for i, ev := range applied {
-		want := consumer.RecordEvent{Topic: topic, Partition: 0, Offset: int64(i), EventID: fmt.Sprintf("e-%d", i), EventType: "Seq"}
+		want := consumer.RecordEvent{Topic: topic, Partition: 0, Offset: int64(i), EventID: fmt.Sprintf("k-%d", i+1), EventType: "Seq"}
 		if ev != want {
 			t.Errorf("OnProcessed %d: %+v, want %+v", i, ev, want)
 		}
