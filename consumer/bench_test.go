@@ -45,7 +45,7 @@ func BenchmarkConsumer(b *testing.B) {
 				var first, last atomic.Int64
 				cfg := e.config(b, topic)
 				cfg.BatchMode, cfg.DisableDedup = mode.batch, mode.nodup
-				cfg.Hooks.OnProcessed = func(string, string) {
+				cfg.Hooks.OnProcessed = func(consumer.RecordEvent) {
 					now := time.Now().UnixNano()
 					first.CompareAndSwap(0, now)
 					if done.Add(1) == total {

@@ -72,8 +72,8 @@ func childMain(spec string) int {
 		KafkaOpts: []kgo.Opt{kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
 			kgo.SessionTimeout(6 * time.Second), kgo.RebalanceTimeout(10 * time.Second), kgo.HeartbeatInterval(time.Second)},
 		Hooks: consumer.Hooks{
-			OnProcessed: func(string, string) { emit('P') },
-			OnDuplicate: func(string, string) { emit('D') },
+			OnProcessed: func(consumer.RecordEvent) { emit('P') },
+			OnDuplicate: func(consumer.RecordEvent) { emit('D') },
 		},
 	})
 	if err != nil {

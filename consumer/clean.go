@@ -115,7 +115,7 @@ func (c *Consumer) cleanLoop(ctx context.Context) {
 		case ctx.Err() != nil:
 			return
 		case err != nil:
-			c.hookErr("postgres", err)
+			c.hookErr(ErrorPostgres, err)
 			c.log.Warn("cleaning processed_events failed", "err", err)
 		case n > 0:
 			c.log.Info("cleaned processed_events", "deleted", n, "older_than", c.cfg.CleanAfter)

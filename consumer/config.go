@@ -52,35 +52,6 @@ func (p UnknownPolicy) String() string {
 	return "UnknownPolicy(" + strconv.Itoa(int(p)) + ")"
 }
 
-// Hooks observe the consumer, for metrics. Any may be nil. They are called from the
-// partition goroutines and must not block. topic is the record's topic, eventType
-// its event type (possibly empty for undecodable records).
-type Hooks struct {
-	// OnProcessed: a handler ran and its transaction committed.
-	OnProcessed func(topic, eventType string)
-	// OnDuplicate: the event id was already in processed_events for this group; the
-	// handler did not run.
-	OnDuplicate func(topic, eventType string)
-	// OnSkipped: no handler for the event type; recorded and skipped (SkipUnknown).
-	OnSkipped func(topic, eventType string)
-	// OnRetry: attempt (1-based) of a handler failed with err and will be retried
-	// after a backoff.
-	OnRetry func(topic, eventType string, attempt int, err error)
-	// OnDeadLetter: the record was produced to the dead-letter topic. reason is one
-	// of the Reason* constants.
-	OnDeadLetter func(topic, eventType, reason string)
-	// OnHandlerLatency: how long one handler call took (successful or not).
-	OnHandlerLatency func(topic, eventType string, d time.Duration)
-	// OnLag: after a partition's record (or batch) is done: the records of the
-	// partition not yet processed by this consumer, from the last fetch's high
-	// watermark.
-	OnLag func(topic string, partition int32, lag int64)
-	// OnError: an infrastructure failure that is retried without limit, of kind
-	// "postgres", "registry", "kafka" (dead-letter produce) or "commit" (offset
-	// commit).
-	OnError func(kind string, err error)
-}
-
 // Config configures a [Consumer]. Only Group, Topics, a Kafka address and a registry
 // are required.
 type Config struct {

@@ -271,6 +271,7 @@ func (c *Consumer) assigned(_ context.Context, cl *kgo.Client, assigned map[stri
 func (c *Consumer) revoked(ctx context.Context, cl *kgo.Client, revoked map[string][]int32) {
 	ps := c.detachForCommit(revoked)
 	stopAll(ps)
+	c.hookRevoked(revoked, false)
 	cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
 	c.commit(cctx, cl, ps, true)
@@ -285,6 +286,7 @@ func (c *Consumer) revoked(ctx context.Context, cl *kgo.Client, revoked map[stri
 func (c *Consumer) lost(_ context.Context, cl *kgo.Client, lost map[string][]int32) {
 	ps := c.detachForCommit(lost)
 	stopAll(ps)
+	c.hookRevoked(lost, true)
 	cl.ResumeFetchPartitions(lost)
 	if len(ps) > 0 {
 		c.log.Warn("partitions lost; their processed offsets since the last commit will be redelivered (and deduplicated)", "lost", lost)
@@ -402,7 +404,7 @@ func (c *Consumer) commit(ctx context.Context, kc *kgo.Client, ps []*partition, 
 		}
 	})
 	if failed != nil {
-		c.hookErr("commit", failed)
+		c.hookErr(ErrorCommit, failed)
 		lvl := slog.LevelDebug
 		if final {
 			lvl = slog.LevelWarn
@@ -415,9 +417,16 @@ func (c *Consumer) commit(ctx context.Context, kc *kgo.Client, ps []*partition, 
 	}
 }
 
-func (c *Consumer) hookErr(kind string, err error) {
+func (c *Consumer) hookErr(kind ErrorKind, err error) {
 	if c.cfg.Hooks.OnError != nil {
-		c.cfg.Hooks.OnError(kind, err)
+		c.cfg.Hooks.OnError(ErrorEvent{Kind: kind, Err: err})
+	}
+}
+
+// hookRevoked reports that the partitions of m are no longer this consumer's.
+func (c *Consumer) hookRevoked(m map[string][]int32, lost bool) {
+	if h := c.cfg.Hooks.OnRevoked; h != nil && len(m) > 0 {
+		h(RevokedEvent{Partitions: m, Lost: lost})
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -244,11 +245,11 @@ func TestConsumer_RetriesDeadLettersAndMovesOn(t *testing.T) {
 	cfg := e.config(t, topic)
 	cfg.MaxAttempts, cfg.Hooks = 3, n.hooks()
 	var maxLag, lastLag, lagCalls atomic.Int64
-	cfg.Hooks.OnLag = func(_ string, _ int32, lag int64) {
+	cfg.Hooks.OnLag = func(e consumer.LagEvent) {
 		defer lagCalls.Add(1)
-		lastLag.Store(lag)
-		if lag > maxLag.Load() {
-			maxLag.Store(lag)
+		lastLag.Store(e.Lag)
+		if e.Lag > maxLag.Load() {
+			maxLag.Store(e.Lag)
 		}
 	}
 	c := e.newConsumer(t, cfg)
@@ -330,6 +331,25 @@ func TestConsumer_RetriesDeadLettersAndMovesOn(t *testing.T) {
 	}
 	if got := n.dead.Load(); got != 6 {
 		t.Errorf("OnDeadLetter called %d times, want 6", got)
+	}
+	// The hook's event says what the headers say.
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for i, w := range want {
+		var ev *consumer.DeadLetterEvent
+		for j := range n.deadEvents {
+			if n.deadEvents[j].EventID == "e-"+w.key {
+				ev = &n.deadEvents[j]
+			}
+		}
+		switch {
+		case ev == nil:
+			t.Errorf("OnDeadLetter: no event for e-%s", w.key)
+		case ev.Reason != w.reason || strconv.Itoa(ev.Attempts) != w.attempts || ev.Topic != topic || ev.Partition != 0 ||
+			ev.Offset != int64(1+i) || ev.DeadLetterTopic != topic+".dlq" || ev.Err == nil || !strings.Contains(ev.Err.Error(), w.errText):
+			t.Errorf("OnDeadLetter for e-%s: %+v, want reason %s, attempts %s, %s/0 offset %d, to %s.dlq, an error with %q",
+				w.key, *ev, w.reason, w.attempts, topic, 1+i, topic, w.errText)
+		}
 	}
 }
 
@@ -668,8 +688,8 @@ func TestConsumer_DeadLetterProduceFailureBlocksThePartitionInsteadOfDropping(t 
 	var n counters
 	cfg := e.config(t, topic)
 	cfg.Hooks = n.hooks()
-	cfg.Hooks.OnError = func(kind string, _ error) {
-		if kind == "kafka" {
+	cfg.Hooks.OnError = func(e consumer.ErrorEvent) {
+		if e.Kind == consumer.ErrorKafka {
 			kafkaErrs.Add(1)
 		}
 	}
@@ -868,5 +888,61 @@ func TestConsumer_NearLimitRecordIsDeadLetteredWhole(t *testing.T) {
 	}
 	if size <= 1048588 {
 		t.Fatalf("dead-letter record is %d bytes: the test must exceed the default limit to mean anything", size)
+	}
+}
+
+// The hooks describe each record (topic, partition, offset, event id and type), the
+// batches of batch mode and the lag; and when the consumer stops, the partitions it
+// gives up (so that metrics drop their lag).
+func TestConsumer_HooksDescribeRecordsBatchesLagAndRevokedPartitions(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	topic := e.topic(t, 1)
+	produce(t, seqRecords(t, e, topic, []string{"k"}, 3)...) // event ids k-1, k-2, k-3
+
+	var mu sync.Mutex
+	var applied []consumer.RecordEvent
+	batched, lastLag := 0, int64(-1)
+	var revoked []consumer.RevokedEvent
+	cfg := e.config(t, topic)
+	cfg.BatchMode = true
+	cfg.Hooks = consumer.Hooks{
+		OnProcessed: func(ev consumer.RecordEvent) { mu.Lock(); applied = append(applied, ev); mu.Unlock() },
+		OnBatch: func(ev consumer.BatchEvent) {
+			mu.Lock()
+			if ev.Topic == topic && ev.Partition == 0 {
+				batched += ev.Records
+			}
+			mu.Unlock()
+		},
+		OnLag:     func(ev consumer.LagEvent) { mu.Lock(); lastLag = ev.Lag; mu.Unlock() },
+		OnRevoked: func(ev consumer.RevokedEvent) { mu.Lock(); revoked = append(revoked, ev); mu.Unlock() },
+	}
+	c := e.newConsumer(t, cfg)
+	consumer.Handle(c, "Seq", e.applySeq("c", nil))
+	stop := run(t, c)
+	waitFor(t, 60*time.Second, "3 records applied", func() bool { mu.Lock(); defer mu.Unlock(); return len(applied) == 3 })
+	stop()
+
+	mu.Lock()
+	defer mu.Unlock()
+	for i, ev := range applied {
+		want := consumer.RecordEvent{Topic: topic, Partition: 0, Offset: int64(i), EventID: fmt.Sprintf("k-%d", i+1), EventType: "Seq"}
+		if ev != want {
+			t.Errorf("OnProcessed %d: %+v, want %+v", i, ev, want)
+		}
+	}
+	if batched != 3 {
+		t.Errorf("OnBatch counted %d records, want 3", batched)
+	}
+	if lastLag != 0 {
+		t.Errorf("last OnLag: %d, want 0 (all processed)", lastLag)
+	}
+	gaveUp := false
+	for _, ev := range revoked {
+		gaveUp = gaveUp || slices.Contains(ev.Partitions[topic], 0)
+	}
+	if !gaveUp {
+		t.Errorf("OnRevoked: %+v, want %s partition 0 given up at shutdown", revoked, topic)
 	}
 }

@@ -116,7 +116,7 @@ func (p *partition) deadLetter(it *item, dl *deadLetter) bool {
 		if p.stopped() {
 			return false
 		}
-		c.hookErr("kafka", err)
+		c.hookErr(ErrorKafka, err)
 		c.log.Warn("producing to the dead-letter topic failed; retrying (the partition waits)", "dlq_topic", out.Topic,
 			"topic", it.m.Topic, "partition", it.m.Partition, "offset", it.m.Offset, "err", err)
 		if !p.sleep(c.backoff(n)) {
@@ -127,7 +127,7 @@ func (p *partition) deadLetter(it *item, dl *deadLetter) bool {
 	c.log.Warn("record dead-lettered", "dlq_topic", out.Topic, "topic", it.m.Topic, "partition", it.m.Partition,
 		"offset", it.m.Offset, "event_type", it.m.Type, "event_id", it.m.ID, "reason", dl.reason, "attempts", dl.attempts, "err", dl.err)
 	if h := c.cfg.Hooks.OnDeadLetter; h != nil {
-		h(it.m.Topic, it.m.Type, dl.reason)
+		h(DeadLetterEvent{RecordEvent: recordEvent(it.m), Reason: dl.reason, DeadLetterTopic: out.Topic, Attempts: dl.attempts, Err: dl.err})
 	}
 	return true
 }

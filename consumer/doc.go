@@ -151,7 +151,13 @@
 // # Metrics
 //
 // [Hooks] are plain functions called on each outcome (processed, duplicate,
-// skipped, retry, dead letter), with handler latency, partition lag and
-// infrastructure errors; cmd/relaybox wires them to Prometheus. The package itself
-// imports no metrics library.
+// skipped, retry, dead letter), with handler latency, partition lag, batch sizes
+// and infrastructure errors; each takes one struct. The package itself imports no
+// metrics library: package github.com/relaybox/relaybox/metrics turns the hooks
+// into Prometheus collectors:
+//
+//	m, err := metrics.NewConsumer(&metrics.ConsumerOpts{Registerer: prometheus.DefaultRegisterer})
+//	if err != nil { ... }
+//	m.Install(cfg) // cfg is the *consumer.Config given to New
+//	http.Handle("/metrics", promhttp.Handler())
 package consumer

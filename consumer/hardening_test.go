@@ -155,7 +155,7 @@ func TestConsumer_BatchModeNeverDeadLettersAndAppliesTheSameRecord(t *testing.T)
 	cfg := e.config(t, topic)
 	cfg.BatchMode, cfg.MaxAttempts, cfg.Hooks = true, 2, n.hooks()
 	onDead := cfg.Hooks.OnDeadLetter
-	cfg.Hooks.OnDeadLetter = func(topic, typ, reason string) { sent.Store(true); onDead(topic, typ, reason) }
+	cfg.Hooks.OnDeadLetter = func(e consumer.DeadLetterEvent) { sent.Store(true); onDead(e) }
 	c := e.newConsumer(t, cfg)
 	consumer.Handle(c, "Seq", e.applySeq("c", func(ctx context.Context, ev consumer.Event[Seq]) error {
 		return nil

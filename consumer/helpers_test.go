@@ -86,18 +86,20 @@ type counters struct {
 	processed, duplicate, skipped, retry, dead atomic.Int64
 	mu                                         sync.Mutex
 	reasons                                    []string
+	deadEvents                                 []consumer.DeadLetterEvent
 }
 
 func (n *counters) hooks() consumer.Hooks {
 	return consumer.Hooks{
-		OnProcessed: func(string, string) { n.processed.Add(1) },
-		OnDuplicate: func(string, string) { n.duplicate.Add(1) },
-		OnSkipped:   func(string, string) { n.skipped.Add(1) },
-		OnRetry:     func(string, string, int, error) { n.retry.Add(1) },
-		OnDeadLetter: func(_, _, reason string) {
+		OnProcessed: func(consumer.RecordEvent) { n.processed.Add(1) },
+		OnDuplicate: func(consumer.RecordEvent) { n.duplicate.Add(1) },
+		OnSkipped:   func(consumer.RecordEvent) { n.skipped.Add(1) },
+		OnRetry:     func(consumer.RetryEvent) { n.retry.Add(1) },
+		OnDeadLetter: func(e consumer.DeadLetterEvent) {
 			n.dead.Add(1)
 			n.mu.Lock()
-			n.reasons = append(n.reasons, reason)
+			n.reasons = append(n.reasons, e.Reason)
+			n.deadEvents = append(n.deadEvents, e)
 			n.mu.Unlock()
 		},
 	}

@@ -117,7 +117,7 @@ func (p *partition) markDone(rec *kgo.Record) {
 	p.hasMark = true
 	p.markMu.Unlock()
 	if h := p.c.cfg.Hooks.OnLag; h != nil {
-		h(p.topic, p.n, max(0, p.hwm.Load()-(rec.Offset+1)))
+		h(LagEvent{Topic: p.topic, Partition: p.n, Lag: max(0, p.hwm.Load()-(rec.Offset+1))})
 	}
 }
 
@@ -152,6 +152,9 @@ func (p *partition) run() {
 			}
 		}
 		if p.c.cfg.BatchMode {
+			if h := p.c.cfg.Hooks.OnBatch; h != nil {
+				h(BatchEvent{Topic: p.topic, Partition: p.n, Records: len(recs)})
+			}
 			if !p.runBatch(recs) {
 				return
 			}

@@ -102,7 +102,7 @@ func (p *partition) prepare(rec *kgo.Record) (*item, bool) {
 			c.log.Warn("schema id not found in the registry; retrying within the grace", "topic", rec.Topic, "partition", rec.Partition,
 				"offset", rec.Offset, "grace", c.cfg.SchemaNotFoundGrace, "err", err)
 		} else {
-			c.hookErr("registry", err)
+			c.hookErr(ErrorRegistry, err)
 			c.log.Warn("schema registry unavailable; retrying", "topic", rec.Topic, "partition", rec.Partition, "offset", rec.Offset, "err", err)
 		}
 		if !p.sleep(c.backoff(attempt)) {
@@ -188,7 +188,7 @@ func (p *partition) call(ctx context.Context, tx pgx.Tx, it *item) (err error) {
 			err = fmt.Errorf("handler panicked: %v", r)
 		}
 		if h := p.c.cfg.Hooks.OnHandlerLatency; h != nil {
-			h(it.m.Topic, it.m.Type, time.Since(start))
+			h(HandlerEvent{RecordEvent: recordEvent(it.m), Duration: time.Since(start), Err: err})
 		}
 	}()
 	return it.route.h.Handle(ctx, tx, it.m)
@@ -262,7 +262,7 @@ func (p *partition) processOne(it *item) bool {
 		switch {
 		case err != nil:
 			infra++
-			c.hookErr("postgres", err)
+			c.hookErr(ErrorPostgres, err)
 			c.log.Warn("database failure; retrying", "topic", it.m.Topic, "partition", it.m.Partition, "offset", it.m.Offset, "err", err)
 			if !p.sleep(c.backoff(infra)) {
 				return false
@@ -307,15 +307,15 @@ func (p *partition) giveUp(herr error, attempts int) *deadLetter {
 
 func (p *partition) retrying(it *item, attempt int, herr error) {
 	if h := p.c.cfg.Hooks.OnRetry; h != nil {
-		h(it.m.Topic, it.m.Type, attempt, herr)
+		h(RetryEvent{RecordEvent: recordEvent(it.m), Attempt: attempt, Err: herr})
 	}
 	p.c.log.Debug("handler failed; retrying", "topic", it.m.Topic, "partition", it.m.Partition, "offset", it.m.Offset,
 		"event_type", it.m.Type, "event_id", it.m.ID, "attempt", attempt, "err", herr)
 }
 
-func (p *partition) hook(h func(topic, eventType string), it *item) {
+func (p *partition) hook(h func(RecordEvent), it *item) {
 	if h != nil {
-		h(it.m.Topic, it.m.Type)
+		h(recordEvent(it.m))
 	}
 }
 
@@ -349,7 +349,7 @@ func (p *partition) runBatch(recs []*kgo.Record) bool {
 	case err == nil || p.stopped():
 		return false // stopped part-way
 	}
-	p.c.hookErr("postgres", err)
+	p.c.hookErr(ErrorPostgres, err)
 	p.c.log.Warn("batch failed; running its records one per transaction", "topic", p.topic, "partition", p.n,
 		"records", len(items), "err", err)
 	for _, it := range items {

@@ -3,7 +3,10 @@ package deploy
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"log/slog"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -13,13 +16,18 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/relaybox/relaybox/consumer"
 	"github.com/relaybox/relaybox/internal/testenv"
+	"github.com/relaybox/relaybox/metrics"
 	"github.com/relaybox/relaybox/outbox"
 )
 
@@ -36,7 +44,11 @@ var grafanaVars = strings.NewReplacer(
 	"$__interval", "2s", "${__interval}", "2s",
 	"$__range", "5m", "${__range}", "5m",
 	"${job}", "relaybox", "$job", "relaybox",
+	"${consumer_job}", consumerJob, "$consumer_job", consumerJob,
 )
+
+// consumerJob is the scrape job of the test's consumer.
+const consumerJob = "relaybox-consumer"
 
 type dashboard struct {
 	SchemaVersion int `json:"schemaVersion"`
@@ -138,12 +150,14 @@ func TestDashboard_EveryPanelDocumented(t *testing.T) {
 
 // TestLive_PrometheusEvaluatesDashboardAndRules runs two `relaybox relay` processes on
 // the services of `make env` (their own schema, migrated by `relaybox migrate up`)
-// under load, a real Prometheus scraping both every second with alerts.yml loaded,
-// and checks that every PromQL expression of the dashboard and of the rules parses and
-// evaluates without error, that every rule evaluates healthy, and that every
-// dashboard query returns series, and `promtool check metrics` is clean on each
-// relay's /metrics. A parked event (a missing topic) and a fenced write
-// (a replica paused past its lease) are provoked so that those panels have data.
+// under load, and a consumer of their topic (in batch mode) serving package metrics'
+// collectors, a real Prometheus scraping all three every second with alerts.yml
+// loaded, and checks that every PromQL expression of the dashboard and of the rules
+// parses and evaluates without error, that every rule evaluates healthy, and that
+// every dashboard query returns series, and `promtool check metrics` is clean on each
+// relay's and the consumer's /metrics. A parked event (too large), a fenced
+// write (a replica paused past its lease), handler retries and dead letters are
+// provoked so that those panels have data.
 func TestLive_PrometheusEvaluatesDashboardAndRules(t *testing.T) {
 	prom := tool(t, "prometheus", promInstall)
 	dbURL := testenv.DatabaseURL(t)
@@ -162,7 +176,11 @@ func TestLive_PrometheusEvaluatesDashboardAndRules(t *testing.T) {
 		t.Fatalf("relaybox migrate up: %v\n%s", err, out)
 	}
 	topic := testenv.Topic(t, 4)
-	missing := testenv.Name(t, "missing")
+	// An event over --max-record-bytes parks as too_large, at once and whatever
+	// Kafka does. (A missing topic parks only once franz-go has seen it unknown in 5
+	// metadata responses within one batch, which a 3s lease does not leave time for.)
+	const maxRecordBytes = 4096
+	big := strings.Repeat("x", maxRecordBytes)
 
 	// Two replicas; credentials go in the environment, as the Helm chart does.
 	env := []string{"DATABASE_URL=" + dbURL, "KAFKA_BROKERS=" + brokers, "SCHEMA_REGISTRY_URL=" + registry}
@@ -173,10 +191,12 @@ func TestLive_PrometheusEvaluatesDashboardAndRules(t *testing.T) {
 		addr := fmt.Sprintf("127.0.0.1:%d", port)
 		targets = append(targets, addr)
 		relays = append(relays, startRelay(t, bin, env, fmt.Sprintf("r%d", i), "--schema", schema, "--metrics-addr", addr,
-			"--lease-ttl", "3s", "--heartbeat-interval", "500ms", "--poll-interval", "200ms", "--batch-size", "200"))
+			"--lease-ttl", "3s", "--heartbeat-interval", "500ms", "--poll-interval", "200ms", "--batch-size", "200",
+			"--max-record-bytes", strconv.Itoa(maxRecordBytes)))
 	}
 
-	promURL := startPrometheus(t, prom, targets)
+	consumerTarget := startConsumer(ctx, t, pool, schema, topic)
+	promURL := startPrometheus(t, prom, targets, []string{consumerTarget})
 
 	// Load: a writer keeps writing small transactions until the test ends; a few
 	// events go to a topic that does not exist, so they park.
@@ -195,7 +215,7 @@ func TestLive_PrometheusEvaluatesDashboardAndRules(t *testing.T) {
 				evs = append(evs, outbox.Event{Topic: topic, Key: id, Type: "OrderPlaced", Value: order{ID: id, Seq: seq}})
 			}
 			if seq%50 == 0 {
-				evs = append(evs, outbox.Event{Topic: missing, Key: "lost", Type: "OrderPlaced", Value: order{ID: "lost", Seq: seq}})
+				evs = append(evs, outbox.Event{Topic: topic, Key: "big", Type: "OrderPlaced", Value: order{ID: big, Seq: seq}})
 			}
 			if err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error { return w.Write(ctx, tx, evs...) }); err != nil && ctx.Err() == nil {
 				t.Errorf("writing events: %v", err)
@@ -210,9 +230,18 @@ func TestLive_PrometheusEvaluatesDashboardAndRules(t *testing.T) {
 	waitFor(t, 2*time.Minute, "events published, seen by Prometheus", func() bool {
 		return api.has(`sum(relaybox_relay_published_total{job="relaybox"}) > 0`)
 	})
-	waitFor(t, 4*time.Minute, "an event parked (missing topic), seen by Prometheus", func() bool {
+	waitFor(t, 4*time.Minute, "an event parked (too large), seen by Prometheus", func() bool {
 		return api.has(`max(relaybox_outbox_parked{job="relaybox"}) > 0`)
 	})
+	for what, q := range map[string]string{
+		"events applied by the consumer": `sum(relaybox_consumer_records_total{job="` + consumerJob + `", outcome="applied"}) > 0`,
+		"handler retries":                `sum(relaybox_consumer_retries_total{job="` + consumerJob + `"}) > 0`,
+		"dead letters":                   `sum(relaybox_consumer_dead_letters_total{job="` + consumerJob + `", reason="permanent"}) > 0`,
+		"consumer lag reported":          `count(relaybox_consumer_lag{job="` + consumerJob + `"}) > 0`,
+		"batch sizes":                    `sum(relaybox_consumer_batch_size_count{job="` + consumerJob + `"}) > 0`,
+	} {
+		waitFor(t, 2*time.Minute, what+", seen by Prometheus", func() bool { return api.has(q) })
+	}
 
 	// Fencing: pause one replica past its lease while it is mid-batch; when it resumes
 	// its outcome write is refused. Whether a batch was in flight at the pause is
@@ -240,9 +269,9 @@ func TestLive_PrometheusEvaluatesDashboardAndRules(t *testing.T) {
 	}
 	t.Logf("fenced writes seen")
 
-	// The relay's exposition follows Prometheus's naming conventions.
+	// The relays' and the consumer's expositions follow Prometheus's naming conventions.
 	promtool := tool(t, "promtool", promInstall)
-	for _, target := range targets {
+	for _, target := range append(targets[:len(targets):len(targets)], consumerTarget) {
 		resp, err := http.Get("http://" + target + "/metrics")
 		if err != nil {
 			t.Fatal(err)
@@ -359,18 +388,79 @@ func startRelay(t *testing.T, bin string, env []string, id string, args ...strin
 	return cmd
 }
 
+// startConsumer runs a consumer of topic in batch mode until ctx ends, its metrics
+// (package metrics) served on a free 127.0.0.1 port, whose address it returns. Its
+// handler fails the first attempt of some events (retries) and fails others for good
+// (dead letters, reason permanent).
+func startConsumer(ctx context.Context, t *testing.T, pool *pgxpool.Pool, schema, topic string) string {
+	t.Helper()
+	testenv.TopicNamed(t, topic+".dlq", 1)
+	m, err := metrics.NewConsumer(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := &consumer.Config{
+		Group: testenv.Name(t, "g"), Topics: []string{topic}, Brokers: testenv.Brokers(t), RegistryURL: testenv.RegistryURL(t),
+		Schema: schema, Logger: slog.New(slog.NewTextHandler(testenv.Writer(t), &slog.HandlerOptions{Level: slog.LevelError})),
+		BatchMode: true, MaxAttempts: 3,
+		RetryBackoff: 10 * time.Millisecond, MaxRetryBackoff: 100 * time.Millisecond,
+		KafkaOpts: []kgo.Opt{kgo.ConsumeResetOffset(kgo.NewOffset().AtStart())},
+	}
+	m.Install(cfg)
+	c, err := consumer.New(pool, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var calls sync.Map // event id -> *atomic.Int32: handler calls
+	consumer.Handle(c, "OrderPlaced", func(_ context.Context, _ pgx.Tx, ev consumer.Event[order]) error {
+		switch {
+		case ev.Value.ID == "order-5" && ev.Value.Seq%25 == 0:
+			return consumer.Permanent(errors.New("order-5 is refused for good"))
+		case ev.Value.ID == "order-3" && ev.Value.Seq%5 == 0:
+			// Twice: a batch's first pass does not count as an attempt (its failure
+			// sends the batch to the savepoint path, which retries).
+			n, _ := calls.LoadOrStore(ev.ID, new(atomic.Int32))
+			if n.(*atomic.Int32).Add(1) <= 2 {
+				return errors.New("order-3 fails its first calls")
+			}
+		}
+		return nil
+	})
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- c.Run(runCtx) }()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: m.Handler(), ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() {
+		srv.Close()
+		stop()
+		if err := <-done; err != nil {
+			t.Errorf("consumer: %v", err)
+		}
+	})
+	return ln.Addr().String()
+}
+
 // startPrometheus runs Prometheus on a free 127.0.0.1 port with its own data dir,
-// scraping targets every second as job="relaybox" with alerts.yml loaded.
-func startPrometheus(t *testing.T, prom string, targets []string) string {
+// scraping the relays' targets every second as job="relaybox" and the consumers' as
+// job=consumerJob, with alerts.yml loaded.
+func startPrometheus(t *testing.T, prom string, targets, consumers []string) string {
 	t.Helper()
 	dir := t.TempDir()
 	rules, err := filepath.Abs("prometheus/alerts.yml")
 	if err != nil {
 		t.Fatal(err)
 	}
-	quoted := make([]string, len(targets))
-	for i, tg := range targets {
-		quoted[i] = strconv.Quote(tg)
+	quote := func(ts []string) string {
+		q := make([]string, len(ts))
+		for i, tg := range ts {
+			q[i] = strconv.Quote(tg)
+		}
+		return strings.Join(q, ", ")
 	}
 	cfg := fmt.Sprintf(`global:
   scrape_interval: 1s
@@ -380,7 +470,10 @@ scrape_configs:
   - job_name: relaybox
     static_configs:
       - targets: [%s]
-`, rules, strings.Join(quoted, ", "))
+  - job_name: %s
+    static_configs:
+      - targets: [%s]
+`, rules, quote(targets), consumerJob, quote(consumers))
 	if err := os.WriteFile(filepath.Join(dir, "prometheus.yml"), []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}

@@ -293,8 +293,8 @@ func demo(ctx context.Context, o *demoOpts, out, errw io.Writer) (bool, error) {
 	c, err := consumer.New(pool, &consumer.Config{Group: "demo-inventory-" + id, Topics: []string{topic}, Brokers: brokers,
 		RegistryURL: regURL, Schema: relaySchema, Logger: quiet,
 		Hooks: consumer.Hooks{
-			OnProcessed: func(string, string) { processed.Add(1) },
-			OnDuplicate: func(string, string) { dups.Add(1) },
+			OnProcessed: func(consumer.RecordEvent) { processed.Add(1) },
+			OnDuplicate: func(consumer.RecordEvent) { dups.Add(1) },
 		}})
 	if err != nil {
 		return false, err

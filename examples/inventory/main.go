@@ -17,6 +17,7 @@ import (
 	"github.com/relaybox/relaybox/consumer"
 	"github.com/relaybox/relaybox/examples/inventory/inventorysvc"
 	"github.com/relaybox/relaybox/examples/orders/ordersvc"
+	"github.com/relaybox/relaybox/metrics"
 	"github.com/relaybox/relaybox/migrations"
 )
 
@@ -57,16 +58,27 @@ func run(ctx context.Context, log *slog.Logger) error {
 	if err := svc.Migrate(ctx, appSchema); err != nil {
 		return err
 	}
-	c, err := consumer.New(pool, &consumer.Config{
+	cfg := &consumer.Config{
 		Group: env("INVENTORY_GROUP", "inventory"), Topics: []string{ordersvc.Topic},
 		Brokers: strings.Split(os.Getenv("KAFKA_BROKERS"), ","), RegistryURL: os.Getenv("SCHEMA_REGISTRY_URL"),
 		Schema: relaySchema, Logger: log,
-	})
+	}
+	// The consumer's metrics (records by outcome, lag, handler latency, dead
+	// letters, ...) on GET /metrics: the dashboard and alerts of deploy/ read them.
+	m, err := metrics.NewConsumer(nil)
+	if err != nil {
+		return err
+	}
+	m.Install(cfg)
+	c, err := consumer.New(pool, cfg)
 	if err != nil {
 		return err
 	}
 	svc.Register(c)
-	srv := &http.Server{Addr: env("INVENTORY_ADDR", ":8081"), Handler: svc.Handler(nil), ReadHeaderTimeout: 5 * time.Second}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", m.Handler())
+	mux.Handle("/", svc.Handler(nil))
+	srv := &http.Server{Addr: env("INVENTORY_ADDR", ":8081"), Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		if err := srv.ListenAndServe(); !errors.Is(err, http.ErrServerClosed) {
 			log.Error("http", "err", err)

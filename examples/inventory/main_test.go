@@ -9,6 +9,8 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -159,6 +161,21 @@ func TestInventoryService_ReservesWhatTheOrdersServicePublished(t *testing.T) {
 		if _, avail := stock(sku); avail != 1000000-n {
 			t.Errorf("GET /stock/%s: available %d, want %d", sku, avail, 1000000-n)
 		}
+	}
+	// The consumer's metrics, served by the example on GET /metrics.
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	appliedRE := regexp.MustCompile(`(?m)^relaybox_consumer_records_total\{group="` + regexp.QuoteMeta(app) + `",outcome="applied",topic="` +
+		regexp.QuoteMeta(ordersvc.Topic) + `"\} (\d+)$`)
+	// The orders topic is shared: other tests' events count too.
+	if m := appliedRE.FindSubmatch(body); m == nil {
+		t.Errorf("GET /metrics: no applied count for group %s:\n%s", app, body)
+	} else if n, _ := strconv.Atoi(string(m[1])); n < 5 {
+		t.Errorf("GET /metrics: no applied count of at least 5 for group %s:\n%s", app, body)
 	}
 	cancel()
 	stopped = true

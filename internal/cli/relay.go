@@ -216,13 +216,11 @@ func runRelay(ctx context.Context, args []string, s *stdio) error {
 	cfg.KafkaOpts = kopts
 	cfg.RegistryURL, cfg.RegistryUsername, cfg.RegistryPassword, cfg.RegistryTimeout = o.registry.url, o.registry.user, o.registry.password, o.registry.timeout
 	cfg.Logger = log
-	m := newRelayMetrics(pool, o.schema)
-	cfg.Hooks = m.hooks()
-	mode := relay.ModeAtLeastOnce
-	if cfg.ExactlyOnce {
-		mode = relay.ModeExactlyOnce
+	reg, m, err := newRelayRegistry(pool, o.schema)
+	if err != nil {
+		return err
 	}
-	m.mode.WithLabelValues(mode).Set(1)
+	m.Install(&cfg)
 	r, err := relay.New(pool, &cfg)
 	if err != nil {
 		return err
@@ -241,7 +239,7 @@ func runRelay(ctx context.Context, args []string, s *stdio) error {
 			}
 			return nil
 		}
-		srv, err := serveOps(o.metrics, m.registry, ready, o.pprof)
+		srv, err := serveOps(o.metrics, reg, ready, o.pprof)
 		if err != nil {
 			return err
 		}
