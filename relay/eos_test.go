@@ -31,18 +31,6 @@ func exact(t *testing.T, got *seen, want int) {
 	}
 }
 
-// waitUntil polls cond until it holds or the deadline passes (the test fails).
-func waitUntil(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 func TestRelay_ExactlyOncePublishesEachEventOnceInKeyOrder(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
@@ -59,7 +47,7 @@ func TestRelay_ExactlyOncePublishesEachEventOnceInKeyOrder(t *testing.T) {
 	})
 	e.write(t, topic, 50, 40, 0)
 	exact(t, readCommitted(t, topic, 2000, 90*time.Second), 2000)
-	waitUntil(t, 30*time.Second, "outbox empty", func() bool { p, _ := e.backlog(t); return p == 0 })
+	waitFor(t, 30*time.Second, "outbox empty", func() bool { p, _ := e.backlog(t); return p == 0 })
 	if committed.Load() == 0 {
 		t.Fatal("no transaction reported committed")
 	}
@@ -103,7 +91,7 @@ func TestRelay_ExactlyOnceNextOwnerDoesNotRepublishCommittedRows(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.relay(t, func(c *relay.Config) { c.ExactlyOnce, c.TransactionalIDPrefix, c.ReplicaID = true, prefix, "second" })
-	waitUntil(t, 60*time.Second, "the next owner to delete the committed rows", func() bool { p, _ := e.backlog(t); return p == 0 })
+	waitFor(t, 60*time.Second, "the next owner to delete the committed rows", func() bool { p, _ := e.backlog(t); return p == 0 })
 	// One more event per key (seq 11): the second replica publishes, after the first's
 	// records and without repeating them.
 	evs := make([]outbox.Event, 0, 20)
@@ -127,14 +115,14 @@ func TestRelay_ExactlyOnceFrozenReplicaIsFencedAndTopicStaysExact(t *testing.T) 
 	topic := testEnvTopic(t, 6)
 	eos := []string{"--exactly-once", "--transactional-id-prefix", "test-" + e.schema}
 	ps := []*proc{e.startRelayProcess(t, "r0", eos...), e.startRelayProcess(t, "r1", eos...)}
-	waitUntil(t, 60*time.Second, "two replicas sharing the shards", func() bool { return balanced(e.owners(t), 2) })
+	waitFor(t, 60*time.Second, "two replicas sharing the shards", func() bool { return balanced(e.owners(t), 2) })
 	writing := make(chan struct{})
 	go func() { defer close(writing); e.writeFlow(t, topic, 200, 60, 150*time.Millisecond) }() // ~9 s of flow
-	waitUntil(t, 30*time.Second, "events flowing", func() bool { return published(t, topic) > 2000 })
+	waitFor(t, 30*time.Second, "events flowing", func() bool { return published(t, topic) > 2000 })
 	if err := ps[1].cmd.Process.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, 60*time.Second, "r0 to hold every shard", func() bool { return e.owners(t)["r0"] == 64 })
+	waitFor(t, 60*time.Second, "r0 to hold every shard", func() bool { return e.owners(t)["r0"] == 64 })
 	if err := ps[1].cmd.Process.Signal(syscall.SIGCONT); err != nil {
 		t.Fatal(err)
 	}
@@ -142,7 +130,7 @@ func TestRelay_ExactlyOnceFrozenReplicaIsFencedAndTopicStaysExact(t *testing.T) 
 	exact(t, readCommitted(t, topic, 12000, 120*time.Second), 12000)
 	// The zombie learns it was fenced: its transaction fails, or its fenced writes.
 	var fenced, aborted int64
-	waitUntil(t, 30*time.Second, "the zombie to report a fenced write or aborted transaction", func() bool {
+	waitFor(t, 30*time.Second, "the zombie to report a fenced write or aborted transaction", func() bool {
 		err := e.pool.QueryRow(context.Background(), `SELECT fenced_writes, aborted_txns FROM `+
 			pgx.Identifier{e.schema, "replicas"}.Sanitize()+` WHERE id = 'r1'`).Scan(&fenced, &aborted)
 		return err == nil && fenced+aborted > 0
@@ -214,21 +202,21 @@ func TestRelay_ExactlyOnceResumesAfterKafkaKills(t *testing.T) {
 			time.Sleep(100 * time.Millisecond)
 		}
 	}()
-	waitUntil(t, 60*time.Second, "events flowing", func() bool { return endOffsets() > 200 })
+	waitFor(t, 60*time.Second, "events flowing", func() bool { return endOffsets() > 200 })
 	for i := range 3 {
 		kafka.Stop(true)
 		time.Sleep(3 * time.Second)
 		kafka.Start()
 		back := time.Now()
 		n0 := endOffsets()
-		waitUntil(t, 90*time.Second, "publishing to resume after the broker restart", func() bool { return endOffsets() > n0+200 })
+		waitFor(t, 90*time.Second, "publishing to resume after the broker restart", func() bool { return endOffsets() > n0+200 })
 		t.Logf("kill %d: publishing again %s after the broker was back", i+1, time.Since(back).Round(time.Millisecond))
 	}
 	close(stop)
 	time.Sleep(200 * time.Millisecond)
 	want := int(written.Load())
 	last := time.Now()
-	waitUntil(t, 90*time.Second, "the outbox to empty", func() bool {
+	waitFor(t, 90*time.Second, "the outbox to empty", func() bool {
 		p, _ := e.backlog(t)
 		if time.Since(last) > 5*time.Second {
 			last = time.Now()
@@ -284,7 +272,7 @@ func TestRelay_ExactlyOnceLeasesWholeGroups(t *testing.T) {
 		}
 		return true
 	}
-	waitUntil(t, 60*time.Second, "two replicas holding 4 whole groups each", func() bool {
+	waitFor(t, 60*time.Second, "two replicas holding 4 whole groups each", func() bool {
 		o := e.leaseOwners(t)
 		n := map[string]int{}
 		for _, id := range o {
@@ -307,7 +295,7 @@ func TestRelay_ExactlyOnceLeasesWholeGroups(t *testing.T) {
 		expires_at = now() + interval '1 hour' WHERE shard = $1`, first+3); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, 30*time.Second, "a to release the rest of the group it holds in part", func() bool {
+	waitFor(t, 30*time.Second, "a to release the rest of the group it holds in part", func() bool {
 		o := e.leaseOwners(t)
 		for i := range relay.ExactlyOnceGroupShards {
 			if i != 3 && o[first+i] != "" {
@@ -319,12 +307,12 @@ func TestRelay_ExactlyOnceLeasesWholeGroups(t *testing.T) {
 	if _, err := e.pool.Exec(context.Background(), `UPDATE `+leases+` SET expires_at = now() - interval '1 second' WHERE shard = $1`, first+3); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, 30*time.Second, "the group claimed whole again", func() bool {
+	waitFor(t, 30*time.Second, "the group claimed whole again", func() bool {
 		o := e.leaseOwners(t)
 		return o[first] != "" && whole(o)
 	})
 	// And the group publishes: an event on each of its shards comes through.
 	topic := testEnvTopic(t, 3)
 	e.write(t, topic, 200, 1, 0)
-	exact(t, readCommitted(t, topic, 200, 60*time.Second), 200)
+	exact(t, readCommitted(t, topic, 200, 120*time.Second), 200)
 }

@@ -40,7 +40,7 @@ func TestRelay_UnreadyWhileSomeEventsCannotMoveThoughOthersFlow(t *testing.T) {
 	reg := &refusing{Registry: registry.New(e.registry, registry.Options{}), subject: stuck + "-value"}
 	reg.refuse.Store(true)
 	r, _, _ := e.relay(t, func(c *relay.Config) { c.Registry, c.RegistryURL, c.UnreadyAfter = reg, "", 3*time.Second })
-	waitUntil(t, 30*time.Second, "ready", func() bool { return r.Ready() == nil })
+	waitFor(t, 30*time.Second, "ready", func() bool { return r.Ready() == nil })
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var seq atomic.Int64
@@ -54,19 +54,19 @@ func TestRelay_UnreadyWhileSomeEventsCannotMoveThoughOthersFlow(t *testing.T) {
 			time.Sleep(100 * time.Millisecond)
 		}
 	}()
-	waitUntil(t, 30*time.Second, "the flowing topic publishing", func() bool { return published(t, flowing) > 3 })
+	waitFor(t, 30*time.Second, "the flowing topic publishing", func() bool { return published(t, flowing) > 3 })
 	e.writeOne(t, stuck, "b", 1, 0, "")
-	waitUntil(t, 60*time.Second, "unready while the stuck event cannot move", func() bool { return r.Ready() != nil })
+	waitFor(t, 60*time.Second, "unready while the stuck event cannot move", func() bool { return r.Ready() != nil })
 	if err := r.Ready(); !strings.Contains(err.Error(), "published none") {
 		t.Fatalf("Ready() = %v, want it to say a shard has rows it cannot publish", err)
 	}
 	before := published(t, flowing)
-	waitUntil(t, 30*time.Second, "the other topic still flowing", func() bool { return published(t, flowing) > before+3 })
+	waitFor(t, 30*time.Second, "the other topic still flowing", func() bool { return published(t, flowing) > before+3 })
 	if r.Ready() == nil {
 		t.Fatal("ready again while the stuck event still waits")
 	}
 	reg.refuse.Store(false)
-	waitUntil(t, 60*time.Second, "ready again once the event moved", func() bool { return r.Ready() == nil && published(t, stuck) == 1 })
+	waitFor(t, 60*time.Second, "ready again once the event moved", func() bool { return r.Ready() == nil && published(t, stuck) == 1 })
 }
 
 // notFoundFirst answers "not found" for its first n calls (a registry that does not yet
@@ -115,7 +115,7 @@ func TestRelay_SchemaNotFoundIsRetriedWithinTheGraceThenParks(t *testing.T) {
 	// A schema that stays unknown parks once the grace is over.
 	reg.n.Store(1 << 40)
 	e.writeOne(t, topic, "k2", 1, 0, "")
-	waitUntil(t, 60*time.Second, "the event parked after the grace", func() bool { return parked.Load() == 1 })
+	waitFor(t, 60*time.Second, "the event parked after the grace", func() bool { return parked.Load() == 1 })
 }
 
 // sentinel answers every lookup with err.
@@ -135,7 +135,7 @@ func TestRelay_CustomRegistryCanSayIncompatible(t *testing.T) {
 		c.Hooks.OnParked = func(p relay.ParkEvent) { reasons.Store(p.Reason, true) }
 	})
 	e.writeOne(t, topic, "k", 1, 0, "")
-	waitUntil(t, 60*time.Second, "the event parked as incompatible", func() bool {
+	waitFor(t, 60*time.Second, "the event parked as incompatible", func() bool {
 		_, ok := reasons.Load(relay.ParkIncompatible)
 		return ok
 	})

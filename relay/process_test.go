@@ -197,23 +197,23 @@ func TestRelay_KilledAndPausedReplicasLoseNothingAndZombieChangesNothing(t *test
 		id := fmt.Sprintf("r%d", i)
 		ps[i] = e.startRelayProcess(t, id, "--database-url", withAppName(testDatabaseURL(t), id))
 	}
-	waitUntil(t, 30*time.Second, "three replicas sharing the shards", func() bool { return balanced(e.owners(t), 3) })
+	waitFor(t, 30*time.Second, "three replicas sharing the shards", func() bool { return balanced(e.owners(t), 3) })
 	writing := make(chan struct{})
 	go func() { defer close(writing); e.writeFlow(t, topic, 500, 40, 250*time.Millisecond) }() // ~10s of flow
 
-	waitUntil(t, 30*time.Second, "events flowing", func() bool { return published(t, topic) > 1000 })
+	waitFor(t, 30*time.Second, "events flowing", func() bool { return published(t, topic) > 1000 })
 	if err := ps[0].cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	t.Log("SIGKILL r0")
 	at := published(t, topic)
-	waitUntil(t, 30*time.Second, "more events flowing", func() bool { return published(t, topic) > at+1000 })
+	waitFor(t, 30*time.Second, "more events flowing", func() bool { return published(t, topic) > at+1000 })
 	zombieShards := e.owners(t)["r1"]
 	if err := ps[1].cmd.Process.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("SIGSTOP r1 (holding %d shards), lease TTL 4s", zombieShards)
-	waitUntil(t, 60*time.Second, "r2 to hold every shard (r0 dead, r1 stopped)", func() bool { return e.owners(t)["r2"] == 64 })
+	waitFor(t, 60*time.Second, "r2 to hold every shard (r0 dead, r1 stopped)", func() bool { return e.owners(t)["r2"] == 64 })
 	if err := ps[1].cmd.Process.Signal(syscall.SIGCONT); err != nil {
 		t.Fatal(err)
 	}
@@ -225,7 +225,7 @@ func TestRelay_KilledAndPausedReplicasLoseNothingAndZombieChangesNothing(t *test
 	}
 	t.Logf("nothing lost, first-occurrence key order intact; duplicates on the topic after SIGKILL+SIGSTOP: %d, stale after newer: %d",
 		got.duplicates, got.stale)
-	waitUntil(t, 60*time.Second, "r1 and r2 to rebalance", func() bool { return balanced(e.owners(t), 2) })
+	waitFor(t, 60*time.Second, "r1 and r2 to rebalance", func() bool { return balanced(e.owners(t), 2) })
 
 	// No replica deleted a row of a shard whose lease it did not hold.
 	var rows, foreign int
