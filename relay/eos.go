@@ -244,6 +244,9 @@ func (r *Relay) initTxn(ctx context.Context, s *shardRun, shards []int, gens []i
 		// while the coordinator writes that commit's markers; franz-go's default retry
 		// backoff (250 ms doubling to 5 s) then holds the batch for seconds.
 		kgo.RetryBackoffFn(txnRetryBackoff),
+		// The same holds for CONCURRENT_TRANSACTIONS (the previous transaction's markers
+		// still being written): franz-go waits 20 ms by default, growing if it lasts.
+		kgo.ConcurrentTransactionsBackoff(5*time.Millisecond),
 		kgo.RecordPartitioner(logPartitioner{topic: r.txnMeta.topic, def: kgo.UniformBytesPartitioner(64<<10, true, true, nil)}),
 	)
 	cl, err := kgo.NewClient(opts...)
