@@ -2,7 +2,6 @@ package relayboxtest
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -138,12 +137,15 @@ func (c *Consumer) AwaitApplied(ctx context.Context, eventIDs ...string) error {
 	defer cancel()
 	tick := time.NewTicker(pollEvery)
 	defer tick.Stop()
+	var missing []missingEvent // as last read: a read cut short by ctx keeps the previous
 	for {
-		missing, err := c.missing(ctx, eventIDs)
-		if err == nil && len(missing) == 0 {
+		m, err := c.missing(ctx, eventIDs)
+		switch {
+		case err == nil && len(m) == 0:
 			return nil
-		}
-		if err != nil && ctx.Err() == nil {
+		case err == nil:
+			missing = m
+		case ctx.Err() == nil:
 			return fmt.Errorf("relayboxtest: AwaitApplied: %w", err)
 		}
 		var problems []string
@@ -170,7 +172,7 @@ func (c *Consumer) AwaitApplied(ctx context.Context, eventIDs ...string) error {
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("relayboxtest: AwaitApplied: %w; %s", errors.Join(ctx.Err(), err), c.describeMissing(missing))
+			return fmt.Errorf("relayboxtest: AwaitApplied: %w; %s", ctx.Err(), c.describeMissing(missing))
 		case <-tick.C:
 		}
 	}

@@ -22,10 +22,13 @@ type fakeT struct {
 
 type failNow struct{}
 
-func (f *fakeT) Errorf(format string, args ...any) { f.failed = true; fmt.Fprintf(&f.log, format+"\n", args...) }
-func (f *fakeT) FailNow()                          { f.failed = true; panic(failNow{}) }
-func (f *fakeT) Helper()                           {}
-func (f *fakeT) Logf(format string, args ...any)   { fmt.Fprintf(&f.log, format+"\n", args...) }
+func (f *fakeT) Errorf(format string, args ...any) {
+	f.failed = true
+	fmt.Fprintf(&f.log, format+"\n", args...)
+}
+func (f *fakeT) FailNow()                        { f.failed = true; panic(failNow{}) }
+func (f *fakeT) Helper()                         {}
+func (f *fakeT) Logf(format string, args ...any) { fmt.Fprintf(&f.log, format+"\n", args...) }
 
 func run(fn func(t testingT)) *fakeT {
 	ft := &fakeT{}
@@ -148,7 +151,9 @@ func TestRequireEvent_DecodesTheOneMatchIntoTheUsersType(t *testing.T) {
 	}
 	// T = any: the value as its writer schema reads it.
 	var raw Event[any]
-	wantPass(t, run(func(ft testingT) { raw = requireEvent[any](ft, pool, with(f, func(f *Filter) { f.Type = "Cancelled" })) }))
+	wantPass(t, run(func(ft testingT) {
+		raw = requireEvent[any](ft, pool, with(f, func(f *Filter) { f.Type = "Cancelled" }))
+	}))
 	if m, ok := raw.Value.(map[string]any); !ok || m["shipment_id"] != "shp-1" {
 		t.Errorf("T=any: %#v", raw.Value)
 	}
@@ -174,7 +179,9 @@ func TestRequireEvent_FailsListingTheOutbox(t *testing.T) {
 func TestRequireEvents_ReturnsEveryMatchInWriteOrder(t *testing.T) {
 	pool, f, _ := fixture(t)
 	var evs []Event[BookedView]
-	wantPass(t, run(func(ft testingT) { evs = requireEvents[BookedView](ft, pool, with(f, func(f *Filter) { f.Type = "Booked" })) }))
+	wantPass(t, run(func(ft testingT) {
+		evs = requireEvents[BookedView](ft, pool, with(f, func(f *Filter) { f.Type = "Booked" }))
+	}))
 	if len(evs) != 2 || evs[0].Value.ShipmentID != "shp-1" || evs[1].Value.ShipmentID != "shp-2" {
 		t.Errorf("events %+v", evs)
 	}
@@ -226,6 +233,7 @@ func TestRequireEvents_SeesTheUncommittedEventsOfATx(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer tx.Rollback(ctx) // before the schema is dropped, if the test stops early
 	if err := w.Write(ctx, tx, outbox.Event{Topic: "shipments", Key: "shp-3", Type: "Booked", Value: Booked{ShipmentID: "shp-3"}}); err != nil {
 		t.Fatal(err)
 	}

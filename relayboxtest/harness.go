@@ -330,9 +330,13 @@ func (h *Harness) Drain(ctx context.Context) error {
 	outboxT := pgx.Identifier{h.schema, "outbox"}.Sanitize()
 	tick := time.NewTicker(pollEvery)
 	defer tick.Stop()
+	var waiting []row // as last read: a read cut short by ctx keeps the previous
 	for {
 		rs, err := query(ctx, h.pool, h.schema)
-		var waiting, parked []row
+		var parked []row
+		if err == nil {
+			waiting = nil
+		}
 		for _, r := range rs {
 			switch {
 			case r.Parked:

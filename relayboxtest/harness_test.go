@@ -2,15 +2,18 @@ package relayboxtest_test
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
 	"github.com/relaybox/relaybox/consumer"
 	"github.com/relaybox/relaybox/internal/testenv"
 	"github.com/relaybox/relaybox/outbox"
+	"github.com/relaybox/relaybox/relay"
 	"github.com/relaybox/relaybox/relayboxtest"
 )
 
@@ -84,4 +87,60 @@ func TestHarness_RealServices_DrainsAndAwaitsApplied(t *testing.T) {
 	testenv.Brokers(t) // fails under RELAYBOX_REQUIRE_SERVICES=1 when unset
 	testenv.RegistryURL(t)
 	runPipeline(t, relayboxtest.FromEnv)
+}
+
+// Drain does not wait for ever on an event the relay parked: it says which and why.
+func TestHarness_DrainReportsParkedEvents(t *testing.T) {
+	pool := testenv.Pool(t)
+	h := relayboxtest.Start(t, &relayboxtest.Options{Pool: pool, Services: relayboxtest.InProcess,
+		Relay: &relay.Config{MaxRecordBytes: 600}})
+	w := h.Writer(nil)
+	ctx := context.Background()
+	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		return w.Write(ctx, tx,
+			outbox.Event{Topic: "invoices", Key: "acct-1", Type: "Paid", Value: Paid{InvoiceID: "small", Cents: 1}},
+			outbox.Event{Topic: "invoices", Key: "acct-2", Type: "Paid", Value: Paid{InvoiceID: strings.Repeat("x", 1000), Cents: 2}})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = h.Drain(ctx)
+	if err == nil || !strings.Contains(err.Error(), "1 event(s) parked") || !strings.Contains(err.Error(), `key="acct-2"`) {
+		t.Fatalf("Drain: %v, want the parked acct-2 event", err)
+	}
+}
+
+// AwaitApplied returns at once, with the handler's error, for an event the consumer
+// dead-lettered; and names what is missing when its context ends.
+func TestHarness_AwaitAppliedReportsDeadLettersAndTimeouts(t *testing.T) {
+	pool := testenv.Pool(t)
+	h := relayboxtest.Start(t, &relayboxtest.Options{Pool: pool, Services: relayboxtest.InProcess})
+	w := h.Writer(nil)
+	ctx := context.Background()
+	c := h.Consumer(&consumer.Config{Topics: []string{"invoices"}})
+	consumer.Handle(c.Consumer, "Paid", func(ctx context.Context, tx pgx.Tx, ev consumer.Event[Paid]) error {
+		if ev.Value.Cents < 0 {
+			return consumer.Permanent(errors.New("negative amount"))
+		}
+		return nil
+	})
+	c.Start()
+	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		return w.Write(ctx, tx, outbox.Event{Topic: "invoices", Key: "acct-1", Type: "Paid", Value: Paid{InvoiceID: "bad", Cents: -5}})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := relayboxtest.RequireEvent[Paid](t, pool, &relayboxtest.Filter{Schema: h.Schema(), Key: "acct-1"})
+	err = c.AwaitApplied(ctx, bad.ID)
+	if err == nil || !strings.Contains(err.Error(), "dead-lettered") || !strings.Contains(err.Error(), "negative amount") {
+		t.Fatalf("AwaitApplied: %v, want the dead letter and its reason", err)
+	}
+	// An id nobody wrote: the deadline ends the wait, and the error says where it is.
+	short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	err = c.AwaitApplied(short, "01900000-0000-7000-8000-000000000000")
+	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "not in the outbox") {
+		t.Fatalf("AwaitApplied of an unknown id: %v", err)
+	}
 }
