@@ -21,7 +21,6 @@ type Consumer struct {
 	group       string
 	topics      []string
 	maxAttempts int
-	processed   string
 
 	once    sync.Once
 	mu      sync.Mutex
@@ -67,8 +66,7 @@ func (h *Harness) Consumer(cfg *consumer.Config) *Consumer {
 	}
 	hc := &Consumer{
 		Consumer: inner, h: h, group: c.Group, topics: c.Topics, maxAttempts: c.WithDefaults().MaxAttempts,
-		processed: pgx.Identifier{h.schema, "processed_events"}.Sanitize(),
-		failed:    map[string]handlerFailure{}, stopped: make(chan struct{}),
+		failed: map[string]handlerFailure{}, stopped: make(chan struct{}),
 	}
 	// Handler failures are remembered per event, so that AwaitApplied says why an
 	// event is not applied (and returns at once for one that was dead-lettered).
@@ -133,13 +131,30 @@ func (c *Consumer) err() error {
 // stopped, and when ctx ends first (with the events missing and the last handler
 // error of each); without a deadline on ctx, it waits at most DefaultAwaitTimeout.
 func (c *Consumer) AwaitApplied(ctx context.Context, eventIDs ...string) error {
+	return c.h.await(ctx, c.group, c.topics, c, eventIDs)
+}
+
+// AwaitApplied is [Consumer.AwaitApplied] for a consumer the harness did not build
+// (one the service's own main starts, on [Harness.Brokers], [Harness.RegistryURL]
+// and [Harness.Schema]): it waits until group has recorded eventIDs in
+// processed_events, or, without eventIDs, every event of the outbox. It cannot see
+// the consumer's handler errors, so a dead-lettered event shows only as missing
+// when ctx ends.
+func (h *Harness) AwaitApplied(ctx context.Context, group string, eventIDs ...string) error {
+	return h.await(ctx, group, nil, nil, eventIDs)
+}
+
+// await waits until group has recorded eventIDs (or every event of the outbox on
+// topics; any topic when topics is nil). c, when not nil, gives handler failures and
+// whether the consumer stopped.
+func (h *Harness) await(ctx context.Context, group string, topics []string, c *Consumer, eventIDs []string) error {
 	ctx, cancel := withDefaultDeadline(ctx)
 	defer cancel()
 	tick := time.NewTicker(pollEvery)
 	defer tick.Stop()
 	var missing []missingEvent // as last read: a read cut short by ctx keeps the previous
 	for {
-		m, err := c.missing(ctx, eventIDs)
+		m, err := h.missing(ctx, group, topics, eventIDs)
 		switch {
 		case err == nil && len(m) == 0:
 			return nil
@@ -149,33 +164,44 @@ func (c *Consumer) AwaitApplied(ctx context.Context, eventIDs ...string) error {
 			return fmt.Errorf("relayboxtest: AwaitApplied: %w", err)
 		}
 		var problems []string
-		c.mu.Lock()
 		for _, m := range missing {
-			if f, ok := c.failed[m.id]; ok && f.final {
+			if f, ok := c.failure(m.id); ok && f.final {
 				problems = append(problems, fmt.Sprintf("event %s dead-lettered after %d attempt(s): %v", m.id, f.attempts, f.err))
 			}
 			if m.parked {
 				problems = append(problems, fmt.Sprintf("event %s (%s) parked by the relay: %s", m.id, m.typ, m.reason))
 			}
 		}
-		c.mu.Unlock()
 		if len(problems) > 0 {
 			return fmt.Errorf("relayboxtest: AwaitApplied: %s", strings.Join(problems, "; "))
 		}
-		select {
-		case <-c.stopped:
-			return fmt.Errorf("relayboxtest: AwaitApplied: the consumer stopped (%v) with %d event(s) not applied", c.err(), len(missing))
-		default:
+		if c != nil {
+			select {
+			case <-c.stopped:
+				return fmt.Errorf("relayboxtest: AwaitApplied: the consumer stopped (%v) with %d event(s) not applied", c.err(), len(missing))
+			default:
+			}
 		}
-		if c.h.relay != nil && c.h.relayStopped() {
-			return fmt.Errorf("relayboxtest: AwaitApplied: the relay stopped (%v) with %d event(s) not applied", c.h.relayError(), len(missing))
+		if h.relay != nil && h.relayStopped() {
+			return fmt.Errorf("relayboxtest: AwaitApplied: the relay stopped (%v) with %d event(s) not applied", h.relayError(), len(missing))
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("relayboxtest: AwaitApplied: %w; %s", ctx.Err(), c.describeMissing(missing))
+			return fmt.Errorf("relayboxtest: AwaitApplied: %w; %s", ctx.Err(), describeMissing(group, missing, c))
 		case <-tick.C:
 		}
 	}
+}
+
+// failure returns the handler's last failure on event id (none for a nil c).
+func (c *Consumer) failure(id string) (handlerFailure, bool) {
+	if c == nil {
+		return handlerFailure{}, false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	f, ok := c.failed[id]
+	return f, ok
 }
 
 type missingEvent struct {
@@ -184,20 +210,21 @@ type missingEvent struct {
 }
 
 // missing returns the awaited events the group has not recorded.
-func (c *Consumer) missing(ctx context.Context, ids []string) ([]missingEvent, error) {
-	outboxT := pgx.Identifier{c.h.schema, "outbox"}.Sanitize()
+func (h *Harness) missing(ctx context.Context, group string, topics []string, ids []string) ([]missingEvent, error) {
+	outboxT := pgx.Identifier{h.schema, "outbox"}.Sanitize()
+	processedT := pgx.Identifier{h.schema, "processed_events"}.Sanitize()
 	var rows pgx.Rows
 	var err error
 	if len(ids) == 0 {
-		rows, err = c.h.pool.Query(ctx, `SELECT o.event_id::text, o.event_type, true, o.published_at IS NOT NULL, o.parked_at IS NOT NULL, coalesce(o.last_error, '')
-			FROM `+outboxT+` o WHERE o.topic = ANY($1) AND NOT EXISTS (
-			SELECT 1 FROM `+c.processed+` p WHERE p.consumer_group = $2 AND p.event_id = o.event_id::text) ORDER BY o.id`, c.topics, c.group)
+		rows, err = h.pool.Query(ctx, `SELECT o.event_id::text, o.event_type, true, o.published_at IS NOT NULL, o.parked_at IS NOT NULL, coalesce(o.last_error, '')
+			FROM `+outboxT+` o WHERE ($1::text[] IS NULL OR o.topic = ANY($1)) AND NOT EXISTS (
+			SELECT 1 FROM `+processedT+` p WHERE p.consumer_group = $2 AND p.event_id = o.event_id::text) ORDER BY o.id`, topics, group)
 	} else {
-		rows, err = c.h.pool.Query(ctx, `SELECT w.id, coalesce(o.event_type, ''), o.event_id IS NOT NULL, coalesce(o.published_at IS NOT NULL, false),
+		rows, err = h.pool.Query(ctx, `SELECT w.id, coalesce(o.event_type, ''), o.event_id IS NOT NULL, coalesce(o.published_at IS NOT NULL, false),
 			coalesce(o.parked_at IS NOT NULL, false), coalesce(o.last_error, '')
 			FROM unnest($1::text[]) WITH ORDINALITY AS w(id, n)
 			LEFT JOIN `+outboxT+` o ON o.event_id::text = w.id
-			WHERE NOT EXISTS (SELECT 1 FROM `+c.processed+` p WHERE p.consumer_group = $2 AND p.event_id = w.id) ORDER BY w.n`, ids, c.group)
+			WHERE NOT EXISTS (SELECT 1 FROM `+processedT+` p WHERE p.consumer_group = $2 AND p.event_id = w.id) ORDER BY w.n`, ids, group)
 	}
 	if err != nil {
 		return nil, err
@@ -209,11 +236,9 @@ func (c *Consumer) missing(ctx context.Context, ids []string) ([]missingEvent, e
 	})
 }
 
-func (c *Consumer) describeMissing(ms []missingEvent) string {
+func describeMissing(group string, ms []missingEvent, c *Consumer) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%d event(s) not applied by group %s:", len(ms), c.group)
-	c.mu.Lock()
-	defer c.mu.Unlock()
+	fmt.Fprintf(&b, "%d event(s) not applied by group %s:", len(ms), group)
 	for i, m := range ms {
 		if i == maxListed {
 			fmt.Fprintf(&b, "\n  ... and %d more", len(ms)-maxListed)
@@ -227,7 +252,7 @@ func (c *Consumer) describeMissing(ms []missingEvent) string {
 			state = "waiting in the outbox"
 		}
 		fmt.Fprintf(&b, "\n  %s %s: %s", m.typ, m.id, state)
-		if f, ok := c.failed[m.id]; ok {
+		if f, ok := c.failure(m.id); ok {
 			fmt.Fprintf(&b, "; handler failed %d time(s), last: %v", f.attempts, f.err)
 		}
 	}

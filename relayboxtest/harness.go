@@ -157,15 +157,8 @@ func Start(t testing.TB, opts *Options) *Harness {
 	h.pool = pool
 	h.schema = o.Schema
 	if h.schema == "" {
-		h.schema = "relayboxtest_" + h.suffix
-		t.Cleanup(func() {
-			if os.Getenv("RELAYBOX_KEEP_SCHEMAS") == "1" {
-				return
-			}
-			_, _ = pool.Exec(context.Background(), "DROP SCHEMA IF EXISTS "+pgx.Identifier{h.schema}.Sanitize()+" CASCADE")
-		})
-	}
-	if _, err := migrations.Migrate(ctx, pool, &migrations.Options{Schema: h.schema}); err != nil {
+		h.schema = newSchema(ctx, t, pool, h.suffix)
+	} else if _, err := migrations.Migrate(ctx, pool, &migrations.Options{Schema: h.schema}); err != nil {
 		t.Fatalf("relayboxtest: migrating schema %q: %v", h.schema, err)
 	}
 
@@ -238,6 +231,32 @@ func Start(t testing.TB, opts *Options) *Harness {
 		}
 	})
 	return h
+}
+
+// NewSchema creates a Postgres schema for the test t, migrates relaybox's tables into
+// it, and drops it when the test ends (RELAYBOX_KEEP_SCHEMAS=1 keeps it). It returns
+// its name, for the writer's Config.Schema and the assertions' Filter.Schema: tests
+// that only assert what a unit of work wrote need no more than this and Postgres.
+func NewSchema(t testing.TB, pool *pgxpool.Pool) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), DefaultAwaitTimeout)
+	defer cancel()
+	return newSchema(ctx, t, pool, uniqueSuffix(t))
+}
+
+func newSchema(ctx context.Context, t testing.TB, pool *pgxpool.Pool, suffix string) string {
+	t.Helper()
+	schema := "relayboxtest_" + suffix
+	if _, err := migrations.Migrate(ctx, pool, &migrations.Options{Schema: schema}); err != nil {
+		t.Fatalf("relayboxtest: migrating schema %q: %v", schema, err)
+	}
+	t.Cleanup(func() {
+		if os.Getenv("RELAYBOX_KEEP_SCHEMAS") == "1" {
+			return
+		}
+		_, _ = pool.Exec(context.Background(), "DROP SCHEMA IF EXISTS "+pgx.Identifier{schema}.Sanitize()+" CASCADE")
+	})
+	return schema
 }
 
 // Schema is the Postgres schema of relaybox's tables: give it to the writer (as
