@@ -11,7 +11,6 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/relaybox/relaybox/consumer"
-	"github.com/relaybox/relaybox/migrations"
 	"github.com/relaybox/relaybox/outbox"
 	"github.com/relaybox/relaybox/relayboxtest"
 )
@@ -51,20 +50,13 @@ func (t *exampleT) done() {
 	}
 }
 
-// examplePool connects to DATABASE_URL and migrates a schema, dropped by t.done.
-func examplePool(t *exampleT, schema string) *pgxpool.Pool {
-	ctx := context.Background()
-	pool, err := pgxpool.New(ctx, os.Getenv("DATABASE_URL"))
+// examplePool connects to DATABASE_URL.
+func examplePool(t *exampleT) *pgxpool.Pool {
+	pool, err := pgxpool.New(context.Background(), os.Getenv("DATABASE_URL"))
 	if err != nil {
 		panic(err)
 	}
 	t.Cleanup(pool.Close)
-	if schema != "" {
-		if _, err := migrations.Migrate(ctx, pool, &migrations.Options{Schema: schema}); err != nil {
-			panic(err)
-		}
-		t.Cleanup(func() { pool.Exec(ctx, "DROP SCHEMA "+pgx.Identifier{schema}.Sanitize()+" CASCADE") })
-	}
 	return pool
 }
 
@@ -81,8 +73,9 @@ func ExampleRequireEvent() {
 	t := &exampleT{}
 	defer t.done()
 	ctx := context.Background()
-	pool := examplePool(t, "example_require_event")
-	w, _ := outbox.New(pool, &outbox.Config{Schema: "example_require_event"})
+	pool := examplePool(t)
+	schema := relayboxtest.NewSchema(t, pool) // migrated; dropped when the test ends
+	w, _ := outbox.New(pool, &outbox.Config{Schema: schema})
 
 	tx, _ := pool.Begin(ctx)
 	defer tx.Rollback(ctx) // nothing is published: the test leaves no trace
@@ -90,7 +83,7 @@ func ExampleRequireEvent() {
 		panic(err)
 	}
 
-	ev := relayboxtest.RequireEvent[OrderPlaced](t, tx, &relayboxtest.Filter{Schema: "example_require_event", Type: "OrderPlaced"})
+	ev := relayboxtest.RequireEvent[OrderPlaced](t, tx, &relayboxtest.Filter{Schema: schema, Type: "OrderPlaced"})
 	fmt.Println(ev.Key, ev.Value.Total)
 	// Output: o-1 4200
 }
@@ -100,13 +93,14 @@ func ExampleRequireEvents() {
 	t := &exampleT{}
 	defer t.done()
 	ctx := context.Background()
-	pool := examplePool(t, "example_require_events")
-	w, _ := outbox.New(pool, &outbox.Config{Schema: "example_require_events"})
+	pool := examplePool(t)
+	schema := relayboxtest.NewSchema(t, pool) // migrated; dropped when the test ends
+	w, _ := outbox.New(pool, &outbox.Config{Schema: schema})
 	pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error { return placeOrder(ctx, w, tx, "o-1", 100) })
 	pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error { return placeOrder(ctx, w, tx, "o-2", 250) })
 
 	// The committed events, through the pool.
-	for _, ev := range relayboxtest.RequireEvents[OrderPlaced](t, pool, &relayboxtest.Filter{Schema: "example_require_events", Type: "OrderPlaced"}) {
+	for _, ev := range relayboxtest.RequireEvents[OrderPlaced](t, pool, &relayboxtest.Filter{Schema: schema, Type: "OrderPlaced"}) {
 		fmt.Println(ev.Value.OrderID, ev.Value.Total)
 	}
 	// Output:
@@ -119,8 +113,9 @@ func ExampleRequireNoEvents() {
 	t := &exampleT{}
 	defer t.done()
 	ctx := context.Background()
-	pool := examplePool(t, "example_require_no_events")
-	w, _ := outbox.New(pool, &outbox.Config{Schema: "example_require_no_events"})
+	pool := examplePool(t)
+	schema := relayboxtest.NewSchema(t, pool) // migrated; dropped when the test ends
+	w, _ := outbox.New(pool, &outbox.Config{Schema: schema})
 
 	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
 		if err := placeOrder(ctx, w, tx, "o-1", 100); err != nil {
@@ -128,7 +123,7 @@ func ExampleRequireNoEvents() {
 		}
 		return fmt.Errorf("payment declined") // rolls back the order and its events
 	})
-	relayboxtest.RequireNoEvents(t, pool, &relayboxtest.Filter{Schema: "example_require_no_events", Key: "o-1"})
+	relayboxtest.RequireNoEvents(t, pool, &relayboxtest.Filter{Schema: schema, Key: "o-1"})
 	fmt.Println(err)
 	// Output: payment declined
 }
@@ -138,14 +133,15 @@ func ExampleRequireManyEvents() {
 	t := &exampleT{}
 	defer t.done()
 	ctx := context.Background()
-	pool := examplePool(t, "example_require_many")
-	w, _ := outbox.New(pool, &outbox.Config{Schema: "example_require_many"})
+	pool := examplePool(t)
+	schema := relayboxtest.NewSchema(t, pool) // migrated; dropped when the test ends
+	w, _ := outbox.New(pool, &outbox.Config{Schema: schema})
 	tx, _ := pool.Begin(ctx)
 	defer tx.Rollback(ctx)
 	placeOrder(ctx, w, tx, "o-1", 990)
 
 	var placed OrderPlaced
-	envs := relayboxtest.RequireManyEvents(t, tx, &relayboxtest.Filter{Schema: "example_require_many", Key: "o-1"},
+	envs := relayboxtest.RequireManyEvents(t, tx, &relayboxtest.Filter{Schema: schema, Key: "o-1"},
 		relayboxtest.Want{Type: "OrderPlaced", Into: &placed},
 		relayboxtest.Want{Type: "OrderShipped"})
 	fmt.Println(len(envs), placed.Total)
@@ -158,7 +154,7 @@ func ExampleStart() {
 	t := &exampleT{}
 	defer t.done()
 	ctx := context.Background()
-	pool := examplePool(t, "")
+	pool := examplePool(t)
 
 	h := relayboxtest.Start(t, &relayboxtest.Options{Pool: pool, Services: relayboxtest.InProcess})
 	w := h.Writer(nil) // on the harness's schema
@@ -177,7 +173,7 @@ func ExampleHarness_Drain() {
 	t := &exampleT{}
 	defer t.done()
 	ctx := context.Background()
-	pool := examplePool(t, "")
+	pool := examplePool(t)
 	h := relayboxtest.Start(t, &relayboxtest.Options{Pool: pool, Services: relayboxtest.InProcess})
 
 	// A row a plain-SQL writer got wrong: its schema is not in the schemas table.
@@ -195,7 +191,7 @@ func ExampleConsumer_AwaitApplied() {
 	t := &exampleT{}
 	defer t.done()
 	ctx := context.Background()
-	pool := examplePool(t, "")
+	pool := examplePool(t)
 	h := relayboxtest.Start(t, &relayboxtest.Options{Pool: pool, Services: relayboxtest.InProcess})
 	topic := h.Topic("orders")
 
