@@ -35,7 +35,9 @@ func newService(t *testing.T, pool *pgxpool.Pool) (svc *ordersvc.Service, relayS
 	t.Helper()
 	relaySchema = relayboxtest.NewSchema(t, pool)
 	app := testenv.Name(t, "orders")
-	t.Cleanup(func() { pool.Exec(context.Background(), `DROP SCHEMA IF EXISTS `+pgx.Identifier{app}.Sanitize()+` CASCADE`) })
+	t.Cleanup(func() {
+		pool.Exec(context.Background(), `DROP SCHEMA IF EXISTS `+pgx.Identifier{app}.Sanitize()+` CASCADE`)
+	})
 	svc, err := ordersvc.New(pool, relaySchema, app, testenv.Logger(t))
 	if err != nil {
 		t.Fatal(err)
@@ -168,7 +170,9 @@ func TestOrdersMain_EventsArePublished(t *testing.T) {
 	pool := testenv.Pool(t)
 	h := relayboxtest.Start(t, &relayboxtest.Options{Pool: pool})
 	app := testenv.Name(t, "orders")
-	t.Cleanup(func() { pool.Exec(context.Background(), `DROP SCHEMA IF EXISTS `+pgx.Identifier{app}.Sanitize()+` CASCADE`) })
+	t.Cleanup(func() {
+		pool.Exec(context.Background(), `DROP SCHEMA IF EXISTS `+pgx.Identifier{app}.Sanitize()+` CASCADE`)
+	})
 	port := testenv.FreePort(t)
 	t.Setenv("RELAYBOX_SCHEMA", h.Schema())
 	t.Setenv("ORDERS_SCHEMA", app)
