@@ -144,3 +144,55 @@ func TestHarness_AwaitAppliedReportsDeadLettersAndTimeouts(t *testing.T) {
 		t.Fatalf("AwaitApplied of an unknown id: %v", err)
 	}
 }
+
+// gatedRegistry holds every schema lookup until open is closed: the relay cannot
+// publish meanwhile.
+type gatedRegistry struct {
+	called chan struct{}
+	open   chan struct{}
+	once   sync.Once
+}
+
+func (g *gatedRegistry) ID(ctx context.Context, subject, schema string, register bool) (int, error) {
+	g.once.Do(func() { close(g.called) })
+	select {
+	case <-g.open:
+		return 1, nil
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+}
+
+// Drain waits while the relay holds events it has read but not published, and
+// returns once they are.
+func TestHarness_DrainWaitsForEventsInFlight(t *testing.T) {
+	pool := testenv.Pool(t)
+	reg := &gatedRegistry{called: make(chan struct{}), open: make(chan struct{})}
+	h := relayboxtest.Start(t, &relayboxtest.Options{Pool: pool, Services: relayboxtest.InProcess, Relay: &relay.Config{Registry: reg}})
+	w := h.Writer(nil)
+	ctx := context.Background()
+	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		return w.Write(ctx, tx, outbox.Event{Topic: "invoices", Key: "acct-1", Type: "Paid", Value: Paid{InvoiceID: "i-1"}})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-reg.called: // the relay has read the event and is building its record
+	case <-time.After(30 * time.Second):
+		t.Fatal("the relay never looked the schema up")
+	}
+	short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	err = h.Drain(short)
+	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "1 event(s) not yet published") {
+		t.Fatalf("Drain with the event held: %v, want a deadline naming the waiting event", err)
+	}
+	close(reg.open)
+	if err := h.Drain(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if ev := relayboxtest.RequireEvent[Paid](t, pool, &relayboxtest.Filter{Schema: h.Schema()}); !ev.Published {
+		t.Errorf("Drain returned with the event unpublished")
+	}
+}
