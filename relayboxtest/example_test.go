@@ -218,3 +218,53 @@ func ExampleConsumer_AwaitApplied() {
 	fmt.Println("applied:", total)
 	// Output: applied: 700
 }
+
+// A schema of the test's own: all that tests of the write path need besides Postgres.
+func ExampleNewSchema() {
+	t := &exampleT{}
+	defer t.done()
+	ctx := context.Background()
+	pool := examplePool(t)
+
+	schema := relayboxtest.NewSchema(t, pool) // migrated now, dropped when the test ends
+	var tables int
+	pool.QueryRow(ctx, `SELECT count(*) FROM information_schema.tables WHERE table_schema = $1 AND table_name IN ('outbox', 'schemas', 'processed_events')`, schema).Scan(&tables)
+	fmt.Println(tables)
+	// Output: 3
+}
+
+// Wait for a consumer the service builds itself (as its main does), on the harness's
+// Kafka, registry and schema.
+func ExampleHarness_AwaitApplied() {
+	t := &exampleT{}
+	defer t.done()
+	ctx := context.Background()
+	pool := examplePool(t)
+	h := relayboxtest.Start(t, &relayboxtest.Options{Pool: pool, Services: relayboxtest.InProcess})
+	topic := h.Topic("orders")
+
+	c, err := consumer.New(pool, &consumer.Config{Group: "shipping", Topics: []string{topic},
+		Brokers: h.Brokers(), RegistryURL: h.RegistryURL(), Schema: h.Schema()})
+	if err != nil {
+		panic(err)
+	}
+	shipped := make(chan string, 1)
+	consumer.Handle(c, "OrderShipped", func(ctx context.Context, tx pgx.Tx, ev consumer.Event[OrderShipped]) error {
+		shipped <- ev.Value.OrderID
+		return nil
+	})
+	cctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- c.Run(cctx) }()
+	defer func() { stop(); <-done }()
+
+	w := h.Writer(nil)
+	pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		return w.Write(ctx, tx, outbox.Event{Topic: topic, Key: "o-9", Type: "OrderShipped", Value: OrderShipped{OrderID: "o-9"}})
+	})
+	if err := h.AwaitApplied(ctx, "shipping"); err != nil { // every event of the outbox
+		panic(err)
+	}
+	fmt.Println("shipped:", <-shipped)
+	// Output: shipped: o-9
+}
