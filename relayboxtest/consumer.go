@@ -22,11 +22,10 @@ type Consumer struct {
 	topics      []string
 	maxAttempts int
 
-	once    sync.Once
-	mu      sync.Mutex
-	failed  map[string]handlerFailure // event id -> the handler's last failure
-	runErr  error
-	stopped chan struct{}
+	once   sync.Once
+	run    *runner // set by Start
+	mu     sync.Mutex
+	failed map[string]handlerFailure // event id -> the handler's last failure
 }
 
 type handlerFailure struct {
@@ -66,7 +65,7 @@ func (h *Harness) Consumer(cfg *consumer.Config) *Consumer {
 	}
 	hc := &Consumer{
 		Consumer: inner, h: h, group: c.Group, topics: c.Topics, maxAttempts: c.WithDefaults().MaxAttempts,
-		failed: map[string]handlerFailure{}, stopped: make(chan struct{}),
+		failed: map[string]handlerFailure{},
 	}
 	// Handler failures are remembered per event, so that AwaitApplied says why an
 	// event is not applied (and returns at once for one that was dead-lettered).
@@ -93,30 +92,19 @@ func (c *Consumer) Group() string { return c.group }
 
 // Start runs the consumer until the test ends. Register its handlers first.
 func (c *Consumer) Start() {
-	c.h.t.Helper()
 	c.once.Do(func() {
-		ctx, stop := context.WithCancel(context.Background())
-		go func() {
-			defer close(c.stopped)
-			err := c.Run(ctx)
-			c.mu.Lock()
-			c.runErr = err
-			c.mu.Unlock()
-		}()
-		c.h.t.Cleanup(func() {
-			stop()
-			<-c.stopped
-			if err := c.err(); err != nil {
-				c.h.t.Errorf("relayboxtest: consumer %s stopped with: %v", c.group, err)
-			}
-		})
+		run := startRunner(c.h.t, "consumer "+c.group, c.Run)
+		c.mu.Lock()
+		c.run = run
+		c.mu.Unlock()
 	})
 }
 
-func (c *Consumer) err() error {
+// started returns the consumer's runner, nil before Start.
+func (c *Consumer) started() *runner {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.runErr
+	return c.run
 }
 
 // AwaitApplied returns nil once the consumer has applied (or, for event types it
@@ -176,14 +164,16 @@ func (h *Harness) await(ctx context.Context, group string, topics []string, c *C
 			return fmt.Errorf("relayboxtest: AwaitApplied: %s", strings.Join(problems, "; "))
 		}
 		if c != nil {
-			select {
-			case <-c.stopped:
-				return fmt.Errorf("relayboxtest: AwaitApplied: the consumer stopped (%v) with %d event(s) not applied", c.err(), len(missing))
-			default:
+			run := c.started()
+			if run == nil {
+				return fmt.Errorf("relayboxtest: AwaitApplied: consumer %s not started (call Start)", c.group)
+			}
+			if stopped, err := run.stopped(); stopped {
+				return fmt.Errorf("relayboxtest: AwaitApplied: the consumer stopped (%v) with %d event(s) not applied", err, len(missing))
 			}
 		}
-		if h.relay != nil && h.relayStopped() {
-			return fmt.Errorf("relayboxtest: AwaitApplied: the relay stopped (%v) with %d event(s) not applied", h.relayError(), len(missing))
+		if stopped, err := h.relayRun.stopped(); stopped {
+			return fmt.Errorf("relayboxtest: AwaitApplied: the relay stopped (%v) with %d event(s) not applied", err, len(missing))
 		}
 		select {
 		case <-ctx.Done():

@@ -11,7 +11,6 @@ import (
 	"os"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -107,10 +106,7 @@ type Harness struct {
 	log       *slog.Logger
 	parts     int32
 	relay     *relay.Relay
-
-	mu       sync.Mutex
-	relayErr error
-	relayEnd chan struct{}
+	relayRun  *runner
 }
 
 // Start starts a harness for the test t: it migrates the schema, starts (or connects
@@ -214,22 +210,7 @@ func Start(t testing.TB, opts *Options) *Harness {
 		t.Fatalf("relayboxtest: relay: %v", err)
 	}
 	h.relay = r
-	h.relayEnd = make(chan struct{})
-	rctx, rstop := context.WithCancel(context.Background())
-	go func() {
-		defer close(h.relayEnd)
-		err := r.Run(rctx)
-		h.mu.Lock()
-		h.relayErr = err
-		h.mu.Unlock()
-	}()
-	t.Cleanup(func() {
-		rstop()
-		<-h.relayEnd
-		if err := h.relayError(); err != nil && !errors.Is(err, context.Canceled) {
-			t.Errorf("relayboxtest: the relay stopped with: %v", err)
-		}
-	})
+	h.relayRun = startRunner(t, "the relay", r.Run)
 	return h
 }
 
@@ -372,7 +353,7 @@ func (h *Harness) Drain(ctx context.Context) error {
 		case err == nil && len(waiting) == 0:
 			return nil
 		}
-		if rerr := h.relayError(); rerr != nil || h.relayStopped() {
+		if stopped, rerr := h.relayRun.stopped(); stopped {
 			return fmt.Errorf("relayboxtest: Drain: the relay stopped (%v) with %d event(s) waiting", rerr, len(waiting))
 		}
 		select {
@@ -380,21 +361,6 @@ func (h *Harness) Drain(ctx context.Context) error {
 			return fmt.Errorf("relayboxtest: Drain: %w with %d event(s) not yet published\n%s", ctx.Err(), len(waiting), listing(waiting, ""))
 		case <-tick.C:
 		}
-	}
-}
-
-func (h *Harness) relayError() error {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return h.relayErr
-}
-
-func (h *Harness) relayStopped() bool {
-	select {
-	case <-h.relayEnd:
-		return true
-	default:
-		return false
 	}
 }
 
