@@ -59,7 +59,7 @@ func run(ctx context.Context, log *slog.Logger) error {
 		return err
 	}
 	cfg := &consumer.Config{
-		Group: env("INVENTORY_GROUP", "inventory"), Topics: []string{ordersvc.Topic},
+		Group: env("INVENTORY_GROUP", "inventory"), Topics: []string{env("INVENTORY_TOPIC", ordersvc.Topic)},
 		Brokers: strings.Split(os.Getenv("KAFKA_BROKERS"), ","), RegistryURL: os.Getenv("SCHEMA_REGISTRY_URL"),
 		Schema: relaySchema, Logger: log,
 	}
@@ -84,7 +84,7 @@ func run(ctx context.Context, log *slog.Logger) error {
 			log.Error("http", "err", err)
 		}
 	}()
-	log.Info("inventory consuming", "topic", ordersvc.Topic, "addr", srv.Addr)
+	log.Info("inventory consuming", "topic", env("INVENTORY_TOPIC", ordersvc.Topic), "addr", srv.Addr)
 	err = c.Run(ctx)
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()

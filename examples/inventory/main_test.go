@@ -1,7 +1,12 @@
 package main
 
+// These tests are the model for testing a relaybox consumer: relayboxtest runs a relay
+// and the consumer in-process on the test's Postgres (Kafka and the registry in-process,
+// or the real ones when KAFKA_BROKERS and SCHEMA_REGISTRY_URL are set), the orders
+// service writes events through its API, and the test waits until the consumer has
+// applied them, never sleeping, before it checks the effects.
+
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -16,64 +21,31 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/relaybox/relaybox/consumer"
+	"github.com/relaybox/relaybox/examples/inventory/inventorysvc"
 	"github.com/relaybox/relaybox/examples/orders/ordersvc"
 	"github.com/relaybox/relaybox/internal/testenv"
-	"github.com/relaybox/relaybox/relay"
+	"github.com/relaybox/relaybox/relayboxtest"
 )
 
-// Runs the inventory consumer as its main does, on the real services, behind the
-// orders service and a relay: orders are created, modified and deleted over the orders
-// API, and the inventory's stock (over its own API) ends as the live orders reserve,
-// each event applied once, in version order.
-func TestInventoryService_ReservesWhatTheOrdersServicePublished(t *testing.T) {
-	pool := testenv.Pool(t)
-	relaySchema := testenv.Schema(t, pool)
-	brokers, registryURL := testenv.Brokers(t), testenv.RegistryURL(t)
-	testenv.TopicNamed(t, ordersvc.Topic, 3)
-	app, ordersApp := testenv.Name(t, "inv"), testenv.Name(t, "ord")
-	t.Cleanup(func() {
-		pool.Exec(context.Background(), `DROP SCHEMA IF EXISTS `+pgx.Identifier{app}.Sanitize()+` CASCADE; DROP SCHEMA IF EXISTS `+pgx.Identifier{ordersApp}.Sanitize()+` CASCADE`)
-	})
-	port := testenv.FreePort(t)
-	t.Setenv("RELAYBOX_SCHEMA", relaySchema)
-	t.Setenv("INVENTORY_SCHEMA", app)
-	t.Setenv("INVENTORY_GROUP", app)
-	t.Setenv("INVENTORY_ADDR", fmt.Sprintf("127.0.0.1:%d", port))
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- run(ctx, slog.New(slog.NewTextHandler(io.Discard, nil))) }()
-	stopped := false
-	defer func() {
-		if !stopped {
-			cancel()
-			<-done
-		}
-	}()
-
-	// The orders service (its API in-process) and a relay publishing its outbox.
-	orders, err := ordersvc.New(pool, relaySchema, ordersApp, testenv.Logger(t))
+// ordersAPI starts the orders service on the harness (its outbox in h's schema, its
+// events on topic) and returns a function that calls its API.
+func ordersAPI(t *testing.T, pool *pgxpool.Pool, h *relayboxtest.Harness, topic string) (*ordersvc.Service, func(method, path, body string, want int) string) {
+	t.Helper()
+	app := dropLater(t, pool, testenv.Name(t, "ord"))
+	orders, err := ordersvc.New(pool, h.Schema(), app, testenv.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := orders.Migrate(ctx, ordersApp); err != nil {
+	orders.Topic = topic
+	if err := orders.Migrate(context.Background(), app); err != nil {
 		t.Fatal(err)
 	}
 	api := httptest.NewServer(orders.Handler())
-	defer api.Close()
-	r, err := relay.New(pool, &relay.Config{Schema: relaySchema, Brokers: brokers, RegistryURL: registryURL, AutoRegister: true,
-		PollInterval: 200 * time.Millisecond, Logger: testenv.Logger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	rctx, rcancel := context.WithCancel(ctx)
-	rdone := make(chan error, 1)
-	go func() { rdone <- r.Run(rctx) }()
-	defer func() { rcancel(); <-rdone }()
-
-	// SKUs of this test only (the orders topic is shared).
-	a, b, c := testenv.Name(t, "sku-a"), testenv.Name(t, "sku-b"), testenv.Name(t, "sku-c")
-	call := func(method, path, body string, want int) string {
+	t.Cleanup(api.Close)
+	return orders, func(method, path, body string, want int) string {
 		t.Helper()
 		req, _ := http.NewRequest(method, api.URL+path, strings.NewReader(body))
 		resp, err := http.DefaultClient.Do(req)
@@ -87,99 +59,154 @@ func TestInventoryService_ReservesWhatTheOrdersServicePublished(t *testing.T) {
 		}
 		return resp.Header.Get("Location")
 	}
-	lines := func(l ...any) string {
-		var out []map[string]any
-		for i := 0; i+1 < len(l); i += 2 {
-			out = append(out, map[string]any{"sku": l[i], "qty": l[i+1]})
-		}
-		j, _ := json.Marshal(map[string]any{"lines": out})
-		return string(j)
-	}
-	withCustomer := func(body string) string { return strings.Replace(body, "{", `{"customer":"c1",`, 1) }
-	o1 := call("POST", "/orders", withCustomer(lines(a, 2, b, 1)), 201)
-	call("PATCH", o1, lines(b, 5), 200) // re-reserves: a 0, b 5
-	call("POST", "/orders", withCustomer(lines(a, 3)), 201)
-	o3 := call("POST", "/orders", withCustomer(lines(c, 4)), 201)
-	call("DELETE", o3, "", 204) // releases c
-	want := map[string]int64{a: 3, b: 5, c: 0}
+}
 
-	stock := func(sku string) (reserved, available int64) {
-		t.Helper()
-		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/stock/%s", port, sku))
-		if err != nil {
-			return -1, -1 // not listening yet
-		}
-		defer resp.Body.Close()
-		var body struct {
-			SKU       string `json:"sku"`
-			Reserved  int64  `json:"reserved"`
-			Available int64  `json:"available"`
-		}
-		raw, _ := io.ReadAll(resp.Body)
-		if err := json.NewDecoder(bytes.NewReader(raw)).Decode(&body); err != nil || resp.StatusCode != 200 || body.SKU != sku {
-			t.Fatalf("GET /stock/%s: %s %s", sku, resp.Status, raw)
-		}
-		return body.Reserved, body.Available
+// dropLater drops the schema when the test ends.
+func dropLater(t *testing.T, pool *pgxpool.Pool, schema string) string {
+	t.Cleanup(func() {
+		pool.Exec(context.Background(), `DROP SCHEMA IF EXISTS `+pgx.Identifier{schema}.Sanitize()+` CASCADE`)
+	})
+	return schema
+}
+
+func lines(customer string, l ...any) string {
+	var out []map[string]any
+	for i := 0; i+1 < len(l); i += 2 {
+		out = append(out, map[string]any{"sku": l[i], "qty": l[i+1]})
 	}
-	// The 5 events applied: order versions seen by the inventory for our orders.
-	applied := func() (n, distinct, outOfOrder int) {
-		t.Helper()
-		err := pool.QueryRow(ctx, `SELECT count(*), count(DISTINCT event_id), count(*) FILTER (WHERE version <= prev)
-			FROM `+pgx.Identifier{app, "applied"}.Sanitize()+` WHERE order_id IN (SELECT id::text FROM `+pgx.Identifier{ordersApp, "orders"}.Sanitize()+`)
-			OR order_id = $1`, strings.TrimPrefix(o3, "/orders/")).Scan(&n, &distinct, &outOfOrder)
-		if err != nil && !strings.Contains(err.Error(), "does not exist") { // the inventory's tables come with its start
-			t.Fatal(err)
-		}
-		return n, distinct, outOfOrder
+	body := map[string]any{"lines": out}
+	if customer != "" {
+		body["customer"] = customer
 	}
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		n, _, _ := applied()
-		ra, _ := stock(a)
-		rb, _ := stock(b)
-		rc, _ := stock(c)
-		if n >= 5 && ra == want[a] && rb == want[b] && rc == want[c] {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after 60s: %d of 5 events applied; reserved %s=%d %s=%d %s=%d, want %v", n, a, ra, b, rb, c, rc, want)
-		}
-		time.Sleep(100 * time.Millisecond)
+	j, _ := json.Marshal(body)
+	return string(j)
+}
+
+// placeOrders creates, modifies and deletes orders over the orders API and returns
+// what the live orders reserve.
+func placeOrders(call func(method, path, body string, want int) string) map[string]int64 {
+	o1 := call("POST", "/orders", lines("c1", "a", 2, "b", 1), 201)
+	call("PATCH", o1, lines("", "b", 5), 200) // re-reserves: a 0, b 5
+	call("POST", "/orders", lines("c1", "a", 3), 201)
+	o3 := call("POST", "/orders", lines("c1", "c", 4), 201)
+	call("DELETE", o3, "", 204) // releases c
+	return map[string]int64{"a": 3, "b": 5}
+}
+
+// The inventory's handlers on a harness consumer: every event applied once, in each
+// order's version order, and the stock agrees with what the orders service holds.
+func TestInventory_AppliesTheOrdersEventsOnceInOrder(t *testing.T) {
+	pool := testenv.Pool(t)
+	h := relayboxtest.Start(t, &relayboxtest.Options{Pool: pool})
+	topic := h.Topic(ordersvc.Topic)
+	orders, call := ordersAPI(t, pool, h, topic)
+
+	app := dropLater(t, pool, testenv.Name(t, "inv"))
+	inv := inventorysvc.New(pool, app)
+	if err := inv.Migrate(context.Background(), app); err != nil {
+		t.Fatal(err)
 	}
-	if n, distinct, outOfOrder := applied(); n != 5 || distinct != 5 || outOfOrder != 0 {
-		t.Errorf("applied log: %d effects, %d distinct events, %d out of version order; want 5, 5, 0", n, distinct, outOfOrder)
+	c := h.Consumer(&consumer.Config{Group: "inventory", Topics: []string{topic}})
+	inv.Register(c.Consumer)
+	c.Start()
+
+	want := placeOrders(call)
+	ctx := context.Background()
+	if err := c.AwaitApplied(ctx); err != nil { // every event the orders service wrote
+		t.Fatal(err)
 	}
-	// The orders service's own view of what live orders reserve agrees.
+
+	reserved, err := inv.Reserved(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(reserved) != fmt.Sprint(want) {
+		t.Errorf("inventory reserves %v, want %v", reserved, want)
+	}
 	fromOrders, err := orders.ReservedBySKU(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for sku, n := range want {
-		if fromOrders[sku] != n {
-			t.Errorf("orders service reserves %d of %s, inventory %d", fromOrders[sku], sku, n)
-		}
-		if _, avail := stock(sku); avail != 1000000-n {
-			t.Errorf("GET /stock/%s: available %d, want %d", sku, avail, 1000000-n)
-		}
+	if fmt.Sprint(fromOrders) != fmt.Sprint(want) {
+		t.Errorf("the orders service reserves %v, want %v", fromOrders, want)
 	}
-	// The consumer's metrics, served by the example on GET /metrics.
-	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", port))
+	st, err := inv.Stats(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
+	if st != (inventorysvc.Stats{Effects: 5}) {
+		t.Errorf("applied log %+v: want 5 effects, no duplicate, none out of version order", st)
+	}
+}
+
+// The inventory as its main runs it (configuration from the environment), on the
+// harness's Kafka, registry and schema: the stock it serves over HTTP is what the
+// orders reserve.
+func TestInventoryMain_ServesTheStockTheOrdersReserve(t *testing.T) {
+	pool := testenv.Pool(t)
+	h := relayboxtest.Start(t, &relayboxtest.Options{Pool: pool})
+	topic := h.Topic(ordersvc.Topic)
+	_, call := ordersAPI(t, pool, h, topic)
+
+	group := testenv.Name(t, "inv")
+	port := testenv.FreePort(t)
+	t.Setenv("KAFKA_BROKERS", strings.Join(h.Brokers(), ","))
+	t.Setenv("SCHEMA_REGISTRY_URL", h.RegistryURL())
+	t.Setenv("RELAYBOX_SCHEMA", h.Schema())
+	t.Setenv("INVENTORY_SCHEMA", dropLater(t, pool, testenv.Name(t, "inv")))
+	t.Setenv("INVENTORY_GROUP", group)
+	t.Setenv("INVENTORY_TOPIC", topic)
+	t.Setenv("INVENTORY_ADDR", fmt.Sprintf("127.0.0.1:%d", port))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, slog.New(slog.NewTextHandler(io.Discard, nil))) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("inventory did not stop cleanly: %v", err)
+		}
+	}()
+
+	want := placeOrders(call)
+	if err := h.AwaitApplied(ctx, group); err != nil {
+		t.Fatal(err)
+	}
+	for sku, n := range map[string]int64{"a": want["a"], "b": want["b"], "c": 0} {
+		var body struct {
+			Reserved, Available int64
+		}
+		resp := getWhenListening(t, fmt.Sprintf("http://127.0.0.1:%d/stock/%s", port, sku))
+		err := json.NewDecoder(resp.Body).Decode(&body)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != 200 || body.Reserved != n || body.Available != 1000000-n {
+			t.Errorf("GET /stock/%s: %s %+v (%v), want reserved %d", sku, resp.Status, body, err, n)
+		}
+	}
+	// The consumer's metrics, served by the example on GET /metrics.
+	resp := getWhenListening(t, fmt.Sprintf("http://127.0.0.1:%d/metrics", port))
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	appliedRE := regexp.MustCompile(`(?m)^relaybox_consumer_records_total\{group="` + regexp.QuoteMeta(app) + `",outcome="applied",topic="` +
-		regexp.QuoteMeta(ordersvc.Topic) + `"\} (\d+)$`)
-	// The orders topic is shared: other tests' events count too.
+	appliedRE := regexp.MustCompile(`(?m)^relaybox_consumer_records_total\{group="` + regexp.QuoteMeta(group) + `",outcome="applied",topic="` +
+		regexp.QuoteMeta(topic) + `"\} (\d+)$`)
 	if m := appliedRE.FindSubmatch(body); m == nil {
-		t.Errorf("GET /metrics: no applied count for group %s:\n%s", app, body)
-	} else if n, _ := strconv.Atoi(string(m[1])); n < 5 {
-		t.Errorf("GET /metrics: no applied count of at least 5 for group %s:\n%s", app, body)
+		t.Errorf("GET /metrics: no applied count for group %s:\n%s", group, body)
+	} else if n, _ := strconv.Atoi(string(m[1])); n < 1 {
+		t.Errorf("GET /metrics: applied count %d for group %s", n, group)
 	}
-	cancel()
-	stopped = true
-	if err := <-done; err != nil {
-		t.Fatalf("inventory did not stop cleanly: %v", err)
+}
+
+// getWhenListening GETs url, retrying while nothing listens yet (main starts its HTTP
+// server in a goroutine), for at most 30s.
+func getWhenListening(t *testing.T, url string) *http.Response {
+	t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		resp, err := http.Get(url)
+		if err == nil {
+			return resp
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("GET %s: %v", url, err)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

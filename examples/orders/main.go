@@ -52,6 +52,7 @@ func run(ctx context.Context, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	svc.Topic = env("ORDERS_TOPIC", ordersvc.Topic)
 	if err := svc.Migrate(ctx, env("ORDERS_SCHEMA", "orders")); err != nil {
 		return err
 	}
