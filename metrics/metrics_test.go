@@ -61,7 +61,8 @@ func TestRelay_HooksFeedTheirSeries(t *testing.T) {
 	cfg.ExactlyOnce = true
 	m.Install(&cfg)
 	h := cfg.Hooks
-	h.OnBatch(relay.BatchEvent{Shard: 3, Read: 10, Published: 9, Duration: 20 * time.Millisecond})
+	h.OnBatch(relay.BatchEvent{Shard: 3, Read: 10, Published: 9, Duration: 20 * time.Millisecond,
+		Stages: relay.BatchStages{Read: time.Millisecond, Produce: 15 * time.Millisecond, Record: 4 * time.Millisecond}})
 	h.OnBatch(relay.BatchEvent{Shard: 4, Read: 5, Published: 5, Duration: 10 * time.Millisecond})
 	h.OnRead(relay.ReadEvent{Shard: 3, Rows: 10, Duration: time.Millisecond})
 	h.OnPublished(relay.PublishedEvent{Latency: 30 * time.Millisecond})
@@ -122,6 +123,16 @@ relaybox_relay_mode{mode="exactly-once"} 1
 	}
 	if s := got["relaybox_relay_batch_size"].Metric[0].GetHistogram().GetSampleSum(); s != 15 {
 		t.Errorf("relaybox_relay_batch_size sum %v, want 15 rows", s)
+	}
+	stages := map[string]float64{}
+	for _, m := range got["relaybox_relay_batch_stage_seconds"].GetMetric() {
+		if m.GetHistogram().GetSampleCount() != 2 {
+			t.Errorf("stage %v: %d observations, want 2", m.GetLabel(), m.GetHistogram().GetSampleCount())
+		}
+		stages[m.GetLabel()[0].GetValue()] = m.GetHistogram().GetSampleSum()
+	}
+	if len(stages) != 5 || stages["produce"] != 0.015 || stages["record"] != 0.004 || stages["read"] != 0.001 {
+		t.Errorf("relaybox_relay_batch_stage_seconds sums %v, want 5 stages with produce 0.015, record 0.004, read 0.001", stages)
 	}
 	lint(t, reg)
 }

@@ -54,6 +54,7 @@ type Relay struct {
 	latency    prometheus.Histogram
 	batchSize  prometheus.Histogram
 	batchTime  prometheus.Histogram
+	stageTime  *prometheus.HistogramVec
 	readTime   prometheus.Histogram
 	errors     *prometheus.CounterVec
 	parked     *prometheus.CounterVec
@@ -96,6 +97,9 @@ func NewRelay(opts *RelayOpts) (*Relay, error) {
 		readTime: histogram("read_seconds", "Time of a batch's read query (a shard's next rows, with the wait for a pool connection); "+
 			"should not grow with the backlog.", prometheus.ExponentialBuckets(0.0001, 2, 16)),
 		batchTime: histogram("batch_seconds", "Time from a batch's read to its outcome's commit.", seconds),
+		stageTime: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Subsystem: "relay", Name: "batch_stage_seconds",
+			Help: "A batch's time by step (relay.BatchStages): slot_wait, read, build, produce (in exactly-once mode until the " +
+				"transaction's end), record.", Buckets: prometheus.ExponentialBuckets(0.0001, 2, 18)}, []string{"stage"}),
 		errors: counterVec("errors_total", "Failures by kind ("+relay.ErrorKafka+", "+relay.ErrorRegistry+", "+relay.ErrorPostgres+", "+
 			relay.ErrorLease+").", "kind"),
 		parked: counterVec("parked_events_total", "Events parked by this replica, by reason.", "reason"),
@@ -110,7 +114,7 @@ func NewRelay(opts *RelayOpts) (*Relay, error) {
 		mode: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Subsystem: "relay", Name: "mode",
 			Help: "1 for this replica's mode (" + relay.ModeAtLeastOnce + " or " + relay.ModeExactlyOnce + ")."}, []string{"mode"}),
 	}
-	cs := []prometheus.Collector{m.published, m.latency, m.batchSize, m.batchTime, m.readTime, m.errors, m.parked, m.owned,
+	cs := []prometheus.Collector{m.published, m.latency, m.batchSize, m.batchTime, m.stageTime, m.readTime, m.errors, m.parked, m.owned,
 		m.leasesLost, m.fenced, m.txns, m.txnTime, m.mode}
 	if o.Pool != nil {
 		cs = append(cs, newStatusCollector(ns, o))
@@ -158,6 +162,13 @@ func (m *Relay) Hooks() relay.Hooks {
 		OnBatch: func(e relay.BatchEvent) {
 			m.batchSize.Observe(float64(e.Read))
 			m.batchTime.Observe(e.Duration.Seconds())
+			for _, st := range []struct {
+				name string
+				d    time.Duration
+			}{{"slot_wait", e.Stages.SlotWait}, {"read", e.Stages.Read}, {"build", e.Stages.Build},
+				{"produce", e.Stages.Produce}, {"record", e.Stages.Record}} {
+				m.stageTime.WithLabelValues(st.name).Observe(st.d.Seconds())
+			}
 			m.published.Add(float64(e.Published))
 		},
 		OnRead:      func(e relay.ReadEvent) { m.readTime.Observe(e.Duration.Seconds()) },

@@ -60,19 +60,37 @@ type outcome struct {
 func (r *Relay) drainOnce(ctx context.Context, shards []int, gens []int64) (batchResult, error) {
 	b := &batch{shards: shards, gens: gens}
 	var res batchResult
+	st := newStopwatch()
 	if err := r.readBatch(ctx, b); err != nil || len(b.rows) == 0 {
 		return res, err
 	}
+	st.lap(&res.stages.Read)
 	res.read = len(b.rows)
 	r.buildBatch(ctx, b)
+	st.lap(&res.stages.Build)
 	if ctx.Err() != nil {
 		// Past the lease deadline nothing is handed to Kafka: the rows stay as they are.
 		return res, errLeaseDeadline
 	}
 	r.produceBatch(ctx, b)
+	st.lap(&res.stages.Produce)
 	r.testPoint("acked")
 	r.decide(ctx, b)
-	return r.finish(b, res, nil)
+	res, err := r.finish(b, res, nil)
+	st.lap(&res.stages.Record)
+	return res, err
+}
+
+// stopwatch times a batch's steps.
+type stopwatch struct{ last time.Time }
+
+func newStopwatch() *stopwatch { return &stopwatch{last: time.Now()} }
+
+// lap sets *d to the time since the previous lap.
+func (w *stopwatch) lap(d *time.Duration) {
+	now := time.Now()
+	*d = now.Sub(w.last)
+	w.last = now
 }
 
 // finish records b's outcome and fills res; extra are ids committed to Kafka earlier

@@ -65,6 +65,16 @@ type BatchEvent struct {
 	Read      int           // rows read
 	Published int           // rows acked and removed (or marked)
 	Duration  time.Duration // from read to the outcome's commit
+	// Stages splits the batch's time (the latency of the events it carried) by step.
+	Stages BatchStages
+}
+
+// BatchStages is a batch's time by step: waiting for one of MaxInFlightBatches slots
+// (only shards with a backlog take one), the read query, framing the records (registry
+// lookups included), producing until the last ack (in exactly-once mode, until the
+// transaction's end), and recording the outcome in Postgres.
+type BatchStages struct {
+	SlotWait, Read, Build, Produce, Record time.Duration
 }
 
 // ReadEvent is the argument of Hooks.OnRead.
@@ -117,10 +127,11 @@ type TransactionEvent struct {
 	Shard     int // the first shard of the transaction's group (ExactlyOnceGroupShards)
 	Shards    []int
 	Records   int
-	Committed bool  // false: aborted (Err says why)
-	Fenced    bool  // the next owner's producer fenced this one
-	Err       error // nil when committed
-	Duration  time.Duration
+	Committed bool          // false: aborted (Err says why)
+	Fenced    bool          // the next owner's producer fenced this one
+	Err       error         // nil when committed
+	Duration  time.Duration // from begin to the end's answer
+	Produce   time.Duration // of Duration, producing the records until the last ack
 }
 
 // The kinds of Hooks.OnError.

@@ -17,6 +17,7 @@ const (
 
 type batchResult struct {
 	read, published, parked, retry int
+	stages                         BatchStages
 }
 
 // drainLoop drains one shard while this replica holds it: a batch, then another at
@@ -57,6 +58,7 @@ func (r *Relay) drainLoop(s *shardRun) {
 		// that keeps up runs its small batches without a slot, so many of them go at
 		// once (a slot per tiny batch queued them: latency at steady rates).
 		slot := lastRead >= max(1, r.cfg.BatchSize/4)
+		waitStart := time.Now()
 		if slot {
 			select {
 			case r.inflight <- struct{}{}:
@@ -119,6 +121,7 @@ func (r *Relay) drainLoop(s *shardRun) {
 		} else {
 			res, err = r.drainOnce(ctx, shards, gens)
 		}
+		res.stages.SlotWait = start.Sub(waitStart)
 		for _, g := range group {
 			g.setBatch(nil)
 			g.batchSince.Store(0)
@@ -145,7 +148,7 @@ func (r *Relay) drainLoop(s *shardRun) {
 		lastRead = res.read
 		s.sparse.Store(lastRead < max(1, r.cfg.BatchSize/4))
 		if r.cfg.Hooks.OnBatch != nil && res.read > 0 {
-			r.cfg.Hooks.OnBatch(BatchEvent{Shard: s.shard, Read: res.read, Published: res.published, Duration: time.Since(start)})
+			r.cfg.Hooks.OnBatch(BatchEvent{Shard: s.shard, Read: res.read, Published: res.published, Duration: time.Since(start), Stages: res.stages})
 		}
 		s.failing.Store(err != nil || res.retry > 0)
 		var wait time.Duration

@@ -318,6 +318,7 @@ func (r *Relay) drainTxn(ctx context.Context, s *shardRun, shards []int, gens []
 		t = s.txnRef()
 	}
 	b := &batch{shards: shards, gens: gens}
+	st := newStopwatch()
 	if len(t.pending) > 0 {
 		// Rows committed to Kafka whose delete failed: nothing is read (it would read
 		// them again) until they are gone.
@@ -333,7 +334,9 @@ func (r *Relay) drainTxn(ctx context.Context, s *shardRun, shards []int, gens []
 	if len(b.rows) == 0 {
 		return res, nil
 	}
+	st.lap(&res.stages.Read)
 	r.buildBatch(ctx, b)
+	st.lap(&res.stages.Build)
 	if ctx.Err() != nil {
 		return res, errLeaseDeadline
 	}
@@ -364,8 +367,10 @@ func (r *Relay) drainTxn(ctx context.Context, s *shardRun, shards []int, gens []
 			return res, err
 		}
 	}
+	st.lap(&res.stages.Produce)
 	r.decide(ctx, b)
 	res, err := r.finish(b, res, t.pending)
+	st.lap(&res.stages.Record)
 	if err != nil && !errors.Is(err, errFenced) {
 		t.pending = append(t.pending, b.out.done...) // committed: carried by the next transaction's log record
 		return res, err
@@ -405,6 +410,7 @@ func (r *Relay) produceTxn(ctx context.Context, s *shardRun, shards []int, t *sh
 		wg.Done()
 	})
 	wg.Wait()
+	produced := time.Since(start)
 	err := logErr
 	for _, p := range recs {
 		if err == nil && p.err != nil {
@@ -424,7 +430,10 @@ func (r *Relay) produceTxn(ctx context.Context, s *shardRun, shards []int, t *sh
 		r.testPoint("commit")
 	}
 	endErr := t.cl.EndTransaction(ectx, kgo.TransactionEndTry(commit))
-	ev := TransactionEvent{Shard: s.shard, Shards: shards, Records: len(recs), Committed: commit && endErr == nil, Duration: time.Since(start)}
+	ev := TransactionEvent{Shard: s.shard, Shards: shards, Records: len(recs), Committed: commit && endErr == nil,
+		Duration: time.Since(start), Produce: produced}
+	r.log.Debug("exactly-once: transaction ended", "group", groupOf(s.shard), "records", len(recs), "committed", ev.Committed,
+		"produce", produced, "end", ev.Duration-produced)
 	if !ev.Committed {
 		if err == nil {
 			err = endErr

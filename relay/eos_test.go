@@ -35,7 +35,7 @@ func TestRelay_ExactlyOncePublishesEachEventOnceInKeyOrder(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	topic := testEnvTopic(t, 6)
-	var committed atomic.Int64
+	var committed, staged atomic.Int64
 	e.relay(t, func(c *relay.Config) {
 		c.ExactlyOnce = true
 		c.TransactionalIDPrefix = "test-" + e.schema
@@ -44,12 +44,20 @@ func TestRelay_ExactlyOncePublishesEachEventOnceInKeyOrder(t *testing.T) {
 				committed.Add(1)
 			}
 		}
+		c.Hooks.OnBatch = func(ev relay.BatchEvent) {
+			if st := ev.Stages; ev.Published > 0 && st.Read > 0 && st.Produce > 0 && st.Record > 0 && st.Read+st.Build+st.Produce+st.Record <= ev.Duration {
+				staged.Add(1)
+			}
+		}
 	})
 	e.write(t, topic, 50, 40, 0)
 	exact(t, readCommitted(t, topic, 2000, 90*time.Second), 2000)
 	waitFor(t, 30*time.Second, "outbox empty", func() bool { p, _ := e.backlog(t); return p == 0 })
 	if committed.Load() == 0 {
 		t.Fatal("no transaction reported committed")
+	}
+	if staged.Load() == 0 {
+		t.Fatal("no batch reported its time by stage (read, produce, record within its duration)")
 	}
 }
 
