@@ -549,3 +549,79 @@ func (b *Bench) Run(ctx context.Context, iterations, truncateEvery int, progress
 
 func round1(f float64) float64 { return float64(int64(f*10+0.5)) / 10 }
 func round3(f float64) float64 { return float64(int64(f*1000+0.5)) / 1000 }
+
+// ConcurrentResult is the throughput of a few variants run by concurrent workers.
+type ConcurrentResult struct {
+	Workers int     `json:"workers"`
+	SliceS  float64 `json:"slice_s"`
+	Slices  int     `json:"slices_per_variant"`
+	// TxPerS is each variant's committed transactions per second, by Variant.Key.
+	TxPerS map[string]float64 `json:"tx_per_s"`
+}
+
+// RunConcurrent runs the variants named by keys (Variant.Key) with workers concurrent
+// transactions (the pool needs workers+1 connections), in time slices, round robin:
+// slices slices of each variant, each slice lasting slice. A Writer's NOTIFY takes a
+// lock that Postgres holds until the commit's end, WAL flush included: notifying
+// transactions commit one at a time, which one client alone does not show.
+func (b *Bench) RunConcurrent(ctx context.Context, keys []string, workers int, slice time.Duration, slices int) (*ConcurrentResult, error) {
+	byKey := map[string]Variant{}
+	for _, v := range b.variants {
+		byKey[v.Key()] = v
+	}
+	res := &ConcurrentResult{Workers: workers, SliceS: slice.Seconds(), Slices: slices, TxPerS: map[string]float64{}}
+	count := map[string]int{}
+	for s := range slices {
+		if err := b.Truncate(ctx); err != nil {
+			return nil, err
+		}
+		for _, k := range keys {
+			v, ok := byKey[k]
+			if !ok {
+				return nil, fmt.Errorf("no variant %s", k)
+			}
+			n, err := b.slice(ctx, v, workers, slice)
+			if err != nil {
+				return nil, fmt.Errorf("%s, slice %d: %w", k, s+1, err)
+			}
+			count[k] += n
+		}
+	}
+	for _, k := range keys {
+		res.TxPerS[k] = round1(float64(count[k]) / (slice.Seconds() * float64(slices)))
+	}
+	return res, nil
+}
+
+// slice runs v in workers goroutines for d and returns the transactions committed.
+func (b *Bench) slice(ctx context.Context, v Variant, workers int, d time.Duration) (int, error) {
+	deadline := time.Now().Add(d)
+	type out struct {
+		n   int
+		err error
+	}
+	done := make(chan out, workers)
+	for range workers {
+		go func() {
+			n := 0
+			for time.Now().Before(deadline) {
+				if err := pgx.BeginFunc(ctx, b.pool, func(tx pgx.Tx) error { return v.Tx(ctx, tx) }); err != nil {
+					done <- out{n, err}
+					return
+				}
+				n++
+			}
+			done <- out{n, nil}
+		}()
+	}
+	total := 0
+	var first error
+	for range workers {
+		o := <-done
+		total += o.n
+		if o.err != nil && first == nil {
+			first = o.err
+		}
+	}
+	return total, first
+}

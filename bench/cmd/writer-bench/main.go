@@ -4,7 +4,8 @@
 // and writes the figures as JSON. Run it with `make bench-writer` from the repository
 // root; docs/benchmarks.md explains the figures.
 //
-//	writer-bench [-iterations 1000] [-commit on,off] [-out ../bench-out/writer.json] [-truncate-every 50]
+//	writer-bench [-iterations 1000] [-commit on,off] [-concurrency 8 -slice 2s -slices 5]
+//	             [-out ../bench-out/writer.json] [-truncate-every 50]
 package main
 
 import (
@@ -41,6 +42,8 @@ type run struct {
 	Finished          string         `json:"finished"`
 	LoadAvg           []string       `json:"loadavg_start_finish"`
 	Result            *writer.Result `json:"result"`
+	// Concurrent is the throughput part (-concurrency).
+	Concurrent *writer.ConcurrentResult `json:"concurrent,omitempty"`
 }
 
 func main() {
@@ -56,6 +59,9 @@ func runAll() error {
 	out := fs.String("out", "", "JSON output file (default ../bench-out/writer.json)")
 	commit := fs.String("commit", "on,off", "the runs, one per synchronous_commit value, in order: on (commits wait for the WAL flush, "+
 		"as a service's do) and off (they do not: the disk's noise is out and the statements' cost is left)")
+	workers := fs.Int("concurrency", 8, "then run a few variants with this many concurrent transactions, in time slices (0: skip)")
+	slice := fs.Duration("slice", 2*time.Second, "with -concurrency: the length of one variant's time slice")
+	slices := fs.Int("slices", 5, "with -concurrency: the slices per variant, round robin")
 	truncate := fs.Int("truncate-every", 50, "empty the tables every N rounds, outside the timing (0: never)")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		return err
@@ -80,7 +86,7 @@ func runAll() error {
 	defer stop()
 	rep := &report{}
 	for _, m := range modes {
-		r, err := runOne(ctx, dsn, m, *iterations, *truncate, &rep.Postgres)
+		r, err := runOne(ctx, dsn, m, *iterations, *truncate, *workers, *slice, *slices, &rep.Postgres)
 		if err != nil {
 			return err
 		}
@@ -97,14 +103,18 @@ func runAll() error {
 	return nil
 }
 
-func runOne(ctx context.Context, dsn, syncCommit string, iterations, truncate int, version *string) (*run, error) {
+// concurrentKeys are the variants the concurrent part runs.
+var concurrentKeys = []string{"1-relaybox-queue", "1-relaybox-queue-nonotify", "1-plain-sql", "1-watermill", "100-relaybox-queue", "100-relaybox-queue-nonotify", "100-plain-sql"}
+
+func runOne(ctx context.Context, dsn, syncCommit string, iterations, truncate, workers int, slice time.Duration, slices int, version *string) (*run, error) {
 	cfg, err := pgxpool.ParseConfig(dsn)
 	if err != nil {
 		return nil, fmt.Errorf("DATABASE_URL does not parse: %w", err)
 	}
-	// Transactions run one at a time, on one connection mostly; the second one lets
-	// the Writer store its schema outside the transaction, as a service's pool would.
-	cfg.MaxConns = 2
+	// Transactions run one at a time, on one connection mostly (the pool reuses the
+	// last released); a second one lets the Writer store its schema outside the
+	// transaction, as a service's pool would; the concurrent part needs the others.
+	cfg.MaxConns = int32(max(workers, 1) + 1)
 	cfg.ConnConfig.RuntimeParams["synchronous_commit"] = syncCommit
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
@@ -141,10 +151,22 @@ func runOne(ctx context.Context, dsn, syncCommit string, iterations, truncate in
 		return nil, err
 	}
 	r.Result = res
+	if workers > 0 {
+		fmt.Fprintf(os.Stderr, "writer-bench: %d concurrent transactions, %d slices of %s per variant\n", workers, slices, slice)
+		if r.Concurrent, err = b.RunConcurrent(ctx, concurrentKeys, workers, slice, slices); err != nil {
+			return nil, err
+		}
+	}
 	r.Finished = time.Now().UTC().Format(time.RFC3339)
 	r.LoadAvg = append(r.LoadAvg, loadAvg())
 	fmt.Printf("\nsynchronous_commit %s, %d rounds:\n", r.SynchronousCommit, iterations)
 	printTable(res)
+	if c := r.Concurrent; c != nil {
+		fmt.Printf("\n%d concurrent transactions (%d slices of %.0f s each):\n", c.Workers, c.Slices, c.SliceS)
+		for _, k := range concurrentKeys {
+			fmt.Printf("  %-30s %8.1f tx/s\n", k, c.TxPerS[k])
+		}
+	}
 	return r, nil
 }
 
