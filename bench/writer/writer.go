@@ -160,7 +160,9 @@ func Setup(ctx context.Context, pool *pgxpool.Pool, schema string) (*Bench, erro
 		}
 	}
 	var err error
-	if b.writer, err = outbox.New(pool, &outbox.Config{Schema: schema}); err != nil {
+	// A channel of the run's own: listeners of the default one (relays of other runs on
+	// the same database) have nothing to do with these rows.
+	if b.writer, err = outbox.New(pool, &outbox.Config{Schema: schema, Channel: schema}); err != nil {
 		return nil, err
 	}
 	if b.silent, err = outbox.New(pool, &outbox.Config{Schema: schema, DisableNotify: true}); err != nil {
