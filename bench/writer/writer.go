@@ -9,8 +9,8 @@
 //
 // The peers group: relaybox's Writer (Queue: the events in the business statement's
 // batch, one round trip; Write: a statement of its own; each with and without its
-// NOTIFY), a plain SQL insert of relaybox's row (in the batch, and as a statement of
-// its own), and Watermill's SQL publisher (watermill-sql v4 over the same pgx
+// NOTIFY; Queue without it and a NOTIFY sent after the commit), a plain SQL insert of
+// relaybox's row (in the batch, and as a statement of its own), and Watermill's SQL publisher (watermill-sql v4 over the same pgx
 // transaction, JSON payload: its default; bare, and under the forwarder's envelope, as
 // a Watermill outbox user publishing to Kafka writes it).
 //
@@ -81,6 +81,19 @@ type Variant struct {
 	Table string
 	// Tx runs the transaction's statements in tx.
 	Tx func(ctx context.Context, tx pgx.Tx) error
+	// After, when set, runs after the commit, on the pool (timed with the transaction).
+	After func(ctx context.Context, pool *pgxpool.Pool) error
+}
+
+// Run runs the transaction in pool and, once it committed, After.
+func (v Variant) Run(ctx context.Context, pool *pgxpool.Pool) error {
+	if err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error { return v.Tx(ctx, tx) }); err != nil {
+		return err
+	}
+	if v.After != nil {
+		return v.After(ctx, pool)
+	}
+	return nil
 }
 
 // Key returns "<events>-<name>", unique within a run.
@@ -418,11 +431,26 @@ func (b *Bench) build() []Variant {
 				return pub.Publish(Topic, msgs...)
 			}
 		}
+		// The NOTIFY after the commit, in a statement of its own: no lock held through
+		// the commit's WAL flush (the statement has no transaction id to commit).
+		var shards []string
+		seen := map[int]bool{}
+		for i := range n {
+			if sh := outbox.Shard(key(i)); !seen[sh] {
+				seen[sh] = true
+				shards = append(shards, strconv.Itoa(sh))
+			}
+		}
+		notifyAfter := func(ctx context.Context, pool *pgxpool.Pool) error {
+			_, err := pool.Exec(ctx, `SELECT pg_notify($1, $2)`, b.schema, strings.Join(shards, ","))
+			return err
+		}
 		out = append(out,
 			Variant{Name: "relaybox-queue", Group: GroupPeers, Events: n, Table: o, Tx: queue(b.writer)},
 			Variant{Name: "relaybox-write", Group: GroupPeers, Events: n, Table: o, Tx: write(b.writer)},
 			Variant{Name: "relaybox-queue-nonotify", Group: GroupPeers, Events: n, Table: o, Tx: queue(b.silent)},
 			Variant{Name: "relaybox-write-nonotify", Group: GroupPeers, Events: n, Table: o, Tx: write(b.silent)},
+			Variant{Name: "relaybox-queue-notify-after", Group: GroupPeers, Events: n, Table: o, Tx: queue(b.silent), After: notifyAfter},
 			Variant{Name: "plain-sql", Group: GroupPeers, Events: n, Table: o, Tx: plainBatch(o, false, b.plainSQL)},
 			Variant{Name: "plain-sql-exec", Group: GroupPeers, Events: n, Table: o, Tx: plainExec()},
 			Variant{Name: "watermill", Group: GroupPeers, Events: n, Table: b.q("watermill_" + Topic), Tx: watermillPub(false)},
@@ -482,7 +510,7 @@ type VariantResult struct {
 func (b *Bench) Run(ctx context.Context, iterations, truncateEvery int, progress func(done int)) (*Result, error) {
 	vs := b.variants
 	for _, v := range vs {
-		if err := pgx.BeginFunc(ctx, b.pool, func(tx pgx.Tx) error { return v.Tx(ctx, tx) }); err != nil {
+		if err := v.Run(ctx, b.pool); err != nil {
 			return nil, fmt.Errorf("%s: %w", v.Key(), err)
 		}
 	}
@@ -495,7 +523,7 @@ func (b *Bench) Run(ctx context.Context, iterations, truncateEvery int, progress
 		}
 		for i, v := range vs {
 			start := time.Now()
-			if err := pgx.BeginFunc(ctx, b.pool, func(tx pgx.Tx) error { return v.Tx(ctx, tx) }); err != nil {
+			if err := v.Run(ctx, b.pool); err != nil {
 				return nil, fmt.Errorf("%s: %w", v.Key(), err)
 			}
 			times[i] = append(times[i], time.Since(start))
@@ -529,6 +557,7 @@ func (b *Bench) Run(ctx context.Context, iterations, truncateEvery int, progress
 		res.Ratios[n] = map[string]float64{
 			"queue_vs_plain_sql":               ratio("relaybox-queue", "plain-sql"),
 			"queue_nonotify_vs_plain_sql":      ratio("relaybox-queue-nonotify", "plain-sql"),
+			"queue_notify_after_vs_plain_sql":  ratio("relaybox-queue-notify-after", "plain-sql"),
 			"write_vs_plain_sql_exec":          ratio("relaybox-write", "plain-sql-exec"),
 			"write_nonotify_vs_plain_sql_exec": ratio("relaybox-write-nonotify", "plain-sql-exec"),
 			"queue_vs_watermill":               ratio("relaybox-queue", "watermill"),
@@ -607,7 +636,7 @@ func (b *Bench) slice(ctx context.Context, v Variant, workers int, d time.Durati
 		go func() {
 			n := 0
 			for time.Now().Before(deadline) {
-				if err := pgx.BeginFunc(ctx, b.pool, func(tx pgx.Tx) error { return v.Tx(ctx, tx) }); err != nil {
+				if err := v.Run(ctx, b.pool); err != nil {
 					done <- out{n, err}
 					return
 				}

@@ -33,7 +33,7 @@ func TestVariants_WriteOneBusinessRowAndTheirEvents(t *testing.T) {
 		if err := b.Truncate(ctx); err != nil {
 			t.Fatal(err)
 		}
-		if err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error { return v.Tx(ctx, tx) }); err != nil {
+		if err := v.Run(ctx, pool); err != nil {
 			t.Fatalf("%s: %v", v.Key(), err)
 		}
 		var n int

@@ -104,7 +104,8 @@ func runAll() error {
 }
 
 // concurrentKeys are the variants the concurrent part runs.
-var concurrentKeys = []string{"1-relaybox-queue", "1-relaybox-queue-nonotify", "1-plain-sql", "1-watermill", "100-relaybox-queue", "100-relaybox-queue-nonotify", "100-plain-sql"}
+var concurrentKeys = []string{"1-relaybox-queue", "1-relaybox-queue-nonotify", "1-relaybox-queue-notify-after", "1-plain-sql", "1-watermill",
+	"100-relaybox-queue", "100-relaybox-queue-nonotify", "100-relaybox-queue-notify-after", "100-plain-sql", "100-watermill"}
 
 func runOne(ctx context.Context, dsn, syncCommit string, iterations, truncate, workers int, slice time.Duration, slices int, version *string) (*run, error) {
 	cfg, err := pgxpool.ParseConfig(dsn)
