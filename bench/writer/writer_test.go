@@ -5,24 +5,30 @@ import (
 	"testing"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/relaybox/relaybox/bench/writer"
 	"github.com/relaybox/relaybox/internal/testenv"
 	"github.com/relaybox/relaybox/outbox"
 )
 
+func setup(t *testing.T) (*pgxpool.Pool, *writer.Bench) {
+	pool := testenv.Pool(t)
+	b, err := writer.Setup(context.Background(), pool, testenv.Name(t, "w"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = b.Drop(context.Background()) })
+	return pool, b
+}
+
 // Every variant writes what it claims: one business row and its events, in the table
 // it names, committed with the transaction; where the table has a shard, the shard is
 // the table contract's (md5 in SQL or computed in Go alike). A variant that wrote
 // nothing, or wrote into another table, would make the benchmark compare nothing.
 func TestVariants_WriteOneBusinessRowAndTheirEvents(t *testing.T) {
-	pool := testenv.Pool(t)
+	pool, b := setup(t)
 	ctx := context.Background()
-	b, err := writer.Setup(ctx, pool, testenv.Name(t, "w"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = b.Drop(context.Background()) })
 	orders := pgx.Identifier{b.Schema(), "orders"}.Sanitize()
 	seen := map[string]bool{}
 	for _, v := range b.Variants() {
@@ -86,13 +92,8 @@ func TestVariants_WriteOneBusinessRowAndTheirEvents(t *testing.T) {
 // Run times every variant and returns a median for each, and the ratios the targets
 // name, computed from them.
 func TestRun_ReportsEveryVariantAndTheTargetsRatios(t *testing.T) {
-	pool := testenv.Pool(t)
+	_, b := setup(t)
 	ctx := context.Background()
-	b, err := writer.Setup(ctx, pool, testenv.Name(t, "w"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = b.Drop(context.Background()) })
 	res, err := b.Run(ctx, 3, 2, nil)
 	if err != nil {
 		t.Fatal(err)
