@@ -74,7 +74,7 @@ bench:
 BENCH_WRITER_OUT ?= $(CURDIR)/bench-out/writer.json
 BENCH_WRITER_ARGS ?= $(if $(filter 1,$(BENCH_QUICK)),-iterations 200,)
 ## bench-writer: the writer against plain SQL and Watermill's SQL publisher, and the outbox table's
-## floor (bench/writer; ~10 min); BENCH_WRITER_ARGS, e.g. "-iterations 300 -commit off"
+## floor (bench/writer; ~20 min on a busy 2-core machine); BENCH_WRITER_ARGS, e.g. "-iterations 300 -commit off"
 bench-writer:
 	@mkdir -p $(dir $(BENCH_WRITER_OUT))
 	@exports="$$($(ENV) up)" && eval "$$exports" && \
