@@ -3,7 +3,7 @@ SHELL := /bin/bash
 GO ?= go
 ENV := bash scripts/env.sh
 
-.PHONY: help env env-down test unit lint fmt-check build demo bench chaos fuzz
+.PHONY: help env env-down test unit lint fmt-check build demo bench bench-writer chaos fuzz
 
 # staticcheck is pinned in go.mod (`tool` directive): `go tool staticcheck`. bench/ is
 # its own module, so it runs the same binary (`go tool -n` prints its path).
@@ -69,6 +69,16 @@ bench:
 	@mkdir -p $(dir $(BENCH_OUT))
 	@exports="$$($(ENV) up)" && eval "$$exports" && \
 	cd bench && BENCH_OUT=$(BENCH_OUT) $(GO) run . $(BENCH_ARGS)
+	@$(MAKE) --no-print-directory bench-writer
+
+BENCH_WRITER_OUT ?= $(CURDIR)/bench-out/writer.json
+BENCH_WRITER_ARGS ?= $(if $(filter 1,$(BENCH_QUICK)),-iterations 200,)
+## bench-writer: the writer against plain SQL and Watermill's SQL publisher, and the outbox table's
+## floor (bench/writer; ~20 min on a busy 2-core machine); BENCH_WRITER_ARGS, e.g. "-iterations 300 -commit off"
+bench-writer:
+	@mkdir -p $(dir $(BENCH_WRITER_OUT))
+	@exports="$$($(ENV) up)" && eval "$$exports" && \
+	cd bench && $(GO) run ./cmd/writer-bench -out $(BENCH_WRITER_OUT) $(BENCH_WRITER_ARGS)
 
 CHAOS_OUT ?= $(CURDIR)/bench-out/chaos-report.json
 ## chaos: the long fault run (CHAOS_EVENTS=200000 CHAOS_FAULTS=60 CHAOS_SEED=...); report in CHAOS_OUT

@@ -23,7 +23,8 @@ import (
 // for one event and ≤ 2× for 100. The floors (a second business row; a minimal
 // (id, payload) row; a plain SQL insert of outbox rows; the same into a bare copy of
 // the table, without its indexes, CHECKs and generated shard) show how much of an
-// event's cost is the round trip, the row, and the outbox table itself.
+// event's cost is the round trip, the row, and the outbox table itself. Against the
+// peers (Watermill's SQL publisher) and variant tables: bench/writer, `make bench-writer`.
 //
 //	go test ./outbox -run '^$' -bench BusinessTx -benchtime 2000x
 func BenchmarkBusinessTx(b *testing.B) {

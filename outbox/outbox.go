@@ -453,8 +453,12 @@ func (w *Writer) storeOutside(ctx context.Context, fp [32]byte, text string) boo
 	if done {
 		return true
 	}
-	// The caller's transactions may hold every pooled connection: never wait long for
-	// one here; the in-transaction upsert is always a correct fallback.
+	// The caller's transactions may hold every pooled connection (with one connection,
+	// the caller's own always does): then do not wait for one, and never wait long
+	// here; the in-transaction upsert is always a correct fallback.
+	if st := w.pool.Stat(); st.IdleConns() == 0 && st.TotalConns() >= st.MaxConns() {
+		return false
+	}
 	sctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
 	defer cancel()
 	_, err := w.pool.Exec(sctx, w.schemaSQL, [][]byte{fp[:]}, []string{text})

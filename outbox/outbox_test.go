@@ -724,3 +724,31 @@ func TestWrite_NotifiesOnceAtCommitNamingTheShards(t *testing.T) {
 		t.Fatalf("rows = %d, want 9", n)
 	}
 }
+
+// A transaction holding the pool's last connection: storing the schema outside it
+// would have to wait for a connection that only this transaction's end releases. The
+// writer must not wait (it used to wait 100 ms on every call, as long as the pool stayed
+// full: forever with one connection); it upserts the schema in the transaction instead.
+func TestWrite_FullPoolStoresSchemaInTxWithoutWaiting(t *testing.T) {
+	t.Parallel()
+	pool := testenv.PoolWith(t, func(c *pgxpool.Config) { c.MaxConns = 1 })
+	schema := testenv.Schema(t, pool)
+	w, _ := outbox.New(pool, &outbox.Config{Schema: schema})
+	ctx := context.Background()
+	for i := range 3 {
+		if err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+			return outbox.Publish(ctx, w, tx, "orders", fmt.Sprint("k", i), "OrderCreated", OrderCreated{})
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := pool.Stat().CanceledAcquireCount(); n != 0 {
+		t.Fatalf("the writer waited for a connection of the full pool %d time(s)", n)
+	}
+	var rows, schemas int
+	pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM `+pgx.Identifier{schema, "outbox"}.Sanitize()+`), (SELECT count(*) FROM `+
+		pgx.Identifier{schema, "schemas"}.Sanitize()+`)`).Scan(&rows, &schemas)
+	if rows != 3 || schemas != 1 {
+		t.Fatalf("%d rows, %d schemas; want 3 and 1", rows, schemas)
+	}
+}
