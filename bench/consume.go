@@ -1,0 +1,559 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/twmb/franz-go/pkg/kadm"
+
+	"github.com/relaybox/relaybox/migrations"
+)
+
+// consumeResult is the consume scenario's part of BENCH_OUT ("consumer"): N events
+// the relay published, applied by relaybox's consumer and by its two baselines.
+type consumeResult struct {
+	SkippedReason string            `json:"skipped_reason,omitempty"`
+	Settings      map[string]any    `json:"settings"`
+	Runs          map[string]*cRun  `json:"runs"`
+	RSS           *consumeRSS       `json:"rss,omitempty"`
+	Targets       map[string]target `json:"targets"`
+	Errors        []string          `json:"errors,omitempty"`
+
+	// The headline figures: events per second from the first record fetched to the
+	// last effect committed.
+	BatchEPS       *float64 `json:"batch_eps"`
+	SingleEPS      *float64 `json:"single_eps"`
+	HandwrittenEPS *float64 `json:"handwritten_eps"`
+	LimitEPS       *float64 `json:"limit_eps"`
+	BatchNoDedup   *float64 `json:"batch_nodedup_eps"`
+	// DedupOverhead is batch_nodedup_eps / batch_eps: what recording every event in
+	// processed_events costs batch mode.
+	DedupOverhead *float64 `json:"dedup_overhead"`
+	// RedeliveryEPS is the second pass of the batch mode's group over the same
+	// events (offsets reset to the start): every record a duplicate.
+	RedeliveryEPS *float64 `json:"redelivery_eps"`
+	// RSS of the batch-mode consumer's process over the 1M-event backlog.
+	RSSPeakMB  *float64 `json:"rss_peak_mb"`
+	RSSFlat    *bool    `json:"rss_flat"`
+	RSSBacklog int64    `json:"rss_backlog_events"`
+}
+
+// target is one of the issue's targets, as measured in this run.
+type target struct {
+	Want  string  `json:"want"`
+	Value float64 `json:"value"`
+	Met   bool    `json:"met"`
+}
+
+// cRun is one variant's pass over the topic.
+type cRun struct {
+	Variant      string  `json:"variant"`
+	Group        string  `json:"group"`
+	Events       int64   `json:"events"`
+	Applied      int64   `json:"applied"`
+	Duplicates   int64   `json:"duplicates"`
+	EPS          float64 `json:"eps"`            // from the first record fetched to the last commit
+	EPSFromStart float64 `json:"eps_from_start"` // from the process start (group join included)
+	FirstAfterS  float64 `json:"first_record_after_s"`
+	ElapsedS     float64 `json:"elapsed_s"`
+	RSSPeakMB    float64 `json:"rss_peak_mb"`
+	// EffectRows and DistinctEffects count the effects table after the run: both
+	// must be the events (each applied exactly once).
+	EffectRows      int64       `json:"effect_rows"`
+	DistinctEffects int64       `json:"distinct_effects"`
+	RSS             []rssSample `json:"rss_samples,omitempty"`
+	Error           string      `json:"error,omitempty"`
+}
+
+// rssSample is the child's RSS at a point of its run.
+type rssSample struct {
+	AtS  float64 `json:"at_s"`
+	Done int64   `json:"done"` // applied + duplicates reported so far
+	MB   float64 `json:"mb"`
+}
+
+// consumeRSS is the RSS check: batch mode over a backlog of RSSBacklog events.
+type consumeRSS struct {
+	Run *cRun `json:"run"`
+	// FirstHalfPeakMB, SecondHalfPeakMB: the peaks over the two halves of the events.
+	FirstHalfPeakMB  float64 `json:"first_half_peak_mb"`
+	SecondHalfPeakMB float64 `json:"second_half_peak_mb"`
+	BacklogMB        float64 `json:"backlog_mb"`
+	Flat             bool    `json:"flat"`
+	Why              string  `json:"why"`
+}
+
+// consumeSettings is the scenario's configuration (BENCH_CONSUME_*).
+type consumeSettings struct {
+	N        int
+	RSSN     int
+	Conns    int
+	Variants []string
+}
+
+var allConsumeVariants = []string{variantLimit, variantBatch, "redelivery", variantBatchNoDup, variantSingle, variantHandwritten, "rss"}
+
+func consumeSettingsFromEnv(cfg config) (consumeSettings, error) {
+	s := consumeSettings{N: cfg.N, Conns: 12, RSSN: 1000000, Variants: allConsumeVariants}
+	if cfg.Quick {
+		s.RSSN = 100000
+	}
+	for name, dst := range map[string]*int{"BENCH_CONSUME_N": &s.N, "BENCH_CONSUME_RSS_N": &s.RSSN, "BENCH_CONSUME_CONNS": &s.Conns} {
+		if v := os.Getenv(name); v != "" {
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 0 {
+				return s, fmt.Errorf("%s: want a number ≥ 0, got %q", name, v)
+			}
+			*dst = n
+		}
+	}
+	if s.N <= 0 || s.Conns <= 0 {
+		return s, errors.New("BENCH_CONSUME_N and BENCH_CONSUME_CONNS must be positive")
+	}
+	if v := os.Getenv("BENCH_CONSUME_VARIANTS"); v != "" {
+		s.Variants = splitList(v)
+		for _, x := range s.Variants {
+			if !slices.Contains(allConsumeVariants, x) {
+				return s, fmt.Errorf("BENCH_CONSUME_VARIANTS: unknown variant %q (want %s)", x, strings.Join(allConsumeVariants, ","))
+			}
+		}
+		if slices.Contains(s.Variants, "redelivery") && !slices.Contains(s.Variants, variantBatch) {
+			return s, errors.New("BENCH_CONSUME_VARIANTS: redelivery is the second pass of batch: list batch too")
+		}
+	}
+	if s.RSSN == 0 {
+		s.Variants = slices.DeleteFunc(slices.Clone(s.Variants), func(v string) bool { return v == "rss" })
+	}
+	return s, nil
+}
+
+// consume runs the consume scenario.
+func (h *harness) consume(ctx context.Context) *consumeResult {
+	res := &consumeResult{Runs: map[string]*cRun{}, Targets: map[string]target{}}
+	cs, err := consumeSettingsFromEnv(h.cfg)
+	if err != nil {
+		res.SkippedReason = err.Error()
+		return res
+	}
+	self, err := os.Executable()
+	if err != nil {
+		res.SkippedReason = err.Error()
+		return res
+	}
+	res.Settings = map[string]any{"events": cs.N, "rss_backlog_events": cs.RSSN, "postgres_connections": cs.Conns,
+		"variants": cs.Variants, "keys": h.cfg.Keys, "event_bytes": h.cfg.EventBytes, "partitions": h.cfg.Partitions,
+		"relaybox_consumer": "defaults: MaxBatch 500, MaxPollRecords 1000, MaxBufferedPerPartition 2000, read_committed",
+		"limit_copy_rows":   limitBatch}
+	schema := "bench_consume_" + h.runID
+	if err := h.consumeSchema(ctx, schema); err != nil {
+		res.SkippedReason = err.Error()
+		return res
+	}
+	defer h.exec(context.WithoutCancel(ctx), `DROP SCHEMA IF EXISTS `+pgx.Identifier{schema}.Sanitize()+` CASCADE`)
+	h.logf("consume: the relay publishes %d events", cs.N)
+	topic, err := h.publishForConsume(ctx, "cons", cs.N)
+	if topic != "" {
+		defer h.deleteTopic(context.WithoutCancel(ctx), topic)
+	}
+	if err != nil {
+		res.SkippedReason = err.Error()
+		return res
+	}
+	run := func(variant, group string, reset bool) *cRun {
+		if reset {
+			if err := h.truncateConsume(ctx, schema, variant == "redelivery"); err != nil {
+				res.Errors = append(res.Errors, variant+": "+err.Error())
+				return nil
+			}
+		}
+		childVariant := variant
+		if variant == "redelivery" {
+			childVariant = variantBatch
+		}
+		r := h.consumeRun(ctx, self, childSettings{Variant: childVariant, Topic: topic, Group: group, Schema: schema,
+			N: int64(cs.N), Conns: cs.Conns}, schema)
+		r.Variant = variant
+		res.Runs[variant] = r
+		if r.Error != "" {
+			res.Errors = append(res.Errors, variant+": "+r.Error)
+		}
+		h.logf("consume %s: %.0f events/s from the first record (%.0f from the start), applied %d, duplicates %d, effect rows %d, RSS peak %.0f MB%s",
+			variant, r.EPS, r.EPSFromStart, r.Applied, r.Duplicates, r.EffectRows, r.RSSPeakMB, errSuffix(r.Error))
+		return r
+	}
+	for _, v := range cs.Variants {
+		if ctx.Err() != nil {
+			break
+		}
+		group := "bench-consume-" + h.runID + "-" + v
+		switch v {
+		case "redelivery":
+			group = "bench-consume-" + h.runID + "-" + variantBatch
+			if err := h.resetGroup(ctx, group, topic); err != nil {
+				res.Errors = append(res.Errors, "redelivery: resetting the group: "+err.Error())
+				continue
+			}
+			run(v, group, true)
+		case "rss":
+			res.RSS = h.consumeRSSRun(ctx, self, schema, cs)
+		default:
+			run(v, group, true)
+		}
+	}
+	res.summarize(cs)
+	return res
+}
+
+func errSuffix(e string) string {
+	if e == "" {
+		return ""
+	}
+	return ", ERROR " + e
+}
+
+// consumeSchema creates relaybox's tables (processed_events) in schema, the effects
+// table and the hand-written consumer's dedup table.
+func (h *harness) consumeSchema(ctx context.Context, schema string) error {
+	if _, err := migrations.Migrate(ctx, h.pool, &migrations.Options{Schema: schema}); err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	_, err := h.pool.Exec(ctx, `CREATE TABLE `+effectsTable(schema)+` (event_id text NOT NULL, k text NOT NULL, seq bigint NOT NULL);
+		CREATE TABLE `+hwTable(schema)+` (consumer_group text NOT NULL, event_id text NOT NULL, PRIMARY KEY (consumer_group, event_id))`)
+	return err
+}
+
+// truncateConsume empties the effects and both dedup tables before a run, and
+// checkpoints so that no run pays for the previous one's writes; the redelivery
+// pass keeps processed_events (its duplicates are the point) and the effects (which
+// it must leave as they are).
+func (h *harness) truncateConsume(ctx context.Context, schema string, redelivery bool) error {
+	if !redelivery {
+		q := `TRUNCATE ` + effectsTable(schema) + `, ` + hwTable(schema) + `, ` + pgx.Identifier{schema, "processed_events"}.Sanitize()
+		if _, err := h.pool.Exec(ctx, q); err != nil {
+			return err
+		}
+	}
+	if _, err := h.pool.Exec(ctx, `CHECKPOINT`); err != nil {
+		h.logf("consume: CHECKPOINT: %v (not a superuser? the runs then share checkpoints)", err)
+	}
+	return nil
+}
+
+// publishForConsume has the relay publish n events to a new topic, exactly as it
+// publishes them in the drain: outbox.Writer in the harness, the relaybox binary with
+// its defaults (Confluent wire format, the schema registered in the registry, the
+// envelope headers). The outbox schema is dropped once the topic has all n.
+func (h *harness) publishForConsume(ctx context.Context, tag string, n int) (string, error) {
+	sys := &relayboxSystem{}
+	inst, err := sys.setup(ctx, h, tag+h.runID)
+	if err != nil {
+		return "", err
+	}
+	ri := inst.(*relayboxInstance)
+	defer h.exec(context.WithoutCancel(ctx), `DROP SCHEMA IF EXISTS `+pgx.Identifier{ri.schema}.Sanitize()+` CASCADE`)
+	t := newTracker(h.es, int64(n))
+	start := time.Now()
+	if err := h.fill(ctx, inst, t, int64(n)); err != nil {
+		return inst.topic(), fmt.Errorf("fill: %w", err)
+	}
+	h.logf("consume: %d events written in %.1f s; relaying", n, time.Since(start).Seconds())
+	p, err := inst.start(ctx)
+	if err != nil {
+		return inst.topic(), err
+	}
+	defer func() { _ = p.stop(30 * time.Second) }()
+	deadline := time.Now().Add(h.cfg.DrainTimeout)
+	for {
+		got, err := h.topicRecords(ctx, inst.topic())
+		switch {
+		case err == nil && got >= int64(n):
+			return inst.topic(), nil
+		case !p.running():
+			return inst.topic(), fmt.Errorf("the relay exited before publishing all %d events (%d on the topic): %s", n, got, p.stderr.lastLines(5))
+		case time.Now().After(deadline) || ctx.Err() != nil:
+			return inst.topic(), fmt.Errorf("the relay published %d of %d events in %s", got, n, h.cfg.DrainTimeout)
+		}
+		time.Sleep(200 * time.Millisecond) // polling the topic's end offsets, not synchronisation
+	}
+}
+
+// topicRecords is the sum of topic's end offsets (the relay's topics are never
+// compacted nor transactional in this mode: one offset per record).
+func (h *harness) topicRecords(ctx context.Context, topic string) (int64, error) {
+	ends, err := h.adm.ListEndOffsets(ctx, topic)
+	if err != nil {
+		return 0, err
+	}
+	var n int64
+	var ferr error
+	ends.Each(func(o kadm.ListedOffset) {
+		if o.Err != nil {
+			ferr = o.Err
+		}
+		n += o.Offset
+	})
+	return n, ferr
+}
+
+// resetGroup sets group's committed offsets of topic back to the start.
+func (h *harness) resetGroup(ctx context.Context, group, topic string) error {
+	starts, err := h.adm.ListStartOffsets(ctx, topic)
+	if err != nil {
+		return err
+	}
+	if err := starts.Error(); err != nil {
+		return err
+	}
+	resp, err := h.adm.CommitOffsets(ctx, group, starts.Offsets())
+	if err != nil {
+		return err
+	}
+	return resp.Error()
+}
+
+// consumeRun runs one variant as a child process until it reports DONE, sampling
+// its RSS, then checks the effects table.
+func (h *harness) consumeRun(ctx context.Context, self string, s childSettings, schema string) *cRun {
+	r := &cRun{Variant: s.Variant, Group: s.Group, Events: s.N}
+	var mu sync.Mutex
+	var last childLine
+	var firstLine childLine
+	done := make(chan struct{})
+	var doneOnce sync.Once
+	onLine := func(line string) {
+		ev, ok := parseChildLine(line)
+		if !ok {
+			return
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		switch ev.kind {
+		case "FIRST":
+			firstLine = ev
+		case "DONE":
+			last = ev
+			doneOnce.Do(func() { close(done) })
+		default:
+			last = ev
+		}
+	}
+	env := append(os.Environ(), s.env()...)
+	p, err := startProc("consume-"+s.Variant, []string{self, consumeChildArg}, env, "", h.logPath("consume-"+s.Variant+"-"+s.Group), onLine)
+	if err != nil {
+		r.Error = err.Error()
+		return r
+	}
+	defer func() { _ = p.stop(30 * time.Second) }()
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
+	timeout := time.After(h.cfg.DrainTimeout)
+	var peak int64
+wait:
+	for {
+		select {
+		case <-done:
+			break wait
+		case <-p.exited:
+			select {
+			case <-done: // DONE was the last line before exiting
+				break wait
+			default:
+			}
+			r.Error = fmt.Sprintf("the consumer exited before all events were done: %v: %s", p.waitErr, p.stderr.lastLines(5))
+			break wait
+		case <-timeout:
+			r.Error = fmt.Sprintf("not done after %s", h.cfg.DrainTimeout)
+			break wait
+		case <-ctx.Done():
+			r.Error = ctx.Err().Error()
+			break wait
+		case now := <-tick.C:
+			rss, _ := p.stats()
+			peak = max(peak, rss)
+			mu.Lock()
+			r.RSS = append(r.RSS, rssSample{AtS: r1(now.Sub(p.start).Seconds()), Done: last.applied + last.duplicates, MB: mb(rss)})
+			mu.Unlock()
+		}
+	}
+	mu.Lock()
+	r.Applied, r.Duplicates = last.applied, last.duplicates
+	first, lastNS := last.first, last.last
+	if first == 0 {
+		first = firstLine.first
+	}
+	mu.Unlock()
+	r.RSSPeakMB = mb(max(peak, p.peakRSS()))
+	if r.Error == "" && first > 0 && lastNS > first {
+		r.ElapsedS = float64(lastNS-first) / 1e9
+		r.EPS = r1(float64(s.N) / r.ElapsedS)
+		r.EPSFromStart = r1(float64(s.N) / (float64(lastNS-p.start.UnixNano()) / 1e9))
+		r.FirstAfterS = r3(float64(first-p.start.UnixNano()) / 1e9)
+		r.ElapsedS = r3(r.ElapsedS)
+	}
+	select { // the child leaves its group and exits by itself
+	case <-p.exited:
+	case <-time.After(30 * time.Second):
+	}
+	if err := h.pool.QueryRow(ctx, `SELECT count(*), count(DISTINCT event_id) FROM `+effectsTable(schema)).Scan(&r.EffectRows, &r.DistinctEffects); err != nil {
+		r.Error = strings.TrimSpace(r.Error + " counting effects: " + err.Error())
+	}
+	return r
+}
+
+// consumeRSSRun is the RSS check: a topic of cs.RSSN events (the main one when it
+// has as many), consumed in batch mode by a child whose RSS is sampled.
+func (h *harness) consumeRSSRun(ctx context.Context, self, schema string, cs consumeSettings) *consumeRSS {
+	out := &consumeRSS{}
+	h.logf("consume rss: the relay publishes %d events", cs.RSSN)
+	topic, err := h.publishForConsume(ctx, "consrss", cs.RSSN)
+	if topic != "" {
+		defer h.deleteTopic(context.WithoutCancel(ctx), topic)
+	}
+	if err != nil {
+		out.Run = &cRun{Variant: "rss", Error: err.Error()}
+		return out
+	}
+	if err := h.truncateConsume(ctx, schema, false); err != nil {
+		out.Run = &cRun{Variant: "rss", Error: err.Error()}
+		return out
+	}
+	r := h.consumeRun(ctx, self, childSettings{Variant: variantBatch, Topic: topic, Group: "bench-consume-" + h.runID + "-rss",
+		Schema: schema, N: int64(cs.RSSN), Conns: cs.Conns}, schema)
+	r.Variant = "rss"
+	out.Run = r
+	out.BacklogMB = mb(int64(cs.RSSN) * int64(h.cfg.EventBytes))
+	out.FirstHalfPeakMB, out.SecondHalfPeakMB, out.Flat, out.Why = rssFlat(r.RSS, int64(cs.RSSN), out.BacklogMB)
+	h.logf("consume rss: %d events at %.0f events/s; RSS peak %.0f MB (first half %.0f, second half %.0f; backlog %.0f MB): flat %v",
+		cs.RSSN, r.EPS, r.RSSPeakMB, out.FirstHalfPeakMB, out.SecondHalfPeakMB, out.BacklogMB, out.Flat)
+	r.RSS = thin(r.RSS, 40)
+	return out
+}
+
+// rssFlat judges the RSS samples of a run over n events: flat when the peak over
+// the second half of the events is at most the first half's plus 20 % (memory does
+// not grow with the events consumed) and below a quarter of the backlog's bytes
+// (the consumer does not hold the backlog).
+func rssFlat(samples []rssSample, n int64, backlogMB float64) (first, second float64, flat bool, why string) {
+	var seenSecond bool
+	for _, s := range samples {
+		if s.Done*2 < n {
+			first = max(first, s.MB)
+		} else {
+			second = max(second, s.MB)
+			seenSecond = true
+		}
+	}
+	switch {
+	case first == 0 || !seenSecond:
+		return first, second, false, "too few samples over the run"
+	case second > first*1.2:
+		return first, second, false, fmt.Sprintf("the second half's peak (%.0f MB) is more than 1.2 × the first's (%.0f MB)", second, first)
+	case max(first, second) > backlogMB/4:
+		return first, second, false, fmt.Sprintf("the peak (%.0f MB) exceeds a quarter of the backlog (%.0f MB)", max(first, second), backlogMB)
+	}
+	return first, second, true, fmt.Sprintf("second half's peak ≤ 1.2 × the first's, and the peak ≤ 1/4 of the backlog's %.0f MB", backlogMB)
+}
+
+// thin keeps at most k evenly spaced samples (the last always).
+func thin(s []rssSample, k int) []rssSample {
+	if len(s) <= k {
+		return s
+	}
+	out := make([]rssSample, 0, k)
+	for i := range k - 1 {
+		out = append(out, s[i*len(s)/(k-1)])
+	}
+	return append(out, s[len(s)-1])
+}
+
+// summarize sets the headline figures and the targets from the runs.
+func (res *consumeResult) summarize(cs consumeSettings) {
+	eps := func(v string) *float64 {
+		r := res.Runs[v]
+		if r == nil || r.Error != "" || r.EPS == 0 || !r.complete(v) {
+			return nil
+		}
+		return ptr(r.EPS)
+	}
+	res.BatchEPS, res.SingleEPS, res.HandwrittenEPS = eps(variantBatch), eps(variantSingle), eps(variantHandwritten)
+	res.LimitEPS, res.BatchNoDedup, res.RedeliveryEPS = eps(variantLimit), eps(variantBatchNoDup), eps("redelivery")
+	ratio := func(a, b *float64) *float64 {
+		if a == nil || b == nil || *b == 0 {
+			return nil
+		}
+		return ptr(r3(*a / *b))
+	}
+	res.DedupOverhead = ratio(res.BatchNoDedup, res.BatchEPS)
+	add := func(name, want string, v *float64, met func(float64) bool) {
+		if v != nil {
+			res.Targets[name] = target{Want: want, Value: *v, Met: met(*v)}
+		}
+	}
+	add("batch_vs_limit", "≥ 0.5", ratio(res.BatchEPS, res.LimitEPS), func(v float64) bool { return v >= 0.5 })
+	add("single_vs_handwritten", "> 1", ratio(res.SingleEPS, res.HandwrittenEPS), func(v float64) bool { return v > 1 })
+	add("dedup_overhead", "≤ 1.2", res.DedupOverhead, func(v float64) bool { return v <= 1.2 })
+	add("redelivery_vs_batch", "≥ 2", ratio(res.RedeliveryEPS, res.BatchEPS), func(v float64) bool { return v >= 2 })
+	if res.RSS != nil && res.RSS.Run != nil && res.RSS.Run.Error == "" {
+		res.RSSPeakMB = ptr(res.RSS.Run.RSSPeakMB)
+		res.RSSFlat = &res.RSS.Flat
+		res.RSSBacklog = int64(cs.RSSN)
+		flat := 0.0
+		if res.RSS.Flat {
+			flat = 1
+		}
+		res.Targets["rss_flat"] = target{Want: "flat (1)", Value: flat, Met: res.RSS.Flat}
+	}
+}
+
+// complete: every event done and the effects table as it must be: one row per event,
+// and for the redelivery pass no new application at all.
+func (r *cRun) complete(variant string) bool {
+	if r.Applied+r.Duplicates != r.Events || r.EffectRows != r.Events || r.DistinctEffects != r.Events {
+		return false
+	}
+	if variant == "redelivery" {
+		return r.Applied == 0
+	}
+	return r.Duplicates == 0
+}
+
+// printConsume prints the consume scenario's summary under the table.
+func printConsume(w io.Writer, res *consumeResult) {
+	if res == nil {
+		return
+	}
+	if res.SkippedReason != "" {
+		fmt.Fprintf(w, "\nconsume: skipped: %s\n", res.SkippedReason)
+		return
+	}
+	fmt.Fprintf(w, "\nconsume (%v events, events/s from the first record fetched to the last effect committed):\n", res.Settings["events"])
+	for _, v := range allConsumeVariants {
+		r := res.Runs[v]
+		if r == nil {
+			continue
+		}
+		fmt.Fprintf(w, "  %-14s %8.0f ev/s (%8.0f from the start), applied %d, duplicates %d, effect rows %d, RSS peak %.0f MB%s\n",
+			v, r.EPS, r.EPSFromStart, r.Applied, r.Duplicates, r.EffectRows, r.RSSPeakMB, errSuffix(r.Error))
+	}
+	if res.RSS != nil && res.RSS.Run != nil {
+		fmt.Fprintf(w, "  rss (%d-event backlog): %.0f ev/s, peak %.0f MB (halves %.0f / %.0f MB), flat %v%s\n", res.RSSBacklog,
+			res.RSS.Run.EPS, res.RSS.Run.RSSPeakMB, res.RSS.FirstHalfPeakMB, res.RSS.SecondHalfPeakMB, res.RSS.Flat, errSuffix(res.RSS.Run.Error))
+	}
+	for _, name := range slices.Sorted(maps.Keys(res.Targets)) {
+		t := res.Targets[name]
+		fmt.Fprintf(w, "  target %-22s %.3f (want %s): %s\n", name, t.Value, t.Want, map[bool]string{true: "met", false: "MISSED"}[t.Met])
+	}
+	for _, e := range res.Errors {
+		fmt.Fprintf(w, "  error: %s\n", e)
+	}
+}
