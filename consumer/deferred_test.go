@@ -1,0 +1,126 @@
+package consumer_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/relaybox/relaybox/consumer"
+	"github.com/relaybox/relaybox/internal/envelope"
+)
+
+// deferSeq is a handler that applies its effect with ExecDeferred, then reads it
+// back through tx: the read must see the deferred row.
+func (e *env) deferSeq(name string, seen *[]int) func(context.Context, pgx.Tx, consumer.Event[Seq]) error {
+	q := `INSERT INTO ` + e.table("effects") + ` (consumer, event_id, key, seq) VALUES ($1, $2, $3, $4)`
+	return func(ctx context.Context, tx pgx.Tx, ev consumer.Event[Seq]) error {
+		if err := consumer.ExecDeferred(ctx, tx, q, name, ev.ID, ev.Key, ev.Value.Seq); err != nil {
+			return err
+		}
+		if seen == nil {
+			return nil
+		}
+		var n int
+		if err := tx.QueryRow(ctx, `SELECT count(*) FROM `+e.table("effects")+` WHERE event_id = $1`, ev.ID).Scan(&n); err != nil {
+			return err
+		}
+		*seen = append(*seen, n)
+		return nil
+	}
+}
+
+func TestExecDeferred_BatchAppliesEveryEffectOnceInOneTransaction(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	topic := e.topic(t, 1)
+	produce(t, seqRecords(t, e, topic, []string{"k"}, 30)...)
+	var n counters
+	cfg := e.config(t, topic)
+	cfg.BatchMode, cfg.Hooks = true, n.hooks()
+	c := e.newConsumer(t, cfg)
+	var seen []int // one partition: the handler runs on one goroutine
+	consumer.Handle(c, "Seq", e.deferSeq("c", &seen))
+	stop := run(t, c)
+	waitFor(t, 60*time.Second, "30 applied", func() bool { return n.processed.Load() == 30 })
+	stop()
+	if got := e.count(t, `SELECT count(DISTINCT event_id) FROM `+e.table("effects")+` WHERE consumer = 'c'`); got != 30 {
+		t.Errorf("%d distinct effects, want 30", got)
+	}
+	if got := e.count(t, `SELECT count(*) FROM `+e.table("effects")); got != 30 {
+		t.Errorf("%d effect rows, want 30 (each once)", got)
+	}
+	if txs := e.count(t, `SELECT count(DISTINCT txid) FROM `+e.table("effects")); txs != 1 {
+		t.Errorf("30 records took %d transactions; one batch should apply them in 1", txs)
+	}
+	for i, v := range seen {
+		if v != 1 {
+			t.Fatalf("record %d: the handler's read after ExecDeferred saw %d rows of its effect, want 1", i+1, v)
+		}
+	}
+}
+
+// A deferred statement that fails is only known when the batch sends it: the batch
+// then runs record by record under savepoints, where the failing record is retried
+// and dead-lettered alone and every other record applied, in order.
+func TestExecDeferred_FailingStatementIsIsolatedAndDeadLettered(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	if _, err := e.pool.Exec(context.Background(), `ALTER TABLE `+e.table("effects")+` ADD CONSTRAINT not_seven CHECK (seq <> 7)`); err != nil {
+		t.Fatal(err)
+	}
+	topic := e.topic(t, 1)
+	produce(t, seqRecords(t, e, topic, []string{"k"}, 20)...)
+	var n counters
+	cfg := e.config(t, topic)
+	cfg.BatchMode, cfg.MaxAttempts, cfg.Hooks = true, 2, n.hooks()
+	c := e.newConsumer(t, cfg)
+	consumer.Handle(c, "Seq", e.deferSeq("c", nil))
+	run(t, c)
+	waitFor(t, 60*time.Second, "19 applied and 1 dead-lettered", func() bool {
+		return n.processed.Load() == 19 && n.dead.Load() == 1
+	})
+	rows, _ := e.pool.Query(context.Background(), `SELECT seq FROM `+e.table("effects")+` ORDER BY applied`)
+	seqs, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "[1 2 3 4 5 6 8 9 10 11 12 13 14 15 16 17 18 19 20]"; fmt.Sprint(seqs) != want {
+		t.Errorf("applied %v, want %s (all but 7, once each, in order)", seqs, want)
+	}
+	if got := e.count(t, `SELECT count(*) FROM `+e.table("processed_events")); got != 19 {
+		t.Errorf("processed_events: %d rows, want 19", got)
+	}
+	dlq := readTopic(t, topic+".dlq", 1, 30*time.Second)
+	if id := header(dlq[0], envelope.EventID); id != "k-7" {
+		t.Errorf("dead letter %s, want k-7", id)
+	}
+}
+
+// In single-record mode ExecDeferred is tx.Exec: its error is the handler's at once.
+func TestExecDeferred_SingleModeExecutesAtOnce(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	topic := e.topic(t, 1)
+	produce(t, seqRecords(t, e, topic, []string{"k"}, 5)...)
+	var n counters
+	cfg := e.config(t, topic)
+	cfg.Hooks = n.hooks()
+	c := e.newConsumer(t, cfg)
+	var seen []int
+	consumer.Handle(c, "Seq", e.deferSeq("c", &seen))
+	stop := run(t, c)
+	waitFor(t, 60*time.Second, "5 applied", func() bool { return n.processed.Load() == 5 })
+	stop()
+	if got := e.count(t, `SELECT count(*) FROM `+e.table("effects")); got != 5 {
+		t.Errorf("%d effect rows, want 5", got)
+	}
+	if txs := e.count(t, `SELECT count(DISTINCT txid) FROM `+e.table("effects")); txs != 5 {
+		t.Errorf("%d transactions, want 5 (one per record)", txs)
+	}
+	if fmt.Sprint(seen) != "[1 1 1 1 1]" {
+		t.Errorf("reads after ExecDeferred saw %v, want each its own row", seen)
+	}
+}
