@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -93,7 +95,19 @@ func consumeChildMain() int {
 	if err == nil {
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 		defer stop()
-		err = runChild(ctx, s)
+		// BENCH_CONSUME_PPROF=dir: a CPU profile of each child, dir/consume-<variant>-<group>.pprof.
+		if dir := os.Getenv("BENCH_CONSUME_PPROF"); dir != "" {
+			f, perr := os.Create(filepath.Join(dir, "consume-"+s.Variant+"-"+s.Group+".pprof"))
+			if perr != nil {
+				fmt.Fprintln(os.Stderr, "consume-child:", perr)
+				return 1
+			}
+			defer f.Close()
+			if perr := pprof.StartCPUProfile(f); perr == nil {
+				defer pprof.StopCPUProfile()
+			}
+		}
+		err = runChild(ctx, s, newProgress(s.N))
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "consume-child:", err)
@@ -168,7 +182,8 @@ func (p *progress) report(ctx context.Context) bool {
 	}
 }
 
-func runChild(ctx context.Context, s childSettings) error {
+// runChild runs s's variant until p counts every event done, then stops it.
+func runChild(ctx context.Context, s childSettings, p *progress) error {
 	pc, err := pgxpool.ParseConfig(s.DB)
 	if err != nil {
 		return fmt.Errorf("DATABASE_URL: %w", err)
@@ -179,7 +194,6 @@ func runChild(ctx context.Context, s childSettings) error {
 		return err
 	}
 	defer pool.Close()
-	p := newProgress(s.N)
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	errc := make(chan error, 1)
@@ -231,9 +245,10 @@ func runRelaybox(ctx context.Context, s childSettings, pool *pgxpool.Pool, p *pr
 		return err
 	}
 	ins := effectSQL(s.Schema)
+	// The effect's outcome is not looked at: ExecDeferred lets batch mode send the
+	// batch's effects in one round trip (in single mode it is tx.Exec).
 	rbc.Handle(c, "BenchEvent", func(ctx context.Context, tx pgx.Tx, ev rbc.Event[BenchEvent]) error {
-		_, err := tx.Exec(ctx, ins, ev.ID, ev.Value.Key, ev.Value.Seq)
-		return err
+		return rbc.ExecDeferred(ctx, tx, ins, ev.ID, ev.Value.Key, ev.Value.Seq)
 	})
 	return c.Run(ctx)
 }
