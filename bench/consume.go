@@ -67,6 +67,11 @@ type cRun struct {
 	FirstAfterS  float64 `json:"first_record_after_s"`
 	ElapsedS     float64 `json:"elapsed_s"`
 	RSSPeakMB    float64 `json:"rss_peak_mb"`
+	// CPUUSPerEvent is the consumer process's own CPU time (user + system, read
+	// from /proc when it reported DONE) over the events: unlike events/s, it hardly
+	// depends on what else the machine runs. Postgres's and the broker's work is
+	// not in it.
+	CPUUSPerEvent float64 `json:"consumer_cpu_us_per_event"`
 	// EffectRows and DistinctEffects count the effects table after the run: both
 	// must be the events (each applied exactly once).
 	EffectRows      int64       `json:"effect_rows"`
@@ -187,8 +192,8 @@ func (h *harness) consume(ctx context.Context) *consumeResult {
 		if r.Error != "" {
 			res.Errors = append(res.Errors, variant+": "+r.Error)
 		}
-		h.logf("consume %s: %.0f events/s from the first record (%.0f from the start), applied %d, duplicates %d, effect rows %d, RSS peak %.0f MB%s",
-			variant, r.EPS, r.EPSFromStart, r.Applied, r.Duplicates, r.EffectRows, r.RSSPeakMB, errSuffix(r.Error))
+		h.logf("consume %s: %.0f events/s from the first record (%.0f from the start), %.1f µs CPU/event in the consumer, applied %d, duplicates %d, effect rows %d, RSS peak %.0f MB%s",
+			variant, r.EPS, r.EPSFromStart, r.CPUUSPerEvent, r.Applied, r.Duplicates, r.EffectRows, r.RSSPeakMB, errSuffix(r.Error))
 		return r
 	}
 	for _, v := range cs.Variants {
@@ -362,6 +367,8 @@ wait:
 	for {
 		select {
 		case <-done:
+			_, cpu := p.stats()
+			r.CPUUSPerEvent = r1(cpu * 1e6 / float64(s.N))
 			break wait
 		case <-p.exited:
 			select {
@@ -542,8 +549,8 @@ func printConsume(w io.Writer, res *consumeResult) {
 		if r == nil {
 			continue
 		}
-		fmt.Fprintf(w, "  %-14s %8.0f ev/s (%8.0f from the start), applied %d, duplicates %d, effect rows %d, RSS peak %.0f MB%s\n",
-			v, r.EPS, r.EPSFromStart, r.Applied, r.Duplicates, r.EffectRows, r.RSSPeakMB, errSuffix(r.Error))
+		fmt.Fprintf(w, "  %-14s %8.0f ev/s (%8.0f from the start), %5.1f µs CPU/event, applied %d, duplicates %d, effect rows %d, RSS peak %.0f MB%s\n",
+			v, r.EPS, r.EPSFromStart, r.CPUUSPerEvent, r.Applied, r.Duplicates, r.EffectRows, r.RSSPeakMB, errSuffix(r.Error))
 	}
 	if res.RSS != nil && res.RSS.Run != nil {
 		fmt.Fprintf(w, "  rss (%d-event backlog): %.0f ev/s, peak %.0f MB (halves %.0f / %.0f MB), flat %v%s\n", res.RSSBacklog,

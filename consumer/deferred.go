@@ -8,23 +8,25 @@ import (
 )
 
 // ExecDeferred executes sql in tx, the transaction a handler was given, as
-// tx.Exec does, except that in batch mode it may send the statement later instead
-// of waiting for its result: every statement the batch's handlers defer goes to
+// tx.Exec does, except that it may send the statement later instead of waiting for
+// its result: in batch mode every statement the batch's handlers defer goes to
 // Postgres in one round trip before the batch commits, instead of one round trip
-// each. Use it for statements whose outcome the handler does not look at (an
-// insert, an update whose row count does not matter).
+// each; in single-record mode the record's deferred statements go with its COMMIT.
+// Use it for statements whose outcome the handler does not look at (an insert, an
+// update whose row count does not matter).
 //
-// An error of a deferred statement therefore fails the batch rather than the call
-// (which returns nil): the batch's transaction is rolled back and its records run
-// again one by one, each under its savepoint, where ExecDeferred executes at once,
-// so the failing record is retried and dead-lettered alone, like any handler
-// error, and the others are applied.
+// An error of a deferred statement therefore fails the record or the batch rather
+// than the call (which returns nil). In single-record mode it counts as the
+// handler's error: rolled back, retried, dead-lettered after MaxAttempts. In batch
+// mode the batch's transaction is rolled back and its records run again one by
+// one, each under its savepoint, where ExecDeferred executes at once, so the
+// failing record is retried and dead-lettered alone and the others are applied.
 //
 // Statements a handler runs through tx afterwards (Exec, Query, QueryRow,
 // SendBatch, CopyFrom, Prepare, Begin) see the deferred ones' effects: the
 // deferred statements are sent first, and their error, if any, is that call's.
-// Outside batch mode, and with a transaction the consumer did not give, it is
-// tx.Exec.
+// With a transaction the consumer did not give (a handler called outside the
+// consumer, a tx wrapped by middleware), it is tx.Exec.
 func ExecDeferred(ctx context.Context, tx pgx.Tx, sql string, args ...any) error {
 	if h, ok := tx.(handlerTx); ok && h.q != nil {
 		h.q.Queue(sql, args...)
@@ -32,6 +34,36 @@ func ExecDeferred(ctx context.Context, tx pgx.Tx, sql string, args ...any) error
 	}
 	_, err := tx.Exec(ctx, sql, args...)
 	return err
+}
+
+// commitAfter sends b's statements and COMMIT in one round trip. stmtErr is the
+// failure of one of b's statements (the transaction is then left failed, for the
+// caller's Rollback); err the COMMIT's.
+func (t *connTx) commitAfter(ctx context.Context, b *pgx.Batch) (stmtErr, err error) {
+	n := b.Len()
+	if n == 0 {
+		return nil, t.Commit(ctx)
+	}
+	if t.closed {
+		return nil, pgx.ErrTxClosed
+	}
+	b.Queue("commit")
+	br := t.conn.SendBatch(ctx, b)
+	for range n {
+		if _, err := br.Exec(); err != nil {
+			_ = br.Close()
+			return err, nil
+		}
+	}
+	t.closed = true
+	tag, err := br.Exec()
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil && tag.String() == "ROLLBACK" { // the transaction had failed
+		err = pgx.ErrTxCommitRollback
+	}
+	return nil, err
 }
 
 // flush sends the deferred statements, if any, and returns the first error.

@@ -99,28 +99,41 @@ func TestExecDeferred_FailingStatementIsIsolatedAndDeadLettered(t *testing.T) {
 	}
 }
 
-// In single-record mode ExecDeferred is tx.Exec: its error is the handler's at once.
-func TestExecDeferred_SingleModeExecutesAtOnce(t *testing.T) {
+// In single-record mode the deferred statement goes with the COMMIT; its failure
+// is the handler's: retried, then dead-lettered, the other records applied.
+func TestExecDeferred_SingleModeSendsWithTheCommitAndFailsTheRecord(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
+	if _, err := e.pool.Exec(context.Background(), `ALTER TABLE `+e.table("effects")+` ADD CONSTRAINT not_three CHECK (seq <> 3)`); err != nil {
+		t.Fatal(err)
+	}
 	topic := e.topic(t, 1)
 	produce(t, seqRecords(t, e, topic, []string{"k"}, 5)...)
 	var n counters
 	cfg := e.config(t, topic)
-	cfg.Hooks = n.hooks()
+	cfg.MaxAttempts, cfg.Hooks = 2, n.hooks()
 	c := e.newConsumer(t, cfg)
-	var seen []int
-	consumer.Handle(c, "Seq", e.deferSeq("c", &seen))
+	consumer.Handle(c, "Seq", e.deferSeq("c", nil))
 	stop := run(t, c)
-	waitFor(t, 60*time.Second, "5 applied", func() bool { return n.processed.Load() == 5 })
+	waitFor(t, 60*time.Second, "4 applied and 1 dead-lettered", func() bool {
+		return n.processed.Load() == 4 && n.dead.Load() == 1
+	})
 	stop()
-	if got := e.count(t, `SELECT count(*) FROM `+e.table("effects")); got != 5 {
-		t.Errorf("%d effect rows, want 5", got)
+	rows, _ := e.pool.Query(context.Background(), `SELECT seq FROM `+e.table("effects")+` ORDER BY applied`)
+	seqs, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
+		t.Fatal(err)
 	}
-	if txs := e.count(t, `SELECT count(DISTINCT txid) FROM `+e.table("effects")); txs != 5 {
-		t.Errorf("%d transactions, want 5 (one per record)", txs)
+	if fmt.Sprint(seqs) != "[1 2 4 5]" {
+		t.Errorf("applied %v, want [1 2 4 5]", seqs)
 	}
-	if fmt.Sprint(seen) != "[1 1 1 1 1]" {
-		t.Errorf("reads after ExecDeferred saw %v, want each its own row", seen)
+	if txs := e.count(t, `SELECT count(DISTINCT txid) FROM `+e.table("effects")); txs != 4 {
+		t.Errorf("%d transactions, want 4 (one per record)", txs)
+	}
+	if got := e.count(t, `SELECT count(*) FROM `+e.table("processed_events")); got != 4 {
+		t.Errorf("processed_events: %d rows, want 4 (not the dead-lettered record)", got)
+	}
+	if got := n.retry.Load(); got != 1 {
+		t.Errorf("%d retries, want 1 (MaxAttempts 2)", got)
 	}
 }

@@ -231,13 +231,21 @@ func (p *partition) attempt(it *item) (dup bool, herr, err error) {
 	if it.skip {
 		return false, nil, tx.Commit(ctx)
 	}
-	if herr := p.call(ctx, handlerTx{Tx: tx}, it); herr != nil {
+	htx := handlerTx{Tx: tx, q: &pgx.Batch{}} // ExecDeferred's statements go with the COMMIT
+	if herr := p.call(ctx, htx, it); herr != nil {
 		if isHandlerInfra(herr, tx) {
 			return false, nil, herr
 		}
 		return false, herr, nil
 	}
-	if err := tx.Commit(ctx); err != nil {
+	serr, err := tx.commitAfter(ctx, htx.q)
+	if serr != nil { // a deferred statement: the handler's failure
+		if isHandlerInfra(serr, tx) {
+			return false, nil, serr
+		}
+		return false, serr, nil
+	}
+	if err != nil {
 		if isInfra(err, tx) {
 			return false, nil, fmt.Errorf("committing: %w", err)
 		}
