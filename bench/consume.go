@@ -72,6 +72,10 @@ type cRun struct {
 	// depends on what else the machine runs. Postgres's and the broker's work is
 	// not in it.
 	CPUUSPerEvent float64 `json:"consumer_cpu_us_per_event"`
+	// PGCPUUSPerEvent is the CPU time of the consumer's Postgres backends (found by
+	// their application_name, read from /proc; the WAL writer and checkpointer are
+	// not in it) over the events. With CPUUSPerEvent, the work a variant costs.
+	PGCPUUSPerEvent float64 `json:"pg_backends_cpu_us_per_event"`
 	// EffectRows and DistinctEffects count the effects table after the run: both
 	// must be the events (each applied exactly once).
 	EffectRows      int64       `json:"effect_rows"`
@@ -192,8 +196,8 @@ func (h *harness) consume(ctx context.Context) *consumeResult {
 		if r.Error != "" {
 			res.Errors = append(res.Errors, variant+": "+r.Error)
 		}
-		h.logf("consume %s: %.0f events/s from the first record (%.0f from the start), %.1f µs CPU/event in the consumer, applied %d, duplicates %d, effect rows %d, RSS peak %.0f MB%s",
-			variant, r.EPS, r.EPSFromStart, r.CPUUSPerEvent, r.Applied, r.Duplicates, r.EffectRows, r.RSSPeakMB, errSuffix(r.Error))
+		h.logf("consume %s: %.0f events/s from the first record (%.0f from the start), %.1f µs CPU/event in the consumer (%.1f in its Postgres backends), applied %d, duplicates %d, effect rows %d, RSS peak %.0f MB%s",
+			variant, r.EPS, r.EPSFromStart, r.CPUUSPerEvent, r.PGCPUUSPerEvent, r.Applied, r.Duplicates, r.EffectRows, r.RSSPeakMB, errSuffix(r.Error))
 		return r
 	}
 	for _, v := range cs.Variants {
@@ -352,6 +356,20 @@ func (h *harness) consumeRun(ctx context.Context, self string, s childSettings, 
 			last = ev
 		}
 	}
+	s.App = "bench-" + r.Variant + "-" + h.runID + "-" + strconv.FormatInt(time.Now().UnixNano()%1e6, 36)
+	backends := map[int]float64{} // pid: CPU seconds, cumulative
+	sampleBackends := func() {
+		rows, err := h.pool.Query(ctx, `SELECT pid FROM pg_stat_activity WHERE application_name = $1`, s.App)
+		if err != nil {
+			return
+		}
+		pids, _ := pgx.CollectRows(rows, pgx.RowTo[int32])
+		for _, pid := range pids {
+			if cpu := float64(statField(int(pid), 14)+statField(int(pid), 15)) / 100; cpu > 0 {
+				backends[int(pid)] = cpu
+			}
+		}
+	}
 	env := append(os.Environ(), s.env()...)
 	p, err := startProc("consume-"+s.Variant, []string{self, consumeChildArg}, env, "", h.logPath("consume-"+s.Variant+"-"+s.Group), onLine)
 	if err != nil {
@@ -369,6 +387,12 @@ wait:
 		case <-done:
 			_, cpu := p.stats()
 			r.CPUUSPerEvent = r1(cpu * 1e6 / float64(s.N))
+			sampleBackends()
+			var pg float64
+			for _, c := range backends {
+				pg += c
+			}
+			r.PGCPUUSPerEvent = r1(pg * 1e6 / float64(s.N))
 			break wait
 		case <-p.exited:
 			select {
@@ -385,6 +409,7 @@ wait:
 			r.Error = ctx.Err().Error()
 			break wait
 		case now := <-tick.C:
+			sampleBackends()
 			rss, _ := p.stats()
 			peak = max(peak, rss)
 			mu.Lock()
@@ -549,8 +574,8 @@ func printConsume(w io.Writer, res *consumeResult) {
 		if r == nil {
 			continue
 		}
-		fmt.Fprintf(w, "  %-14s %8.0f ev/s (%8.0f from the start), %5.1f µs CPU/event, applied %d, duplicates %d, effect rows %d, RSS peak %.0f MB%s\n",
-			v, r.EPS, r.EPSFromStart, r.CPUUSPerEvent, r.Applied, r.Duplicates, r.EffectRows, r.RSSPeakMB, errSuffix(r.Error))
+		fmt.Fprintf(w, "  %-14s %8.0f ev/s (%8.0f from the start), CPU µs/event %5.1f + Postgres %5.1f, applied %d, duplicates %d, effect rows %d, RSS peak %.0f MB%s\n",
+			v, r.EPS, r.EPSFromStart, r.CPUUSPerEvent, r.PGCPUUSPerEvent, r.Applied, r.Duplicates, r.EffectRows, r.RSSPeakMB, errSuffix(r.Error))
 	}
 	if res.RSS != nil && res.RSS.Run != nil {
 		fmt.Fprintf(w, "  rss (%d-event backlog): %.0f ev/s, peak %.0f MB (halves %.0f / %.0f MB), flat %v%s\n", res.RSSBacklog,

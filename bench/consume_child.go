@@ -53,7 +53,8 @@ type childSettings struct {
 	Group    string
 	Schema   string // the Postgres schema of processed_events, the effects and the hand-written dedup table
 	N        int64
-	Conns    int // Postgres connections
+	Conns    int    // Postgres connections
+	App      string // their application_name, by which the harness finds their backends
 	Brokers  []string
 	DB       string
 	Registry string
@@ -63,14 +64,14 @@ func (s childSettings) env() []string {
 	return []string{
 		"BENCH_CONSUME_VARIANT=" + s.Variant, "BENCH_CONSUME_TOPIC=" + s.Topic, "BENCH_CONSUME_GROUP=" + s.Group,
 		"BENCH_CONSUME_SCHEMA=" + s.Schema, "BENCH_CONSUME_N=" + strconv.FormatInt(s.N, 10),
-		"BENCH_CONSUME_CONNS=" + strconv.Itoa(s.Conns),
+		"BENCH_CONSUME_CONNS=" + strconv.Itoa(s.Conns), "BENCH_CONSUME_APP=" + s.App,
 	}
 }
 
 func childSettingsFromEnv() (childSettings, error) {
 	s := childSettings{
 		Variant: os.Getenv("BENCH_CONSUME_VARIANT"), Topic: os.Getenv("BENCH_CONSUME_TOPIC"),
-		Group: os.Getenv("BENCH_CONSUME_GROUP"), Schema: os.Getenv("BENCH_CONSUME_SCHEMA"),
+		Group: os.Getenv("BENCH_CONSUME_GROUP"), Schema: os.Getenv("BENCH_CONSUME_SCHEMA"), App: os.Getenv("BENCH_CONSUME_APP"),
 		Brokers: splitList(os.Getenv("KAFKA_BROKERS")), DB: os.Getenv("DATABASE_URL"), Registry: os.Getenv("SCHEMA_REGISTRY_URL"),
 	}
 	var err error
@@ -189,6 +190,9 @@ func runChild(ctx context.Context, s childSettings, p *progress) error {
 		return fmt.Errorf("DATABASE_URL: %w", err)
 	}
 	pc.MaxConns = int32(s.Conns)
+	if s.App != "" {
+		pc.ConnConfig.RuntimeParams["application_name"] = s.App
+	}
 	pool, err := pgxpool.NewWithConfig(ctx, pc)
 	if err != nil {
 		return err
