@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -22,12 +23,14 @@ import (
 // consumeResult is the consume scenario's part of BENCH_OUT ("consumer"): N events
 // the relay published, applied by relaybox's consumer and by its two baselines.
 type consumeResult struct {
-	SkippedReason string            `json:"skipped_reason,omitempty"`
-	Settings      map[string]any    `json:"settings"`
-	Runs          map[string]*cRun  `json:"runs"`
-	RSS           *consumeRSS       `json:"rss,omitempty"`
-	Targets       map[string]target `json:"targets"`
-	Errors        []string          `json:"errors,omitempty"`
+	SkippedReason string           `json:"skipped_reason,omitempty"`
+	Settings      map[string]any   `json:"settings"`
+	Runs          map[string]*cRun `json:"runs"` // with BENCH_CONSUME_REPEAT > 1, each variant's median run
+	// EPSRuns: with BENCH_CONSUME_REPEAT > 1, every run's events/s (0: incomplete).
+	EPSRuns map[string][]float64 `json:"eps_runs,omitempty"`
+	RSS     *consumeRSS          `json:"rss,omitempty"`
+	Targets map[string]target    `json:"targets"`
+	Errors  []string             `json:"errors,omitempty"`
 
 	// The headline figures: events per second from the first record fetched to the
 	// last effect committed.
@@ -107,17 +110,18 @@ type consumeSettings struct {
 	N        int
 	RSSN     int
 	Conns    int
+	Repeat   int
 	Variants []string
 }
 
 var allConsumeVariants = []string{variantLimit, variantBatch, "redelivery", variantBatchNoDup, variantSingle, variantHandwritten, "rss"}
 
 func consumeSettingsFromEnv(cfg config) (consumeSettings, error) {
-	s := consumeSettings{N: cfg.N, Conns: 12, RSSN: 1000000, Variants: allConsumeVariants}
+	s := consumeSettings{N: cfg.N, Conns: 12, RSSN: 1000000, Repeat: 1, Variants: allConsumeVariants}
 	if cfg.Quick {
 		s.RSSN = 100000
 	}
-	for name, dst := range map[string]*int{"BENCH_CONSUME_N": &s.N, "BENCH_CONSUME_RSS_N": &s.RSSN, "BENCH_CONSUME_CONNS": &s.Conns} {
+	for name, dst := range map[string]*int{"BENCH_CONSUME_N": &s.N, "BENCH_CONSUME_RSS_N": &s.RSSN, "BENCH_CONSUME_CONNS": &s.Conns, "BENCH_CONSUME_REPEAT": &s.Repeat} {
 		if v := os.Getenv(name); v != "" {
 			n, err := strconv.Atoi(v)
 			if err != nil || n < 0 {
@@ -126,8 +130,8 @@ func consumeSettingsFromEnv(cfg config) (consumeSettings, error) {
 			*dst = n
 		}
 	}
-	if s.N <= 0 || s.Conns <= 0 {
-		return s, errors.New("BENCH_CONSUME_N and BENCH_CONSUME_CONNS must be positive")
+	if s.N <= 0 || s.Conns <= 0 || s.Repeat <= 0 {
+		return s, errors.New("BENCH_CONSUME_N, BENCH_CONSUME_CONNS and BENCH_CONSUME_REPEAT must be positive")
 	}
 	if v := os.Getenv("BENCH_CONSUME_VARIANTS"); v != "" {
 		s.Variants = splitList(v)
@@ -159,7 +163,7 @@ func (h *harness) consume(ctx context.Context) *consumeResult {
 		res.SkippedReason = err.Error()
 		return res
 	}
-	res.Settings = map[string]any{"events": cs.N, "rss_backlog_events": cs.RSSN, "postgres_connections": cs.Conns,
+	res.Settings = map[string]any{"events": cs.N, "rss_backlog_events": cs.RSSN, "postgres_connections": cs.Conns, "repeat": cs.Repeat,
 		"variants": cs.Variants, "keys": h.cfg.Keys, "event_bytes": h.cfg.EventBytes, "partitions": h.cfg.Partitions,
 		"relaybox_consumer": "defaults: MaxBatch 500, MaxPollRecords 1000, MaxBufferedPerPartition 2000, read_committed",
 		"limit_copy_rows":   limitBatch}
@@ -178,6 +182,7 @@ func (h *harness) consume(ctx context.Context) *consumeResult {
 		res.SkippedReason = err.Error()
 		return res
 	}
+	all := map[string][]*cRun{}
 	run := func(variant, group string, reset bool) *cRun {
 		if reset {
 			if err := h.truncateConsume(ctx, schema, variant == "redelivery"); err != nil {
@@ -192,7 +197,7 @@ func (h *harness) consume(ctx context.Context) *consumeResult {
 		r := h.consumeRun(ctx, self, childSettings{Variant: childVariant, Topic: topic, Group: group, Schema: schema,
 			N: int64(cs.N), Conns: cs.Conns}, schema)
 		r.Variant = variant
-		res.Runs[variant] = r
+		all[variant] = append(all[variant], r)
 		if r.Error != "" {
 			res.Errors = append(res.Errors, variant+": "+r.Error)
 		}
@@ -200,25 +205,33 @@ func (h *harness) consume(ctx context.Context) *consumeResult {
 			variant, r.EPS, r.EPSFromStart, r.CPUUSPerEvent, r.PGCPUUSPerEvent, r.Applied, r.Duplicates, r.EffectRows, r.RSSPeakMB, errSuffix(r.Error))
 		return r
 	}
-	for _, v := range cs.Variants {
-		if ctx.Err() != nil {
-			break
+	for rep := 1; rep <= cs.Repeat && ctx.Err() == nil; rep++ {
+		if cs.Repeat > 1 {
+			h.logf("consume: pass %d of %d over the variants", rep, cs.Repeat)
 		}
-		group := "bench-consume-" + h.runID + "-" + v
-		switch v {
-		case "redelivery":
-			group = "bench-consume-" + h.runID + "-" + variantBatch
-			if err := h.resetGroup(ctx, group, topic); err != nil {
-				res.Errors = append(res.Errors, "redelivery: resetting the group: "+err.Error())
-				continue
+		for _, v := range cs.Variants {
+			if ctx.Err() != nil {
+				break
 			}
-			run(v, group, true)
-		case "rss":
-			res.RSS = h.consumeRSSRun(ctx, self, schema, cs)
-		default:
-			run(v, group, true)
+			group := "bench-consume-" + h.runID + "-" + strconv.Itoa(rep) + "-" + v
+			switch v {
+			case "redelivery":
+				group = "bench-consume-" + h.runID + "-" + strconv.Itoa(rep) + "-" + variantBatch
+				if err := h.resetGroup(ctx, group, topic); err != nil {
+					res.Errors = append(res.Errors, "redelivery: resetting the group: "+err.Error())
+					continue
+				}
+				run(v, group, true)
+			case "rss":
+				if rep == cs.Repeat {
+					res.RSS = h.consumeRSSRun(ctx, self, schema, cs)
+				}
+			default:
+				run(v, group, true)
+			}
 		}
 	}
+	res.pickMedians(all, cs.Repeat)
 	res.summarize(cs)
 	return res
 }
@@ -508,6 +521,30 @@ func thin(s []rssSample, k int) []rssSample {
 	return append(out, s[len(s)-1])
 }
 
+// pickMedians sets each variant's run: the median of its runs by events/s, an
+// incomplete run counting as 0 (as the drain's repeats).
+func (res *consumeResult) pickMedians(all map[string][]*cRun, repeat int) {
+	score := func(v string, r *cRun) float64 {
+		if r.Error != "" || !r.complete(v) {
+			return 0
+		}
+		return r.EPS
+	}
+	for v, runs := range all {
+		sorted := slices.Clone(runs)
+		slices.SortStableFunc(sorted, func(a, b *cRun) int { return cmp.Compare(score(v, a), score(v, b)) })
+		res.Runs[v] = sorted[len(sorted)/2]
+		if repeat > 1 {
+			if res.EPSRuns == nil {
+				res.EPSRuns = map[string][]float64{}
+			}
+			for _, r := range runs {
+				res.EPSRuns[v] = append(res.EPSRuns[v], score(v, r))
+			}
+		}
+	}
+}
+
 // summarize sets the headline figures and the targets from the runs.
 func (res *consumeResult) summarize(cs consumeSettings) {
 	eps := func(v string) *float64 {
@@ -584,6 +621,9 @@ func printConsume(w io.Writer, res *consumeResult) {
 	for _, name := range slices.Sorted(maps.Keys(res.Targets)) {
 		t := res.Targets[name]
 		fmt.Fprintf(w, "  target %-22s %.3f (want %s): %s\n", name, t.Value, t.Want, map[bool]string{true: "met", false: "MISSED"}[t.Met])
+	}
+	for _, v := range slices.Sorted(maps.Keys(res.EPSRuns)) {
+		fmt.Fprintf(w, "  %s runs: %v ev/s (median above)\n", v, res.EPSRuns[v])
 	}
 	for _, e := range res.Errors {
 		fmt.Fprintf(w, "  error: %s\n", e)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -98,6 +99,21 @@ func TestSummarize_RatiosOnlyFromCompleteRuns(t *testing.T) {
 	}
 }
 
+func TestPickMedians_TheMiddleRunIncompleteCountingZero(t *testing.T) {
+	run := func(eps float64, rows int64) *cRun {
+		return &cRun{Events: 10, Applied: rows, EffectRows: rows, DistinctEffects: rows, EPS: eps}
+	}
+	res := &consumeResult{Runs: map[string]*cRun{}}
+	// The fastest run lost an event: it counts as 0, so the median is 200, not 300.
+	res.pickMedians(map[string][]*cRun{variantBatch: {run(900, 9), run(200, 10), run(300, 10)}}, 3)
+	if got := res.Runs[variantBatch].EPS; got != 200 {
+		t.Errorf("median run %v ev/s, want 200", got)
+	}
+	if got := fmt.Sprint(res.EPSRuns[variantBatch]); got != "[0 200 300]" {
+		t.Errorf("eps_runs %s, want [0 200 300]", got)
+	}
+}
+
 func TestConsumeSettingsFromEnv(t *testing.T) {
 	cfg := config{N: 5000}
 	s, err := consumeSettingsFromEnv(cfg)
@@ -109,7 +125,7 @@ func TestConsumeSettingsFromEnv(t *testing.T) {
 	if s, err = consumeSettingsFromEnv(cfg); err != nil || strings.Join(s.Variants, ",") != "batch,redelivery" {
 		t.Errorf("RSS_N=0 must drop the rss run: %+v, %v", s, err)
 	}
-	for env, val := range map[string]string{"BENCH_CONSUME_VARIANTS": "redelivery", "BENCH_CONSUME_N": "many", "BENCH_CONSUME_CONNS": "0"} {
+	for env, val := range map[string]string{"BENCH_CONSUME_VARIANTS": "redelivery", "BENCH_CONSUME_N": "many", "BENCH_CONSUME_CONNS": "0", "BENCH_CONSUME_REPEAT": "0"} {
 		t.Run(env, func(t *testing.T) {
 			t.Setenv(env, val)
 			if _, err := consumeSettingsFromEnv(cfg); err == nil {
