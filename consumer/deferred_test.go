@@ -32,6 +32,26 @@ func (e *env) deferSeq(name string, seen *[]int) func(context.Context, pgx.Tx, c
 	}
 }
 
+// failOnSeq makes the effect of seq's events fail, at the database (a CHECK).
+func (e *env) failOnSeq(t *testing.T, seq int) {
+	t.Helper()
+	q := fmt.Sprintf(`ALTER TABLE %s ADD CONSTRAINT fail_on_seq CHECK (seq <> %d)`, e.table("effects"), seq)
+	if _, err := e.pool.Exec(context.Background(), q); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// appliedSeqs is the seq of every effect row, in the order applied.
+func (e *env) appliedSeqs(t *testing.T) string {
+	t.Helper()
+	rows, _ := e.pool.Query(context.Background(), `SELECT seq FROM `+e.table("effects")+` ORDER BY applied`)
+	seqs, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprint(seqs)
+}
+
 func TestExecDeferred_BatchAppliesEveryEffectOnceInOneTransaction(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
@@ -68,9 +88,7 @@ func TestExecDeferred_BatchAppliesEveryEffectOnceInOneTransaction(t *testing.T) 
 func TestExecDeferred_FailingStatementIsIsolatedAndDeadLettered(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	if _, err := e.pool.Exec(context.Background(), `ALTER TABLE `+e.table("effects")+` ADD CONSTRAINT not_seven CHECK (seq <> 7)`); err != nil {
-		t.Fatal(err)
-	}
+	e.failOnSeq(t, 7)
 	topic := e.topic(t, 1)
 	produce(t, seqRecords(t, e, topic, []string{"k"}, 20)...)
 	var n counters
@@ -82,13 +100,8 @@ func TestExecDeferred_FailingStatementIsIsolatedAndDeadLettered(t *testing.T) {
 	waitFor(t, 60*time.Second, "19 applied and 1 dead-lettered", func() bool {
 		return n.processed.Load() == 19 && n.dead.Load() == 1
 	})
-	rows, _ := e.pool.Query(context.Background(), `SELECT seq FROM `+e.table("effects")+` ORDER BY applied`)
-	seqs, err := pgx.CollectRows(rows, pgx.RowTo[int64])
-	if err != nil {
-		t.Fatal(err)
-	}
-	if want := "[1 2 3 4 5 6 8 9 10 11 12 13 14 15 16 17 18 19 20]"; fmt.Sprint(seqs) != want {
-		t.Errorf("applied %v, want %s (all but 7, once each, in order)", seqs, want)
+	if got, want := e.appliedSeqs(t), "[1 2 3 4 5 6 8 9 10 11 12 13 14 15 16 17 18 19 20]"; got != want {
+		t.Errorf("applied %s, want %s (all but 7, once each, in order)", got, want)
 	}
 	if got := e.count(t, `SELECT count(*) FROM `+e.table("processed_events")); got != 19 {
 		t.Errorf("processed_events: %d rows, want 19", got)
@@ -104,9 +117,7 @@ func TestExecDeferred_FailingStatementIsIsolatedAndDeadLettered(t *testing.T) {
 func TestExecDeferred_SingleModeSendsWithTheCommitAndFailsTheRecord(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	if _, err := e.pool.Exec(context.Background(), `ALTER TABLE `+e.table("effects")+` ADD CONSTRAINT not_three CHECK (seq <> 3)`); err != nil {
-		t.Fatal(err)
-	}
+	e.failOnSeq(t, 3)
 	topic := e.topic(t, 1)
 	produce(t, seqRecords(t, e, topic, []string{"k"}, 5)...)
 	var n counters
@@ -119,13 +130,8 @@ func TestExecDeferred_SingleModeSendsWithTheCommitAndFailsTheRecord(t *testing.T
 		return n.processed.Load() == 4 && n.dead.Load() == 1
 	})
 	stop()
-	rows, _ := e.pool.Query(context.Background(), `SELECT seq FROM `+e.table("effects")+` ORDER BY applied`)
-	seqs, err := pgx.CollectRows(rows, pgx.RowTo[int64])
-	if err != nil {
-		t.Fatal(err)
-	}
-	if fmt.Sprint(seqs) != "[1 2 4 5]" {
-		t.Errorf("applied %v, want [1 2 4 5]", seqs)
+	if got := e.appliedSeqs(t); got != "[1 2 4 5]" {
+		t.Errorf("applied %s, want [1 2 4 5]", got)
 	}
 	if txs := e.count(t, `SELECT count(DISTINCT txid) FROM `+e.table("effects")); txs != 4 {
 		t.Errorf("%d transactions, want 4 (one per record)", txs)
