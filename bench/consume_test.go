@@ -44,7 +44,7 @@ func TestRSSFlat_JudgesGrowthAndTheBacklogHeld(t *testing.T) {
 	}{
 		{"level", series(80, 100, 110, 105, 108, 112, 109, 111), 1000, true, ""},
 		{"growing", series(80, 90, 100, 110, 140, 170, 200, 230), 1000, false, "more than 1.2"},
-		{"holds the backlog", series(400, 420, 410, 415), 1000, false, "quarter of the backlog"},
+		{"holds the backlog", series(600, 620, 610, 615), 1000, false, "half the backlog"},
 		{"one half only", series(100, 100)[:1], 1000, false, "too few samples"},
 	} {
 		_, _, flat, why := rssFlat(c.samples, 1000, c.backlog)
