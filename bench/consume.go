@@ -98,14 +98,14 @@ type rssSample struct {
 type consumeRSS struct {
 	Run *cRun `json:"run"`
 	// FirstHalfPeakMB, SecondHalfPeakMB: the peaks over the two halves of the events.
-	FirstHalfPeakMB float64 `json:"first_half_peak_mb"`
+	FirstHalfPeakMB  float64 `json:"first_half_peak_mb"`
+	SecondHalfPeakMB float64 `json:"second_half_peak_mb"`
 	// PeakAtNMB is the batch run's peak over the scenario's N events: with the
 	// backlog's, whether memory grows with the backlog.
-	PeakAtNMB        float64 `json:"batch_peak_mb_at_n,omitempty"`
-	SecondHalfPeakMB float64 `json:"second_half_peak_mb"`
-	BacklogMB        float64 `json:"backlog_mb"`
-	Flat             bool    `json:"flat"`
-	Why              string  `json:"why"`
+	PeakAtNMB float64 `json:"batch_peak_mb_at_n,omitempty"`
+	BacklogMB float64 `json:"backlog_mb"`
+	Flat      bool    `json:"flat"`
+	Why       string  `json:"why"`
 }
 
 // consumeSettings is the scenario's configuration (BENCH_CONSUME_*).
