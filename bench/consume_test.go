@@ -39,15 +39,18 @@ func TestRSSFlat_JudgesGrowthAndTheBacklogHeld(t *testing.T) {
 		name    string
 		samples []rssSample
 		backlog float64
+		atN     float64 // the peak over fewer events
 		flat    bool
 		why     string
 	}{
-		{"level", series(80, 100, 110, 105, 108, 112, 109, 111), 1000, true, ""},
-		{"growing", series(80, 90, 100, 110, 140, 170, 200, 230), 1000, false, "more than 1.2"},
-		{"holds the backlog", series(600, 620, 610, 615), 1000, false, "half the backlog"},
-		{"one half only", series(100, 100)[:1], 1000, false, "too few samples"},
+		{"level", series(80, 100, 110, 105, 108, 112, 109, 111), 1000, 0, true, ""},
+		{"growing", series(80, 90, 100, 110, 140, 170, 200, 230), 1000, 0, false, "more than 1.2"},
+		{"holds the backlog", series(600, 620, 610, 615), 1000, 100, false, "half the backlog"},
+		{"small backlog, as over fewer events", series(100, 110, 105, 108), 100, 90, true, ""},
+		{"small backlog, above fewer events'", series(150, 160, 155, 158), 100, 90, false, "1.5 ×"},
+		{"one half only", series(100, 100)[:1], 1000, 0, false, "too few samples"},
 	} {
-		_, _, flat, why := rssFlat(c.samples, 1000, c.backlog)
+		_, _, flat, why := rssFlat(c.samples, 1000, c.backlog, c.atN)
 		if flat != c.flat || (c.why != "" && !strings.Contains(why, c.why)) {
 			t.Errorf("%s: flat %v (%s), want %v (%q)", c.name, flat, why, c.flat, c.why)
 		}
