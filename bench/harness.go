@@ -53,7 +53,7 @@ type config struct {
 }
 
 var allSystems = []string{"relaybox", "relaybox_eos", "watermill", "cdc", "debezium"}
-var allScenarios = []string{"limits", "drain", "steady", "backlog"}
+var allScenarios = []string{"limits", "drain", "steady", "backlog", "consume"}
 
 func envOr(name, def string) string {
 	if v := os.Getenv(name); v != "" {
@@ -73,7 +73,7 @@ func parseConfig(args []string) (config, error) {
 		return fullV
 	}
 	systems := fs.String("systems", envOr("BENCH_SYSTEMS", strings.Join(allSystems, ",")), "systems: relaybox,relaybox_eos,watermill,cdc,debezium [BENCH_SYSTEMS]")
-	scenarios := fs.String("scenarios", envOr("BENCH_SCENARIOS", strings.Join(allScenarios, ",")), "scenarios: limits,drain,steady,backlog [BENCH_SCENARIOS]")
+	scenarios := fs.String("scenarios", envOr("BENCH_SCENARIOS", strings.Join(allScenarios, ",")), "scenarios: limits,drain,steady,backlog,consume [BENCH_SCENARIOS]")
 	fs.BoolVar(&c.Quick, "quick", quick, "smoke variant: small N, short steady, small backlog [BENCH_QUICK=1]")
 	large := fs.Bool("large", envOr("BENCH_LARGE", "") == "1", "drain 1M events instead of 200k [BENCH_LARGE=1]")
 	n := fs.Int("n", 0, "drain events (default 200000, 1000000 with -large, 20000 quick) [BENCH_N]")

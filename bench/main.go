@@ -29,9 +29,13 @@ type report struct {
 	Systems  map[string]*systemResult `json:"systems"`
 	Limits   *limitsResult            `json:"limits"`
 	Backlog  *backlogResult           `json:"backlog"`
+	Consumer *consumeResult           `json:"consumer,omitempty"`
 }
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == consumeChildArg { // the consume scenario's consumer
+		os.Exit(consumeChildMain())
+	}
 	if err := run(); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
@@ -238,8 +242,12 @@ func run() error {
 			rep.Backlog = &backlogResult{SkippedReason: "relaybox not among the systems"}
 		}
 	}
+	if has(cfg.Scenarios, "consume") && ctx.Err() == nil {
+		rep.Consumer = h.consume(ctx)
+	}
 	write()
 	printTable(os.Stdout, rep)
+	printConsume(os.Stdout, rep.Consumer)
 	fmt.Printf("\nJSON: %s\n", cfg.Out)
 	return ctx.Err()
 }

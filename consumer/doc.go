@@ -126,6 +126,13 @@
 // retries. If the commit itself fails, the batch runs again (dead letters already
 // produced for it may then be produced twice).
 //
+// A handler statement whose result the handler does not need can go through
+// [ExecDeferred] instead of tx.Exec: batch mode then sends the whole batch's deferred
+// statements in one round trip before its commit (single-record mode sends them with
+// the record's COMMIT), instead of a round trip each. A deferred statement that fails
+// sends the batch down the savepoint path above, so its record alone is retried and
+// dead-lettered.
+//
 // # Retention
 //
 // processed_events grows by one row per event and group. [Consumer.Clean] deletes a

@@ -231,13 +231,21 @@ func (p *partition) attempt(it *item) (dup bool, herr, err error) {
 	if it.skip {
 		return false, nil, tx.Commit(ctx)
 	}
-	if herr := p.call(ctx, handlerTx{tx}, it); herr != nil {
+	htx := handlerTx{Tx: tx, q: &pgx.Batch{}} // ExecDeferred's statements go with the COMMIT
+	if herr := p.call(ctx, htx, it); herr != nil {
 		if isHandlerInfra(herr, tx) {
 			return false, nil, herr
 		}
 		return false, herr, nil
 	}
-	if err := tx.Commit(ctx); err != nil {
+	serr, err := tx.commitAfter(ctx, htx.q)
+	if serr != nil { // a deferred statement: the handler's failure
+		if isHandlerInfra(serr, tx) {
+			return false, nil, serr
+		}
+		return false, serr, nil
+	}
+	if err != nil {
 		if isInfra(err, tx) {
 			return false, nil, fmt.Errorf("committing: %w", err)
 		}
@@ -420,6 +428,7 @@ func (p *partition) batchFast(items []*item) (int, bool, error) {
 		}
 	}
 	var after []func()
+	htx := handlerTx{Tx: tx, q: &pgx.Batch{}} // ExecDeferred queues, flushed before the commit
 	for _, it := range items {
 		if p.stopped() {
 			return 0, false, nil
@@ -434,13 +443,19 @@ func (p *partition) batchFast(items []*item) (int, bool, error) {
 			continue
 		}
 		delete(fresh, it.m.ID) // a later record with the same id is a duplicate
-		if herr := p.call(it.ctx, handlerTx{tx}, it); herr != nil {
+		if herr := p.call(it.ctx, htx, it); herr != nil {
 			if isHandlerInfra(herr, tx) {
 				return 0, false, herr
 			}
 			return 0, false, nil // the savepoint path retries and isolates it
 		}
 		after = append(after, func() { p.hook(c.cfg.Hooks.OnProcessed, it) })
+	}
+	if err := htx.flush(ctx); err != nil { // a deferred statement failed: isolate it as above
+		if isInfra(err, tx) {
+			return 0, false, fmt.Errorf("deferred statements: %w", err)
+		}
+		return 0, false, nil
 	}
 	if err := tx.Commit(ctx); err != nil {
 		return 0, false, fmt.Errorf("committing batch: %w", err)
@@ -514,7 +529,7 @@ func (p *partition) batchItem(tx pgx.Tx, it *item, open *bool) (after func(), ok
 		case it.skip:
 			return func() { p.hook(c.cfg.Hooks.OnSkipped, it) }, true, nil
 		}
-		herr := p.call(ctx, handlerTx{tx}, it)
+		herr := p.call(ctx, handlerTx{Tx: tx}, it)
 		if herr == nil {
 			return func() { p.hook(c.cfg.Hooks.OnProcessed, it) }, true, nil
 		}
@@ -564,7 +579,11 @@ func (p *partition) openSavepoint(ctx context.Context, tx pgx.Tx, m *Message, op
 
 // handlerTx is the transaction as a handler sees it: everything but ending it,
 // which is the consumer's (the dedup row must commit or roll back with the effects).
-type handlerTx struct{ pgx.Tx }
+// q, when set, holds the statements of ExecDeferred (deferred.go) until flushed.
+type handlerTx struct {
+	pgx.Tx
+	q *pgx.Batch
+}
 
 var errHandlerEndsTx = errors.New("consumer: a handler must not commit or roll back its transaction; return nil or an error")
 
