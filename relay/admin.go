@@ -17,8 +17,15 @@ import (
 
 // ShardStatus is the backlog of one shard and who leases it.
 type ShardStatus struct {
-	Shard        int
-	Backlog      int64
+	Shard int
+	// Backlog is the shard's pending rows (neither published nor parked): exact up to
+	// StatusExactBacklog, estimated above it (Estimated).
+	Backlog int64
+	// Estimated: Backlog is over StatusExactBacklog and estimated from a sample of
+	// the table.
+	Estimated bool
+	// OldestAge is the age (created_at) of the shard's first pending row in id order,
+	// the one the relay reads next: exact.
 	OldestAge    time.Duration
 	Owner        string
 	LeaseExpires time.Time
@@ -38,14 +45,24 @@ type ReplicaStatus struct {
 
 // Status is what `relaybox status` shows.
 type Status struct {
-	Backlog        int64
-	OldestAge      time.Duration
-	Shards         []ShardStatus
-	Replicas       []string
-	ReplicaDetails []ReplicaStatus
-	Parked         int64
-	ParkedByReason map[string]int64
+	Backlog int64
+	// BacklogEstimated: some shard's backlog is estimated (ShardStatus.Estimated).
+	BacklogEstimated bool
+	OldestAge        time.Duration
+	Shards           []ShardStatus
+	Replicas         []string
+	ReplicaDetails   []ReplicaStatus
+	Parked           int64 // exact
+	ParkedByReason   map[string]int64
 }
+
+// StatusExactBacklog is the per-shard backlog ReadStatus counts exactly; above it a
+// shard's backlog is estimated, so that reading the status costs about the same with
+// millions of rows waiting as with thousands (docs/operations.md, "Metrics").
+const StatusExactBacklog = 2000
+
+// statusSamplePages is how many table pages the estimate of large backlogs reads.
+const statusSamplePages = 2000
 
 func schemaOr(s string) string {
 	if s == "" {
@@ -55,18 +72,26 @@ func schemaOr(s string) string {
 }
 
 // ReadStatus reads backlog, oldest age, leases and parked events from the database.
+// Its cost is bounded whatever the backlog: per shard, the oldest pending row is one
+// index probe, the backlog is counted up to StatusExactBacklog rows by index and
+// estimated above it from a block sample of the outbox (TABLESAMPLE SYSTEM, about
+// 2000 pages). Parked counts are exact (parked rows have their own index).
 func ReadStatus(ctx context.Context, pool *pgxpool.Pool, schema string) (*Status, error) {
 	q := func(t string) string { return pgx.Identifier{schemaOr(schema), t}.Sanitize() }
 	st := &Status{ParkedByReason: map[string]int64{}}
-	rows, err := pool.Query(ctx, `SELECT l.shard, coalesce(b.n, 0), coalesce(extract(epoch FROM now() - b.oldest), 0)::float8,
+	// Each lateral subquery walks the (shard, id) index of pending rows of one shard.
+	rows, err := pool.Query(ctx, `SELECT l.shard, c.n, coalesce(extract(epoch FROM now() - h.created_at), 0)::float8,
 		coalesce(l.owner, ''), coalesce(l.expires_at, 'epoch'), l.generation
-		FROM `+q("shard_leases")+` l LEFT JOIN (
-			SELECT shard, count(*) n, min(created_at) oldest FROM `+q("outbox")+`
-			WHERE published_at IS NULL AND parked_at IS NULL GROUP BY shard) b ON b.shard = l.shard
-		ORDER BY l.shard`)
+		FROM `+q("shard_leases")+` l
+		LEFT JOIN LATERAL (SELECT o.created_at FROM `+q("outbox")+` o
+			WHERE o.shard = l.shard AND o.published_at IS NULL AND o.parked_at IS NULL ORDER BY o.id LIMIT 1) h ON true
+		CROSS JOIN LATERAL (SELECT count(*) n FROM (SELECT FROM `+q("outbox")+` o
+			WHERE o.shard = l.shard AND o.published_at IS NULL AND o.parked_at IS NULL LIMIT $1) x) c
+		ORDER BY l.shard`, StatusExactBacklog+1)
 	if err != nil {
 		return nil, fmt.Errorf("reading status: %w", err)
 	}
+	var large []int
 	for rows.Next() {
 		var s ShardStatus
 		var age float64
@@ -74,12 +99,23 @@ func ReadStatus(ctx context.Context, pool *pgxpool.Pool, schema string) (*Status
 			return nil, err
 		}
 		s.OldestAge = time.Duration(age * float64(time.Second))
-		st.Backlog += s.Backlog
+		if s.Backlog > StatusExactBacklog {
+			large = append(large, len(st.Shards))
+		}
 		st.OldestAge = max(st.OldestAge, s.OldestAge)
 		st.Shards = append(st.Shards, s)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, err
+	}
+	if len(large) > 0 {
+		if err := estimateBacklog(ctx, pool, q("outbox"), st.Shards, large); err != nil {
+			return nil, err
+		}
+		st.BacklogEstimated = true
+	}
+	for _, s := range st.Shards {
+		st.Backlog += s.Backlog
 	}
 	rows, err = pool.Query(ctx, `SELECT id, mode, coalesce(extract(epoch FROM heartbeat_at - txn_open_since), 0)::float8,
 		fenced_writes, aborted_txns FROM `+q("replicas")+` WHERE expires_at > now() ORDER BY id`)
@@ -111,6 +147,40 @@ func ReadStatus(ctx context.Context, pool *pgxpool.Pool, schema string) (*Status
 		st.Parked += n
 	}
 	return st, rows.Err()
+}
+
+// estimateBacklog sets the backlog of shards[large...] (each over
+// StatusExactBacklog) from a block sample of about statusSamplePages pages of the
+// outbox, scaled to its size; an estimate is never below what was counted.
+func estimateBacklog(ctx context.Context, pool *pgxpool.Pool, outboxTable string, shards []ShardStatus, large []int) error {
+	ids := make([]int32, len(large))
+	for i, k := range large {
+		ids[i] = int32(shards[k].Shard)
+	}
+	// The percentage from the table's current size (relpages lags until a VACUUM).
+	var pct float64
+	if err := pool.QueryRow(ctx, `SELECT least(100, greatest(0.01,
+			100.0 * $1 / greatest(1, pg_relation_size($2::regclass) / current_setting('block_size')::int)))`,
+		statusSamplePages, outboxTable).Scan(&pct); err != nil {
+		return fmt.Errorf("estimating the backlog: %w", err)
+	}
+	rows, err := pool.Query(ctx, `SELECT shard, count(*) FROM `+outboxTable+` TABLESAMPLE SYSTEM ($1)
+		WHERE published_at IS NULL AND parked_at IS NULL AND shard = ANY($2::int[]) GROUP BY shard`, pct, ids)
+	if err != nil {
+		return fmt.Errorf("estimating the backlog: %w", err)
+	}
+	sampled := map[int]int64{}
+	var shard int
+	var n int64
+	if _, err := pgx.ForEachRow(rows, []any{&shard, &n}, func() error { sampled[shard] = n; return nil }); err != nil {
+		return fmt.Errorf("estimating the backlog: %w", err)
+	}
+	for _, k := range large {
+		s := &shards[k]
+		s.Backlog = max(s.Backlog, int64(float64(sampled[s.Shard])*100/pct+0.5))
+		s.Estimated = true
+	}
+	return nil
 }
 
 // ParkedFilter selects parked events. At least one field must be set; fields combine
