@@ -106,7 +106,7 @@ func (c *CloudEvents) withDefaults(schema, registryURL string) error {
 	return nil
 }
 
-// cloudEventsHeaders appends the CloudEvents headers of o to hs. The values that
+// headers appends the CloudEvents headers of o to hs. The values that
 // relaybox headers carry already (id, type, time) and the record key are shared with
 // them; arena grows by the source (when defaulted) and the schema URL.
 func (c *CloudEvents) headers(hs []kgo.RecordHeader, arena []byte, o *outboxRow, id, typ, occurred, key []byte, schemaID int) ([]kgo.RecordHeader, []byte) {
@@ -142,7 +142,7 @@ var (
 	contentTypeAvro = []byte(ContentTypeAvro)
 )
 
-// cloudEventsSize is an upper bound of what headers adds to the arena.
+// size is an upper bound of what headers adds to the arena.
 func (c *CloudEvents) size(o *outboxRow) int {
 	return max(len(o.source), len(c.Source)) + len(c.SchemaURL) + len("/schemas/ids/") + 10
 }
