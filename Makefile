@@ -3,7 +3,7 @@ SHELL := /bin/bash
 GO ?= go
 ENV := bash scripts/env.sh
 
-.PHONY: help env env-down test unit lint fmt-check build demo bench bench-writer chaos fuzz
+.PHONY: help env env-down test unit lint fmt-check build demo bench bench-writer bench-status chaos fuzz
 
 # staticcheck is pinned in go.mod (`tool` directive): `go tool staticcheck`. bench/ is
 # its own module, so it runs the same binary (`go tool -n` prints its path).
@@ -79,6 +79,13 @@ bench-writer:
 	@mkdir -p $(dir $(BENCH_WRITER_OUT))
 	@exports="$$($(ENV) up)" && eval "$$exports" && \
 	cd bench && $(GO) run ./cmd/writer-bench -out $(BENCH_WRITER_OUT) $(BENCH_WRITER_ARGS)
+
+STATUS_ROWS ?= 5000000
+## bench-status: time the status query (/metrics, relaybox status) with STATUS_ROWS pending rows
+## (default 5000000; filling takes minutes) against the unbounded aggregate it replaced
+bench-status:
+	@exports="$$($(ENV) up)" && eval "$$exports" && \
+	RELAYBOX_STATUS_ROWS=$(STATUS_ROWS) $(GO) test ./relay -run '^$$' -bench '^BenchmarkReadStatus$$' -benchtime 5x -timeout 60m
 
 CHAOS_OUT ?= $(CURDIR)/bench-out/chaos-report.json
 ## chaos: the long fault run (CHAOS_EVENTS=200000 CHAOS_FAULTS=60 CHAOS_SEED=...); report in CHAOS_OUT

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -17,8 +18,14 @@ import (
 
 // ShardStatus is the backlog of one shard and who leases it.
 type ShardStatus struct {
-	Shard        int
-	Backlog      int64
+	Shard int
+	// Backlog is the shard's pending rows (neither published nor parked): exact up to
+	// StatusExactBacklog, or for a small outbox table; else estimated (Estimated).
+	Backlog int64
+	// Estimated: Backlog is estimated from a block sample of the outbox.
+	Estimated bool
+	// OldestAge is the age (created_at) of the shard's first pending row in id order,
+	// the one the relay reads next: exact.
 	OldestAge    time.Duration
 	Owner        string
 	LeaseExpires time.Time
@@ -38,14 +45,27 @@ type ReplicaStatus struct {
 
 // Status is what `relaybox status` shows.
 type Status struct {
-	Backlog        int64
-	OldestAge      time.Duration
-	Shards         []ShardStatus
-	Replicas       []string
-	ReplicaDetails []ReplicaStatus
-	Parked         int64
-	ParkedByReason map[string]int64
+	Backlog int64
+	// BacklogEstimated: some shard's backlog is estimated (ShardStatus.Estimated).
+	BacklogEstimated bool
+	OldestAge        time.Duration
+	Shards           []ShardStatus
+	Replicas         []string
+	ReplicaDetails   []ReplicaStatus
+	Parked           int64 // exact
+	ParkedByReason   map[string]int64
 }
+
+// StatusExactBacklog is the per-shard backlog that ReadStatus always counts exactly;
+// above it, in an outbox table larger than StatusSamplePages, a shard's backlog is
+// estimated, so that reading the status costs about the same with millions of rows
+// waiting as with thousands (docs/operations.md, "What the status query costs").
+const StatusExactBacklog = 1000
+
+// StatusSamplePages is how many pages of the outbox table ReadStatus reads to count
+// the backlog: all of a table that small (exact counts), a block sample of that many
+// pages of a larger one.
+const StatusSamplePages = 2000
 
 func schemaOr(s string) string {
 	if s == "" {
@@ -55,14 +75,20 @@ func schemaOr(s string) string {
 }
 
 // ReadStatus reads backlog, oldest age, leases and parked events from the database.
+// Its cost is bounded whatever the backlog: per shard, the oldest pending row is one
+// index probe; the backlog is counted by reading StatusSamplePages pages of the
+// outbox (all of a smaller table: exact; a block sample of a larger one, scaled),
+// and a shard the sample puts under StatusExactBacklog is counted exactly through the
+// (shard, id) index instead. Parked counts are exact (parked rows have their own
+// index).
 func ReadStatus(ctx context.Context, pool *pgxpool.Pool, schema string) (*Status, error) {
 	q := func(t string) string { return pgx.Identifier{schemaOr(schema), t}.Sanitize() }
 	st := &Status{ParkedByReason: map[string]int64{}}
-	rows, err := pool.Query(ctx, `SELECT l.shard, coalesce(b.n, 0), coalesce(extract(epoch FROM now() - b.oldest), 0)::float8,
+	rows, err := pool.Query(ctx, `SELECT l.shard, coalesce(extract(epoch FROM now() - h.created_at), 0)::float8,
 		coalesce(l.owner, ''), coalesce(l.expires_at, 'epoch'), l.generation
-		FROM `+q("shard_leases")+` l LEFT JOIN (
-			SELECT shard, count(*) n, min(created_at) oldest FROM `+q("outbox")+`
-			WHERE published_at IS NULL AND parked_at IS NULL GROUP BY shard) b ON b.shard = l.shard
+		FROM `+q("shard_leases")+` l
+		LEFT JOIN LATERAL (SELECT o.created_at FROM `+q("outbox")+` o
+			WHERE o.shard = l.shard AND o.published_at IS NULL AND o.parked_at IS NULL ORDER BY o.id LIMIT 1) h ON true
 		ORDER BY l.shard`)
 	if err != nil {
 		return nil, fmt.Errorf("reading status: %w", err)
@@ -70,16 +96,22 @@ func ReadStatus(ctx context.Context, pool *pgxpool.Pool, schema string) (*Status
 	for rows.Next() {
 		var s ShardStatus
 		var age float64
-		if err := rows.Scan(&s.Shard, &s.Backlog, &age, &s.Owner, &s.LeaseExpires, &s.Generation); err != nil {
+		if err := rows.Scan(&s.Shard, &age, &s.Owner, &s.LeaseExpires, &s.Generation); err != nil {
 			return nil, err
 		}
 		s.OldestAge = time.Duration(age * float64(time.Second))
-		st.Backlog += s.Backlog
 		st.OldestAge = max(st.OldestAge, s.OldestAge)
 		st.Shards = append(st.Shards, s)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, err
+	}
+	if err := countBacklog(ctx, pool, q("outbox"), st.Shards); err != nil {
+		return nil, err
+	}
+	for _, s := range st.Shards {
+		st.Backlog += s.Backlog
+		st.BacklogEstimated = st.BacklogEstimated || s.Estimated
 	}
 	rows, err = pool.Query(ctx, `SELECT id, mode, coalesce(extract(epoch FROM heartbeat_at - txn_open_since), 0)::float8,
 		fenced_writes, aborted_txns FROM `+q("replicas")+` WHERE expires_at > now() ORDER BY id`)
@@ -111,6 +143,73 @@ func ReadStatus(ctx context.Context, pool *pgxpool.Pool, schema string) (*Status
 		st.Parked += n
 	}
 	return st, rows.Err()
+}
+
+// countBacklog sets the backlog of every shard. It reads
+// StatusSamplePages pages of the outbox: the whole table when it is no larger
+// (exact), else a block sample scaled to the table's size; shards the sample puts
+// under StatusExactBacklog are then counted exactly through their index, up to
+// StatusExactBacklog+1 rows (more: the estimate stands).
+func countBacklog(ctx context.Context, pool *pgxpool.Pool, outboxTable string, shards []ShardStatus) error {
+	var pages int64
+	if err := pool.QueryRow(ctx, `SELECT pg_relation_size($1::regclass) / current_setting('block_size')::int`,
+		outboxTable).Scan(&pages); err != nil {
+		return fmt.Errorf("counting the backlog: %w", err)
+	}
+	sample := ""
+	pct := 100.0
+	if pages > StatusSamplePages {
+		pct = 100 * float64(StatusSamplePages) / float64(pages)
+		sample = ` TABLESAMPLE SYSTEM (` + strconv.FormatFloat(pct, 'f', -1, 64) + `)`
+	}
+	rows, err := pool.Query(ctx, `SELECT shard, count(*) FROM `+outboxTable+sample+`
+		WHERE published_at IS NULL AND parked_at IS NULL GROUP BY shard`)
+	if err != nil {
+		return fmt.Errorf("counting the backlog: %w", err)
+	}
+	counted := map[int]int64{}
+	var shard int
+	var n int64
+	if _, err := pgx.ForEachRow(rows, []any{&shard, &n}, func() error { counted[shard] = n; return nil }); err != nil {
+		return fmt.Errorf("counting the backlog: %w", err)
+	}
+	var small []int32
+	for i := range shards {
+		s := &shards[i]
+		s.Backlog = int64(float64(counted[s.Shard])*100/pct + 0.5)
+		if sample != "" {
+			if s.Backlog <= StatusExactBacklog {
+				small = append(small, int32(s.Shard))
+			} else {
+				s.Estimated = true
+			}
+		}
+	}
+	if len(small) == 0 {
+		return nil
+	}
+	rows, err = pool.Query(ctx, `SELECT s, (SELECT count(*) FROM (SELECT FROM `+outboxTable+` o
+			WHERE o.shard = s AND o.published_at IS NULL AND o.parked_at IS NULL LIMIT $2) x)
+		FROM unnest($1::int[]) s`, small, StatusExactBacklog+1)
+	if err != nil {
+		return fmt.Errorf("counting the backlog: %w", err)
+	}
+	exact := map[int]int64{}
+	if _, err := pgx.ForEachRow(rows, []any{&shard, &n}, func() error { exact[shard] = n; return nil }); err != nil {
+		return fmt.Errorf("counting the backlog: %w", err)
+	}
+	for i := range shards {
+		s := &shards[i]
+		n, ok := exact[s.Shard]
+		switch {
+		case !ok:
+		case n <= StatusExactBacklog:
+			s.Backlog = n
+		default: // more than the sample said: not exact, at least n
+			s.Backlog, s.Estimated = max(s.Backlog, n), true
+		}
+	}
+	return nil
 }
 
 // ParkedFilter selects parked events. At least one field must be set; fields combine

@@ -200,6 +200,10 @@ func (r *Relay) build(ctx context.Context, o *outboxRow) (*kgo.Record, string, s
 	for _, v := range o.headers {
 		n += len(v)
 	}
+	ce := r.cfg.CloudEvents.on(o.topic)
+	if ce {
+		n += r.cfg.CloudEvents.size(o)
+	}
 	arena := make([]byte, 0, n)
 	mark := 0
 	take := func() []byte {
@@ -207,7 +211,7 @@ func (r *Relay) build(ctx context.Context, o *outboxRow) (*kgo.Record, string, s
 		mark = len(arena)
 		return v
 	}
-	hs := make([]kgo.RecordHeader, 0, 10+len(o.headers))
+	hs := make([]kgo.RecordHeader, 0, 18+len(o.headers))
 	add := func(k, v string) {
 		if v != "" {
 			arena = append(arena, v...)
@@ -217,11 +221,15 @@ func (r *Relay) build(ctx context.Context, o *outboxRow) (*kgo.Record, string, s
 	arena = append(arena, o.key...)
 	key := take()
 	arena = appendUUID(arena, o.eventID)
-	hs = append(hs, kgo.RecordHeader{Key: envelope.EventID, Value: take()})
-	add(envelope.EventType, o.typ)
+	eventID := take()
+	hs = append(hs, kgo.RecordHeader{Key: envelope.EventID, Value: eventID})
+	arena = append(arena, o.typ...) // never empty (a CHECK)
+	typ := take()
+	hs = append(hs, kgo.RecordHeader{Key: envelope.EventType, Value: typ})
 	add(envelope.AggregateType, o.aggType)
 	arena = o.occurred.UTC().AppendFormat(arena, time.RFC3339Nano)
-	hs = append(hs, kgo.RecordHeader{Key: envelope.OccurredAt, Value: take()})
+	occurred := take()
+	hs = append(hs, kgo.RecordHeader{Key: envelope.OccurredAt, Value: occurred})
 	add(envelope.CorrelationID, o.corr)
 	add(envelope.CausationID, o.caus)
 	add(envelope.Source, o.source)
@@ -229,8 +237,12 @@ func (r *Relay) build(ctx context.Context, o *outboxRow) (*kgo.Record, string, s
 	add(envelope.TraceParent, o.traceparent)
 	add(envelope.TraceState, o.tracestate)
 	size := len(o.key) + len(value) + 64
+	if ce {
+		hs, arena = r.cfg.CloudEvents.headers(hs, arena, o, eventID, typ, occurred, key, id)
+		mark = len(arena)
+	}
 	for hk, hv := range o.headers {
-		if envelope.Reserved(hk) {
+		if envelope.Reserved(hk) || ce && envelope.CloudEventsOwn(hk) {
 			continue
 		}
 		add(hk, hv)

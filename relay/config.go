@@ -279,6 +279,9 @@ type Config struct {
 	// publish them again. Created if missing. Defaults to
 	// "<TransactionalIDPrefix>.commits" with characters Kafka refuses replaced by "_".
 	CommitLogTopic string
+	// CloudEvents also writes the CloudEvents Kafka binary-mode headers, on every
+	// topic or on some (see CloudEvents). Off by default.
+	CloudEvents CloudEvents
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 	// Hooks for metrics.
@@ -344,6 +347,9 @@ func (c *Config) withDefaults() (Config, error) {
 	}
 	if r.Registry == nil && r.RegistryURL != "" {
 		r.Registry = registry.New(r.RegistryURL, registry.Options{Username: r.RegistryUsername, Password: r.RegistryPassword, Timeout: r.RegistryTimeout})
+	}
+	if err := r.CloudEvents.withDefaults(r.Schema, r.RegistryURL); err != nil {
+		return r, err
 	}
 	switch {
 	case r.Registry == nil:

@@ -125,6 +125,29 @@ need_prometheus() {
 	apt_install --no-install-recommends prometheus
 }
 
+# ---------------------------------------------------------------- Python CloudEvents SDK
+# relay/cloudevents_test.go reads relaybox records with the CloudEvents project's Python
+# SDK: a venv in CACHE_DIR/py-cloudevents from scripts/cloudevents/requirements.txt
+# (PyPI), rebuilt when that file changes (its stamp is written last); flock keeps
+# concurrent callers apart.
+need_python_cloudevents() {
+	local req="$here/cloudevents/requirements.txt" dir="$CACHE_DIR/py-cloudevents" sum
+	sum="$(sha256sum "$req" | cut -d' ' -f1)"
+	[ "$(cat "$dir/.req.sha" 2>/dev/null)" = "$sum" ] && return
+	command -v python3 >/dev/null || apt_install python3
+	python3 -c 'import ensurepip, venv' 2>/dev/null || apt_install python3-venv
+	mkdir -p "$CACHE_DIR"
+	(
+		flock 9
+		[ "$(cat "$dir/.req.sha" 2>/dev/null)" = "$sum" ] && exit 0
+		log "installing the Python CloudEvents SDK into $dir (pip)"
+		rm -rf "$dir" && python3 -m venv "$dir" &&
+			"$dir/bin/python" -m pip install -q --disable-pip-version-check -r "$req" >"$LOG_DIR/pip-cloudevents.log" 2>&1 ||
+			die "pip install -r $req failed (see $LOG_DIR/pip-cloudevents.log)"
+		echo "$sum" >"$dir/.req.sha" # last: a broken install is redone
+	) 9>"$CACHE_DIR/py-cloudevents.lock"
+}
+
 # ---------------------------------------------------------------- Kafka (KRaft)
 need_java_mvn() {
 	command -v java >/dev/null || apt_install openjdk-17-jre-headless
@@ -273,6 +296,7 @@ up)
 	mkdir -p "$CACHE_DIR"
 	ensure_jars
 	need_prometheus
+	need_python_cloudevents
 	pg_up
 	kafka_up
 	registry_up
@@ -286,6 +310,7 @@ down)
 	;;
 print) print_exports ;;
 pg) pg_up ;;
+cloudevents) need_python_cloudevents ;;
 kafka) mkdir -p "$CACHE_DIR"; ensure_jars; kafka_up ;;
 registry) mkdir -p "$CACHE_DIR"; ensure_jars; registry_up ;;
 *) die "usage: $0 up|down|print" ;;

@@ -151,8 +151,8 @@ func runStatus(ctx context.Context, args []string, s *stdio) error {
 	if o.json {
 		return json.NewEncoder(out).Encode(st)
 	}
-	fmt.Fprintf(out, "backlog %d, oldest unpublished %s, parked %d, live replicas %d\n",
-		st.Backlog, st.OldestAge.Round(time.Millisecond), st.Parked, len(st.Replicas))
+	fmt.Fprintf(out, "backlog %s, oldest unpublished %s, parked %d, live replicas %d\n",
+		approx(st.Backlog, st.BacklogEstimated), st.OldestAge.Round(time.Millisecond), st.Parked, len(st.Replicas))
 	for reason, n := range st.ParkedByReason {
 		fmt.Fprintf(out, "  parked %-22s %d\n", reason, n)
 	}
@@ -173,10 +173,18 @@ func runStatus(ctx context.Context, args []string, s *stdio) error {
 	fmt.Fprintln(tw, "SHARD\tBACKLOG\tOLDEST\tOWNER")
 	for _, s := range st.Shards {
 		if s.Backlog > 0 {
-			fmt.Fprintf(tw, "%d\t%d\t%s\t%s\n", s.Shard, s.Backlog, s.OldestAge.Round(time.Millisecond), s.Owner)
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\n", s.Shard, approx(s.Backlog, s.Estimated), s.OldestAge.Round(time.Millisecond), s.Owner)
 		}
 	}
 	return tw.Flush()
+}
+
+// approx prints n, marked "~" when it is an estimate (relay.StatusExactBacklog).
+func approx(n int64, estimated bool) string {
+	if estimated {
+		return "~" + strconv.FormatInt(n, 10)
+	}
+	return strconv.FormatInt(n, 10)
 }
 
 func runParked(ctx context.Context, args []string, s *stdio) error {

@@ -139,6 +139,7 @@ type relayOpts struct {
 	checkOnly  bool
 	pprof      bool
 	partitions int
+	ceTopics   string
 }
 
 func defineRelay(f *flags) *relayOpts {
@@ -167,6 +168,10 @@ func defineRelay(f *flags) *relayOpts {
 	f.num(&o.partitions, "topic-partitions", "RELAYBOX_TOPIC_PARTITIONS", relay.DefaultTopicPartitions, "partitions of auto-created topics")
 	f.dur(&c.UnreadyAfter, "unready-after", "RELAYBOX_UNREADY_AFTER", relay.DefaultUnreadyAfter, "/readyz fails once a dependency has failed this long")
 	f.str(&c.Channel, "channel", "RELAYBOX_CHANNEL", outbox.DefaultChannel, "LISTEN channel")
+	f.boolean(&c.CloudEvents.Enabled, "cloudevents", "RELAYBOX_CLOUDEVENTS", false, "also write the CloudEvents Kafka binary-mode headers (ce_*, content-type) on every topic")
+	f.str(&o.ceTopics, "cloudevents-topics", "RELAYBOX_CLOUDEVENTS_TOPICS", "", "write the CloudEvents headers on these topics only, comma-separated (instead of --cloudevents)")
+	f.str(&c.CloudEvents.Source, "cloudevents-source", "RELAYBOX_CLOUDEVENTS_SOURCE", "", "ce_source of events written without a source (default /relaybox/<schema>)")
+	f.conn(&c.CloudEvents.SchemaURL, "cloudevents-schema-url", "RELAYBOX_CLOUDEVENTS_SCHEMA_URL", "registry base URL of ce_dataschema as consumers reach it (default the registry URL, credentials dropped)")
 	f.str(&o.metrics, "metrics-addr", "RELAYBOX_METRICS_ADDR", ":9090", "address for /metrics, /healthz, /readyz (empty: off)")
 	f.boolean(&o.pprof, "pprof", "RELAYBOX_PPROF", false, "also serve Go's /debug/pprof/ on the metrics address (CPU and heap profiles)")
 	f.num(&o.poolSize, "pool-size", "RELAYBOX_POOL_SIZE", 0, "Postgres connections (0: max-inflight-batches + 8, at least 16, so outcome writes and small batches do not queue behind the claims)")
@@ -188,6 +193,11 @@ func runRelay(ctx context.Context, args []string, s *stdio) error {
 		return err
 	}
 	o.cfg.TopicPartitions = int32(o.partitions)
+	for _, t := range strings.Split(o.ceTopics, ",") {
+		if t = strings.TrimSpace(t); t != "" {
+			o.cfg.CloudEvents.Topics = append(o.cfg.CloudEvents.Topics, t)
+		}
+	}
 	log, err := o.logger(s.err)
 	if err != nil {
 		return err

@@ -27,3 +27,29 @@ func Reserved(name string) bool {
 	}
 	return false
 }
+
+// The headers of the CloudEvents Kafka protocol binding, binary content mode (spec
+// 1.0), which the relay also writes when CloudEvents is on for a topic.
+const (
+	CloudEventsSpecVersion = "ce_specversion"
+	CloudEventsID          = "ce_id"
+	CloudEventsType        = "ce_type"
+	CloudEventsSource      = "ce_source"
+	CloudEventsTime        = "ce_time"
+	CloudEventsSubject     = "ce_subject"
+	CloudEventsDataSchema  = "ce_dataschema"
+	// ContentType carries the CloudEvents datacontenttype attribute in binary mode.
+	ContentType = "content-type"
+)
+
+// CloudEventsOwn reports whether name is one of the CloudEvents headers the relay sets
+// itself when CloudEvents is on: a writer's extra header of that name is then left
+// out. Other ce_ headers (extension attributes) pass.
+func CloudEventsOwn(name string) bool {
+	switch name {
+	case CloudEventsSpecVersion, CloudEventsID, CloudEventsType, CloudEventsSource, CloudEventsTime,
+		CloudEventsSubject, CloudEventsDataSchema, ContentType:
+		return true
+	}
+	return false
+}
