@@ -105,9 +105,9 @@ func (s *shardRun) setTxn(t *shardTxn) {
 	txnMu.Unlock()
 }
 
-// prepareExactlyOnce resolves the transactional id prefix and makes sure the commit
-// log topic exists with a partition per shard.
-func (r *Relay) prepareExactlyOnce(ctx context.Context) error {
+// resolveExactlyOnce resolves the transactional id prefix (from Postgres's system
+// identifier unless configured) and the commit log topic's name.
+func (r *Relay) resolveExactlyOnce(ctx context.Context) error {
 	prefix := r.cfg.TransactionalIDPrefix
 	if prefix == "" {
 		var sysid int64
@@ -122,6 +122,19 @@ func (r *Relay) prepareExactlyOnce(ctx context.Context) error {
 		topic = topicSafe(prefix) + ".commits"
 	}
 	r.txnMeta = eosMeta{prefix: prefix, topic: topic}
+	r.log.Info("exactly-once mode", "transactional_id_prefix", prefix, "commit_log_topic", topic)
+	return nil
+}
+
+// ensureCommitLog makes sure the commit log topic exists with a partition per shard,
+// once: at start if Kafka answers, else before the first group's producer starts.
+func (r *Relay) ensureCommitLog(ctx context.Context) error {
+	r.commitLogMu.Lock()
+	defer r.commitLogMu.Unlock()
+	if r.commitLogOK {
+		return nil
+	}
+	topic := r.txnMeta.topic
 	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	resp, err := r.adm.CreateTopic(cctx, 64, -1, map[string]*string{"cleanup.policy": strPtr("compact")}, topic)
@@ -142,14 +155,16 @@ func (r *Relay) prepareExactlyOnce(ctx context.Context) error {
 			break
 		}
 		if err == nil && n > 0 {
-			return fmt.Errorf("relay: exactly-once: the commit log topic %q has %d partitions: %w", topic, n, errCommitLogPartitions)
+			err := fmt.Errorf("relay: exactly-once: the commit log topic %q has %d partitions: %w", topic, n, errCommitLogPartitions)
+			r.log.Error("exactly-once: configuration error", "err", err)
+			return err
 		}
 		if cctx.Err() != nil {
 			return fmt.Errorf("relay: exactly-once: describing the commit log topic %q: %w", topic, errors.Join(err, cctx.Err()))
 		}
 		sleep(cctx, 200*time.Millisecond)
 	}
-	r.log.Info("exactly-once mode", "transactional_id_prefix", prefix, "commit_log_topic", topic)
+	r.commitLogOK = true
 	return nil
 }
 
@@ -237,6 +252,9 @@ func txnRetryBackoff(tries int) time.Duration {
 // the previous owner's), then deletes the rows the shard's last committed
 // transaction carried.
 func (r *Relay) initTxn(ctx context.Context, s *shardRun, shards []int, gens []int64) error {
+	if err := r.ensureCommitLog(ctx); err != nil {
+		return err
+	}
 	opts := append(slices.Clone(r.kopts),
 		kgo.TransactionalID(r.txnMeta.prefix+"-g"+strconv.Itoa(groupOf(s.shard))),
 		kgo.TransactionTimeout(r.cfg.LeaseTTL),

@@ -14,6 +14,7 @@ func (r *Relay) checkDependencies(ctx context.Context) {
 	if err := r.kc.Ping(ctx); err != nil {
 		r.fail(componentKafkaPing, fmt.Errorf("kafka ping: %w", err))
 	} else {
+		r.kafkaSeen.Store(true)
 		r.ok(componentKafkaPing)
 	}
 }
@@ -57,7 +58,7 @@ func (r *Relay) ok(component string) {
 var ErrNotReady = errors.New("relay not ready")
 
 // Ready returns nil while events flow. It reports an error when the relay is not
-// running, when a replica of the other mode blocks its claims, when a dependency
+// running or Kafka has not answered since it started, when a replica of the other mode blocks its claims, when a dependency
 // (postgres, the Kafka ping) has failed for longer than UnreadyAfter, when one of its
 // shards has had rows to publish and published none for UnreadyAfter, or when a batch
 // has waited longer than UnreadyAfter (a partition without a leader holds its records
@@ -82,6 +83,12 @@ func (r *Relay) Ready() error {
 	r.healthMu.Unlock()
 	if !running {
 		return fmt.Errorf("%w: not running", ErrNotReady)
+	}
+	if !r.kafkaSeen.Load() {
+		if lastErr != nil {
+			return fmt.Errorf("%w: Kafka has not answered since the relay started: %v", ErrNotReady, lastErr)
+		}
+		return fmt.Errorf("%w: Kafka has not answered since the relay started", ErrNotReady)
 	}
 	if mixed != "" {
 		return fmt.Errorf("%w: replica %s runs in the other mode (at-least-once vs exactly-once); this replica claims no shard until it is gone", ErrNotReady, mixed)

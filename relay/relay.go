@@ -42,6 +42,9 @@ type Relay struct {
 	aborted atomic.Int64 // Kafka transactions aborted (exactly-once mode)
 	txnMeta eosMeta      // exactly-once mode: the transactional id prefix and the commit log topic
 
+	commitLogMu sync.Mutex
+	commitLogOK bool // the commit log topic was found with its 64 partitions
+
 	schemaMu sync.RWMutex
 	schemas  map[[32]byte]string
 
@@ -50,6 +53,7 @@ type Relay struct {
 	lastErr    map[string]error
 	mixed      string // a live replica of the other mode (no claims meanwhile)
 	running    bool
+	kafkaSeen  atomic.Bool // Kafka answered since Run started
 	topicsMade sync.Map
 	notFound   sync.Map // subject+fingerprint -> when the registry first said "not found"
 	closeKafka sync.Once
@@ -97,10 +101,7 @@ func (r *Relay) ReplicaID() string { return r.cfg.ReplicaID }
 func (r *Relay) Check(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
-	if err := r.pool.Ping(ctx); err != nil {
-		return fmt.Errorf("postgres unreachable: %w", err)
-	}
-	if err := migrations.Check(ctx, r.pool, r.cfg.Schema); err != nil {
+	if err := r.checkPostgres(ctx); err != nil {
 		return err
 	}
 	if err := r.kc.Ping(ctx); err != nil {
@@ -114,17 +115,34 @@ func (r *Relay) Check(ctx context.Context) error {
 	return nil
 }
 
+// checkPostgres pings Postgres and checks the schema's migrations.
+func (r *Relay) checkPostgres(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	if err := r.pool.Ping(ctx); err != nil {
+		return fmt.Errorf("postgres unreachable: %w", err)
+	}
+	return migrations.Check(ctx, r.pool, r.cfg.Schema)
+}
+
 // Run publishes until ctx is cancelled, then drains the batches in flight, releases
-// its leases and returns. It first waits for Postgres, Kafka and the registry to
-// answer; it returns an error only if the schema is not migrated.
+// its leases and returns. It first waits for Postgres to answer; it returns an error
+// only if the schema is not migrated (or, in exactly-once mode, the commit log topic
+// has too few partitions). Kafka and the registry need not answer at start: the
+// batches retry them, and Ready reports the relay unready until Kafka has answered.
 func (r *Relay) Run(ctx context.Context) error {
 	// Every path out closes the Kafka client, after every goroutine Run started ended.
 	defer r.closeKafka.Do(r.kc.Close)
-	// A dependency that does not answer at start (a restart during an outage) is waited
-	// for, readiness false meanwhile. A schema that is not migrated is a configuration
-	// error: return it.
+	// Postgres holds the leases: it is waited for, readiness false meanwhile. A schema
+	// that is not migrated is a configuration error: return it. Kafka and the registry
+	// are looked at once and not waited for: a relay restarted while the broker and
+	// Postgres restart in turn must not wait for a moment when all of them answer (the
+	// fault suite's exactly-once runs found restarted relays that never started).
 	for attempt := 1; ; attempt++ {
-		err := r.Check(ctx)
+		err := r.checkPostgres(ctx)
+		if err == nil && r.cfg.ExactlyOnce {
+			err = r.resolveExactlyOnce(ctx)
+		}
 		if err == nil {
 			break
 		}
@@ -137,22 +155,18 @@ func (r *Relay) Run(ctx context.Context) error {
 		r.log.Warn("waiting for dependencies", "err", err)
 		sleep(ctx, r.startBackoff(attempt))
 	}
-	if r.cfg.ExactlyOnce {
-		// Kafka unreachable here is waited for like any dependency; a commit log topic
-		// with too few partitions is a configuration error.
-		for attempt := 1; ; attempt++ {
-			err := r.prepareExactlyOnce(ctx)
-			if err == nil {
-				break
-			}
-			if ctx.Err() != nil {
-				return nil
-			}
-			if errors.Is(err, errCommitLogPartitions) {
+	if err := r.Check(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		r.log.Warn("a dependency does not answer yet; starting, and retrying it", "err", err)
+	} else {
+		r.kafkaSeen.Store(true)
+		if r.cfg.ExactlyOnce {
+			// A commit log topic with too few partitions is a configuration error.
+			if err := r.ensureCommitLog(ctx); errors.Is(err, errCommitLogPartitions) {
 				return err
 			}
-			r.log.Warn("waiting for dependencies", "err", err)
-			sleep(ctx, r.startBackoff(attempt))
 		}
 	}
 	r.healthMu.Lock()
