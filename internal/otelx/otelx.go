@@ -77,18 +77,19 @@ type LinkSet struct {
 	seen     map[trace.TraceID]struct{}
 }
 
-// Add adds sc (with optional link attributes) unless its trace is already linked.
-func (l *LinkSet) Add(sc trace.SpanContext, attrs ...attribute.KeyValue) {
+// Add adds a link to sc unless its trace is already linked or the set is full; it
+// reports whether it added one (the caller may then set its Attributes).
+func (l *LinkSet) Add(sc trace.SpanContext) bool {
 	if !sc.IsValid() {
 		l.Untraced++
-		return
+		return false
 	}
 	if l.seen == nil {
 		l.seen = make(map[trace.TraceID]struct{})
 	}
 	id := sc.TraceID()
 	if _, ok := l.seen[id]; ok {
-		return
+		return false
 	}
 	l.seen[id] = struct{}{}
 	max := l.Max
@@ -97,9 +98,10 @@ func (l *LinkSet) Add(sc trace.SpanContext, attrs ...attribute.KeyValue) {
 	}
 	if len(l.Links) >= max {
 		l.Dropped++
-		return
+		return false
 	}
-	l.Links = append(l.Links, trace.Link{SpanContext: sc, Attributes: attrs})
+	l.Links = append(l.Links, trace.Link{SpanContext: sc})
+	return true
 }
 
 // Apply adds the links and the counts (LinksDropped, Untraced) to span.

@@ -1,0 +1,140 @@
+package relay_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"go.opentelemetry.io/otel/attribute"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/relaybox/relaybox/internal/envelope"
+	"github.com/relaybox/relaybox/internal/testenv"
+	"github.com/relaybox/relaybox/outbox"
+	"github.com/relaybox/relaybox/relay"
+)
+
+func newTracing() (*sdktrace.TracerProvider, *tracetest.InMemoryExporter) {
+	exp := tracetest.NewInMemoryExporter()
+	return sdktrace.NewTracerProvider(sdktrace.WithSyncer(exp)), exp
+}
+
+func spanAttrs(s tracetest.SpanStub) map[attribute.Key]attribute.Value {
+	m := map[attribute.Key]attribute.Value{}
+	for _, kv := range s.Attributes {
+		m[kv.Key] = kv.Value
+	}
+	return m
+}
+
+// tracedWrites writes, for each of traces request spans, perTrace events of one key
+// (one shard: one batch), and returns the stored traceparent of every row.
+func (e *env) tracedWrites(t *testing.T, tp trace.TracerProvider, topic string, traces, perTrace int) []string {
+	t.Helper()
+	w, err := outbox.New(e.pool, &outbox.Config{Schema: e.schema, TracerProvider: tp})
+	if err != nil {
+		t.Fatal(err)
+	}
+	seq := int64(0)
+	for i := 0; i < traces; i++ {
+		ctx, span := tp.Tracer("test").Start(context.Background(), "request")
+		for j := 0; j < perTrace; j++ {
+			seq++
+			ev := outbox.Event{Topic: topic, Key: "k", Type: "Seq", Value: Seq{Key: "k", Seq: seq}}
+			if err := pgx.BeginFunc(ctx, e.pool, func(tx pgx.Tx) error { return w.Write(ctx, tx, ev) }); err != nil {
+				t.Fatal(err)
+			}
+		}
+		span.End()
+	}
+	rows, err := e.pool.Query(context.Background(), `SELECT traceparent FROM `+pgx.Identifier{e.schema, "outbox"}.Sanitize()+` ORDER BY id`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tps, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tps
+}
+
+func batchSpans(exp *tracetest.InMemoryExporter) []tracetest.SpanStub {
+	var out []tracetest.SpanStub
+	for _, s := range exp.GetSpans() {
+		if s.Name == relay.BatchSpanName {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// One batch of events from three traces: its span is a root linked to each trace
+// once (the first event's context, with its event id), with the batch's shard, rows,
+// bytes and outcome; every Kafka record carries its writer's traceparent unchanged.
+func TestTrace_BatchSpanLinksEachTraceAndRecordsCarryTheTraceparent(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	topic := testenv.Topic(t, 3)
+	writerTP, _ := newTracing()
+	tps := e.tracedWrites(t, writerTP, topic, 3, 2)
+	relayTP, exp := newTracing()
+	e.relay(t, func(c *relay.Config) { c.TracerProvider = relayTP })
+	s := readBack(t, topic, 6, 60*time.Second)
+	if s.distinct != 6 {
+		t.Fatalf("read %d distinct events, want 6", s.distinct)
+	}
+	// The records are in key (= write) order: each carries its row's traceparent.
+	for i, rec := range s.records[:6] {
+		if got := header(rec, envelope.TraceParent); got != tps[i] || got == "" {
+			t.Fatalf("record %d traceparent %q, stored %q", i, got, tps[i])
+		}
+	}
+	waitFor(t, 30*time.Second, "the batch span", func() bool { return len(batchSpans(exp)) > 0 })
+	spans := batchSpans(exp)
+	if len(spans) != 1 {
+		t.Fatalf("%d batch spans, want 1 (one key, one batch)", len(spans))
+	}
+	b := spans[0]
+	a := spanAttrs(b)
+	if b.Parent.IsValid() {
+		t.Fatalf("a batch of three traces has parent %v, want a root", b.Parent)
+	}
+	if a[relay.AttrRows].AsInt64() != 6 || a[relay.AttrPublished].AsInt64() != 6 || a[relay.AttrOutcome].AsString() != relay.OutcomePublished ||
+		a[relay.AttrBytes].AsInt64() <= 0 || a[relay.AttrShard].AsInt64() != int64(outbox.Shard("k")) ||
+		a["relaybox.links.dropped"].AsInt64() != 0 || a["messaging.system"].AsString() != "kafka" {
+		t.Fatalf("batch span attributes %v", b.Attributes)
+	}
+	if len(b.Links) != 3 {
+		t.Fatalf("%d links, want one per trace (3)", len(b.Links))
+	}
+	for i, l := range b.Links {
+		// Rows 0, 2, 4 are the first event of each trace.
+		want := tps[2*i]
+		got := "00-" + l.SpanContext.TraceID().String() + "-" + l.SpanContext.SpanID().String() + "-" + l.SpanContext.TraceFlags().String()
+		if got != want || len(l.Attributes) != 1 || l.Attributes[0].Key != "messaging.message.id" {
+			t.Fatalf("link %d: %s %v, want %s with the event id", i, got, l.Attributes, want)
+		}
+	}
+}
+
+// A batch whose events all belong to one trace is a child of the first event's
+// context: the request's trace shows the relay's batch.
+func TestTrace_BatchOfOneTraceIsItsChild(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	topic := testenv.Topic(t, 1)
+	writerTP, _ := newTracing()
+	tps := e.tracedWrites(t, writerTP, topic, 1, 3)
+	relayTP, exp := newTracing()
+	e.relay(t, func(c *relay.Config) { c.TracerProvider = relayTP })
+	readBack(t, topic, 3, 60*time.Second)
+	waitFor(t, 30*time.Second, "the batch span", func() bool { return len(batchSpans(exp)) > 0 })
+	b := batchSpans(exp)[0]
+	got := "00-" + b.Parent.TraceID().String() + "-" + b.Parent.SpanID().String() + "-" + b.Parent.TraceFlags().String()
+	if got != tps[0] || b.SpanContext.TraceID() != b.Parent.TraceID() {
+		t.Fatalf("batch span parent %s (trace %s), want the first event's %s", got, b.SpanContext.TraceID(), tps[0])
+	}
+}
