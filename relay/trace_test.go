@@ -7,6 +7,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
@@ -136,5 +137,43 @@ func TestTrace_BatchOfOneTraceIsItsChild(t *testing.T) {
 	got := "00-" + b.Parent.TraceID().String() + "-" + b.Parent.SpanID().String() + "-" + b.Parent.TraceFlags().String()
 	if got != tps[0] || b.SpanContext.TraceID() != b.Parent.TraceID() {
 		t.Fatalf("batch span parent %s (trace %s), want the first event's %s", got, b.SpanContext.TraceID(), tps[0])
+	}
+}
+
+// Exactly-once mode makes the same batch span (the Kafka transaction inside it).
+func TestTrace_ExactlyOnceBatchSpan(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	topic := testenv.Topic(t, 1)
+	writerTP, _ := newTracing()
+	e.tracedWrites(t, writerTP, topic, 2, 2)
+	relayTP, exp := newTracing()
+	e.relay(t, func(c *relay.Config) {
+		c.TracerProvider, c.ExactlyOnce, c.TransactionalIDPrefix = relayTP, true, "test-"+e.schema
+	})
+	readCommitted(t, topic, 4, 90*time.Second)
+	waitFor(t, 30*time.Second, "the batch span", func() bool { return len(batchSpans(exp)) > 0 })
+	b := batchSpans(exp)[0]
+	a := spanAttrs(b)
+	if a[relay.AttrOutcome].AsString() != relay.OutcomePublished || a[relay.AttrPublished].AsInt64() != 4 || len(b.Links) != 2 {
+		t.Fatalf("exactly-once batch span: %v, %d links", b.Attributes, len(b.Links))
+	}
+}
+
+// A batch whose events park (too large) says so, without an error status.
+func TestTrace_ParkedBatchOutcome(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	topic := testenv.Topic(t, 1)
+	writerTP, _ := newTracing()
+	e.tracedWrites(t, writerTP, topic, 1, 2)
+	relayTP, exp := newTracing()
+	e.relay(t, func(c *relay.Config) { c.TracerProvider, c.MaxRecordBytes = relayTP, 100 })
+	waitFor(t, 30*time.Second, "the batch span", func() bool { return len(batchSpans(exp)) > 0 })
+	b := batchSpans(exp)[0]
+	a := spanAttrs(b)
+	// The first row parks; the second, behind it on its key, stays for later.
+	if a[relay.AttrOutcome].AsString() != relay.OutcomeParked || a[relay.AttrParked].AsInt64() != 1 || b.Status.Code == codes.Error {
+		t.Fatalf("parked batch span: %v, status %v", b.Attributes, b.Status)
 	}
 }
