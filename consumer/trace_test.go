@@ -12,38 +12,14 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
-	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/relaybox/relaybox/consumer"
 	"github.com/relaybox/relaybox/internal/envelope"
+	"github.com/relaybox/relaybox/internal/testenv"
 	"github.com/relaybox/relaybox/internal/wire"
 )
-
-func newTracing() (*sdktrace.TracerProvider, *tracetest.InMemoryExporter) {
-	exp := tracetest.NewInMemoryExporter()
-	return sdktrace.NewTracerProvider(sdktrace.WithSyncer(exp)), exp
-}
-
-func attrsOf(kvs []attribute.KeyValue) map[attribute.Key]attribute.Value {
-	m := map[attribute.Key]attribute.Value{}
-	for _, kv := range kvs {
-		m[kv.Key] = kv.Value
-	}
-	return m
-}
-
-// spansNamed returns the exported spans called name.
-func spansNamed(exp *tracetest.InMemoryExporter, name string) []tracetest.SpanStub {
-	var out []tracetest.SpanStub
-	for _, s := range exp.GetSpans() {
-		if s.Name == name {
-			out = append(out, s)
-		}
-	}
-	return out
-}
 
 // A record from a producer that is not relaybox (a plain franz-go produce: the
 // Avro value in wire format and a hand-made traceparent, no relaybox header) is
@@ -65,7 +41,7 @@ func TestTrace_RecordFromAForeignProducerContinuesItsTrace(t *testing.T) {
 			{Key: "tracestate", Value: []byte("vendor=opaque")},
 		}})
 
-	tp, exp := newTracing()
+	tp, exp := testenv.Tracing()
 	cfg := e.config(t, topic)
 	cfg.TracerProvider = tp
 	c := e.newConsumer(t, cfg)
@@ -76,30 +52,30 @@ func TestTrace_RecordFromAForeignProducerContinuesItsTrace(t *testing.T) {
 	}))
 	run(t, c)
 	name := "process " + topic
-	waitFor(t, 60*time.Second, "the record's span", func() bool { return len(spansNamed(exp, name)) == 1 })
+	waitFor(t, 60*time.Second, "the record's span", func() bool { return len(testenv.SpansNamed(exp, name)) == 1 })
 
-	rs := spansNamed(exp, name)[0]
+	rs := testenv.SpansNamed(exp, name)[0]
 	if rs.Parent.TraceID().String() != traceID || rs.Parent.SpanID().String() != spanID || !rs.Parent.IsRemote() {
 		t.Fatalf("record span parent %v, want the header's %s/%s", rs.Parent, traceID, spanID)
 	}
 	if rs.SpanContext.TraceID().String() != traceID || rs.SpanContext.TraceState().String() != "vendor=opaque" {
 		t.Fatalf("record span context %v, want trace %s with the tracestate", rs.SpanContext, traceID)
 	}
-	a := attrsOf(rs.Attributes)
+	a := testenv.Attrs(rs.Attributes)
 	want := map[attribute.Key]string{
 		"messaging.system": "kafka", "messaging.destination.name": topic, "messaging.destination.partition.id": "0",
 		"messaging.message.id": topic + "/0/0", "messaging.consumer.group.name": cfg.Group,
 		"messaging.operation.type": "process", consumer.AttrOutcome: consumer.OutcomeApplied, consumer.AttrEventType: "Seq",
 	}
 	for k, v := range want {
-		if a[k].Emit() != v {
-			t.Errorf("%s = %q, want %q", k, a[k].Emit(), v)
+		if a[k].String() != v {
+			t.Errorf("%s = %q, want %q", k, a[k].String(), v)
 		}
 	}
 	if off, ok := a["messaging.kafka.offset"]; !ok || off.AsInt64() != 0 || rs.SpanKind != trace.SpanKindConsumer {
 		t.Errorf("offset %v (set %v), kind %v", off.AsInt64(), ok, rs.SpanKind)
 	}
-	hs := spansNamed(exp, "reserve stock")
+	hs := testenv.SpansNamed(exp, "reserve stock")
 	if len(hs) != 1 || hs[0].Parent.SpanID() != rs.SpanContext.SpanID() || hs[0].SpanContext.TraceID().String() != traceID {
 		t.Fatalf("handler spans %v: want one, a child of the record span %s", hs, rs.SpanContext.SpanID())
 	}
@@ -116,7 +92,7 @@ func TestTrace_RecordSpanOutcomes(t *testing.T) {
 		return record(t, topic, id, s, key, eventID, "Seq", Seq{Key: key, Seq: 1})
 	}
 	produceTo(t, rec("once", "e-once"), rec("once", "e-once"), rec("flaky", "e-flaky"), rec("perm", "e-perm"), rec("last", "e-last"))
-	tp, exp := newTracing()
+	tp, exp := testenv.Tracing()
 	cfg := e.config(t, topic)
 	cfg.TracerProvider = tp
 	c := e.newConsumer(t, cfg)
@@ -134,21 +110,23 @@ func TestTrace_RecordSpanOutcomes(t *testing.T) {
 	}))
 	run(t, c)
 	name := "process " + topic
-	waitFor(t, 60*time.Second, "five record spans", func() bool { return len(spansNamed(exp, name)) == 5 })
+	waitFor(t, 60*time.Second, "five record spans", func() bool { return len(testenv.SpansNamed(exp, name)) == 5 })
 	got := map[string][]tracetest.SpanStub{}
-	for _, sp := range spansNamed(exp, name) {
-		got[attrsOf(sp.Attributes)["messaging.message.id"].AsString()] = append(got[attrsOf(sp.Attributes)["messaging.message.id"].AsString()], sp)
+	for _, sp := range testenv.SpansNamed(exp, name) {
+		got[testenv.Attrs(sp.Attributes)["messaging.message.id"].AsString()] = append(got[testenv.Attrs(sp.Attributes)["messaging.message.id"].AsString()], sp)
 	}
-	outcome := func(sp tracetest.SpanStub) string { return attrsOf(sp.Attributes)[consumer.AttrOutcome].AsString() }
+	outcome := func(sp tracetest.SpanStub) string {
+		return testenv.Attrs(sp.Attributes)[consumer.AttrOutcome].AsString()
+	}
 	if o := got["e-once"]; len(o) != 2 || outcome(o[0]) != consumer.OutcomeApplied || outcome(o[1]) != consumer.OutcomeDuplicate {
 		t.Errorf("e-once spans: %d, outcomes %v / %v; want applied then duplicate", len(o), outcome(o[0]), outcome(o[len(o)-1]))
 	}
 	f := got["e-flaky"][0]
-	if outcome(f) != consumer.OutcomeApplied || attrsOf(f.Attributes)[consumer.AttrRetries].AsInt64() != 1 || len(f.Events) != 1 || f.Events[0].Name != "retry" {
-		t.Errorf("e-flaky: outcome %s, retries %d, events %v; want applied after one retry", outcome(f), attrsOf(f.Attributes)[consumer.AttrRetries].AsInt64(), f.Events)
+	if outcome(f) != consumer.OutcomeApplied || testenv.Attrs(f.Attributes)[consumer.AttrRetries].AsInt64() != 1 || len(f.Events) != 1 || f.Events[0].Name != "retry" {
+		t.Errorf("e-flaky: outcome %s, retries %d, events %v; want applied after one retry", outcome(f), testenv.Attrs(f.Attributes)[consumer.AttrRetries].AsInt64(), f.Events)
 	}
 	p := got["e-perm"][0]
-	if outcome(p) != consumer.OutcomeDeadLettered || p.Status.Code != codes.Error || attrsOf(p.Attributes)[consumer.AttrDeadLetterReason].AsString() != consumer.ReasonPermanent {
+	if outcome(p) != consumer.OutcomeDeadLettered || p.Status.Code != codes.Error || testenv.Attrs(p.Attributes)[consumer.AttrDeadLetterReason].AsString() != consumer.ReasonPermanent {
 		t.Errorf("e-perm: outcome %s, status %v, attributes %v; want dead-lettered, error, reason permanent", outcome(p), p.Status, p.Attributes)
 	}
 }
@@ -176,26 +154,26 @@ func TestTrace_BatchModeRecordSpansLinkTheirBatch(t *testing.T) {
 		recs = append(recs, r)
 	}
 	produceTo(t, recs...)
-	tp, exp := newTracing()
+	tp, exp := testenv.Tracing()
 	cfg := e.config(t, topic)
 	cfg.TracerProvider, cfg.BatchMode = tp, true
 	c := e.newConsumer(t, cfg)
 	consumer.Handle(c, "Seq", e.applySeq("c", nil))
 	run(t, c)
 	name := "process " + topic
-	waitFor(t, 60*time.Second, "four record spans", func() bool { return len(spansNamed(exp, name)) == 4 })
+	waitFor(t, 60*time.Second, "four record spans", func() bool { return len(testenv.SpansNamed(exp, name)) == 4 })
 	waitFor(t, 10*time.Second, "the batch spans", func() bool {
 		n := int64(0)
-		for _, b := range spansNamed(exp, consumer.BatchSpanName) {
-			n += attrsOf(b.Attributes)["messaging.batch.message_count"].AsInt64()
+		for _, b := range testenv.SpansNamed(exp, consumer.BatchSpanName) {
+			n += testenv.Attrs(b.Attributes)["messaging.batch.message_count"].AsInt64()
 		}
 		return n == 4
 	})
 	batches := map[trace.SpanID]tracetest.SpanStub{}
 	linked := map[string]bool{}
-	for _, b := range spansNamed(exp, consumer.BatchSpanName) {
+	for _, b := range testenv.SpansNamed(exp, consumer.BatchSpanName) {
 		batches[b.SpanContext.SpanID()] = b
-		if o := attrsOf(b.Attributes)[consumer.AttrOutcome].AsString(); o != consumer.BatchCommitted || b.Parent.IsValid() {
+		if o := testenv.Attrs(b.Attributes)[consumer.AttrOutcome].AsString(); o != consumer.BatchCommitted || b.Parent.IsValid() {
 			t.Errorf("batch span outcome %q parent %v; want committed, a root", o, b.Parent)
 		}
 		for _, l := range b.Links {
@@ -205,8 +183,8 @@ func TestTrace_BatchModeRecordSpansLinkTheirBatch(t *testing.T) {
 	if len(linked) != 2 {
 		t.Errorf("batch spans link %d traces, want 2: %v", len(linked), linked)
 	}
-	for _, r := range spansNamed(exp, name) {
-		a := attrsOf(r.Attributes)
+	for _, r := range testenv.SpansNamed(exp, name) {
+		a := testenv.Attrs(r.Attributes)
 		i, _ := strconv.Atoi(a["messaging.message.id"].AsString()[2:])
 		wantParent := tps[i]
 		gotParent := ""

@@ -6,20 +6,14 @@ import (
 	"testing"
 
 	"github.com/jackc/pgx/v5"
-	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
-	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/noop"
 
+	"github.com/relaybox/relaybox/internal/testenv"
 	"github.com/relaybox/relaybox/outbox"
 )
-
-func newTracing() (*sdktrace.TracerProvider, *tracetest.InMemoryExporter) {
-	exp := tracetest.NewInMemoryExporter()
-	return sdktrace.NewTracerProvider(sdktrace.WithSyncer(exp)), exp
-}
 
 // writeTraced writes events in one committed transaction and returns the stored
 // traceparent of each row, in id order.
@@ -51,20 +45,12 @@ func traceparentOf(sc trace.SpanContext) string {
 	return "00-" + sc.TraceID().String() + "-" + sc.SpanID().String() + "-" + sc.TraceFlags().String()
 }
 
-func attrMap(kvs []attribute.KeyValue) map[attribute.Key]attribute.Value {
-	m := map[attribute.Key]attribute.Value{}
-	for _, kv := range kvs {
-		m[kv.Key] = kv.Value
-	}
-	return m
-}
-
 // A write under a span starts the write span, a child of the caller's; every event
 // of the write records the write span's context, which the relay carries to Kafka
 // and the consumer continues.
 func TestTrace_WriteUnderASpanRecordsTheWriteSpan(t *testing.T) {
 	t.Parallel()
-	tp, exp := newTracing()
+	tp, exp := testenv.Tracing()
 	s := newSetup(t, &outbox.Config{TracerProvider: tp})
 	ctx, parent := tp.Tracer("test").Start(context.Background(), "POST /orders")
 	ev := func(key string) outbox.Event {
@@ -93,7 +79,7 @@ func TestTrace_WriteUnderASpanRecordsTheWriteSpan(t *testing.T) {
 	if len(tps) != 2 || tps[0] != want || tps[1] != want {
 		t.Fatalf("stored traceparents %q, want the write span's %q for both", tps, want)
 	}
-	a := attrMap(write.Attributes)
+	a := testenv.Attrs(write.Attributes)
 	if a["messaging.batch.message_count"].AsInt64() != 2 || a["messaging.destination.name"].AsString() != "orders" ||
 		len(a[outbox.AttrEventIDs].AsStringSlice()) != 2 || a["messaging.system"].AsString() != "kafka" {
 		t.Fatalf("write span attributes %v", write.Attributes)
@@ -104,7 +90,7 @@ func TestTrace_WriteUnderASpanRecordsTheWriteSpan(t *testing.T) {
 // context and a span event on the caller's span marks the write.
 func TestTrace_NoopProviderMarksTheCallersSpanWithAnEvent(t *testing.T) {
 	t.Parallel()
-	tp, exp := newTracing()
+	tp, exp := testenv.Tracing()
 	s := newSetup(t, &outbox.Config{TracerProvider: noop.NewTracerProvider()})
 	ctx, parent := tp.Tracer("test").Start(context.Background(), "handler")
 	tps := s.writeTraced(t, ctx, outbox.Event{Topic: "orders", Key: "k", Type: "OrderCreated", Value: OrderCreated{OrderID: "k"}})
@@ -116,7 +102,7 @@ func TestTrace_NoopProviderMarksTheCallersSpanWithAnEvent(t *testing.T) {
 	if want := traceparentOf(parent.SpanContext()); len(tps) != 1 || tps[0] != want {
 		t.Fatalf("stored traceparent %q, want the caller's %q", tps, want)
 	}
-	if ev := spans[0].Events; len(ev) != 1 || ev[0].Name != outbox.SpanName || attrMap(ev[0].Attributes)["messaging.message.id"].AsString() == "" {
+	if ev := spans[0].Events; len(ev) != 1 || ev[0].Name != outbox.SpanName || testenv.Attrs(ev[0].Attributes)["messaging.message.id"].AsString() == "" {
 		t.Fatalf("caller's span events %+v, want one %s with the event id", ev, outbox.SpanName)
 	}
 }
@@ -124,7 +110,7 @@ func TestTrace_NoopProviderMarksTheCallersSpanWithAnEvent(t *testing.T) {
 // Without a span in ctx a write makes no span and stores no trace context.
 func TestTrace_UntracedWriteMakesNoSpan(t *testing.T) {
 	t.Parallel()
-	tp, exp := newTracing()
+	tp, exp := testenv.Tracing()
 	s := newSetup(t, &outbox.Config{TracerProvider: tp})
 	tps := s.writeTraced(t, context.Background(), outbox.Event{Topic: "orders", Key: "k", Type: "OrderCreated", Value: OrderCreated{OrderID: "k"}})
 	if len(exp.GetSpans()) != 0 || len(tps) != 1 || tps[0] != "" {
@@ -135,7 +121,7 @@ func TestTrace_UntracedWriteMakesNoSpan(t *testing.T) {
 // A write refused for bad input ends its span with the error.
 func TestTrace_RefusedWriteEndsTheSpanWithTheError(t *testing.T) {
 	t.Parallel()
-	tp, exp := newTracing()
+	tp, exp := testenv.Tracing()
 	s := newSetup(t, &outbox.Config{TracerProvider: tp})
 	ctx, parent := tp.Tracer("test").Start(context.Background(), "handler")
 	defer parent.End()

@@ -8,7 +8,6 @@ import (
 	"github.com/jackc/pgx/v5"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
-	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
 
@@ -17,19 +16,6 @@ import (
 	"github.com/relaybox/relaybox/outbox"
 	"github.com/relaybox/relaybox/relay"
 )
-
-func newTracing() (*sdktrace.TracerProvider, *tracetest.InMemoryExporter) {
-	exp := tracetest.NewInMemoryExporter()
-	return sdktrace.NewTracerProvider(sdktrace.WithSyncer(exp)), exp
-}
-
-func spanAttrs(s tracetest.SpanStub) map[attribute.Key]attribute.Value {
-	m := map[attribute.Key]attribute.Value{}
-	for _, kv := range s.Attributes {
-		m[kv.Key] = kv.Value
-	}
-	return m
-}
 
 // tracedWrites writes, for each of traces request spans, perTrace events of one key
 // (one shard: one batch), and returns the stored traceparent of every row.
@@ -63,13 +49,36 @@ func (e *env) tracedWrites(t *testing.T, tp trace.TracerProvider, topic string, 
 }
 
 func batchSpans(exp *tracetest.InMemoryExporter) []tracetest.SpanStub {
-	var out []tracetest.SpanStub
-	for _, s := range exp.GetSpans() {
-		if s.Name == relay.BatchSpanName {
-			out = append(out, s)
+	return testenv.SpansNamed(exp, relay.BatchSpanName)
+}
+
+// batchWith waits for a batch span with the outcome and rows given (under load a
+// first attempt may fail and be retried: its span says so, and is skipped here).
+func batchWith(t *testing.T, exp *tracetest.InMemoryExporter, outcome string, rows int64) tracetest.SpanStub {
+	t.Helper()
+	var found tracetest.SpanStub
+	ok := func() bool {
+		for _, b := range batchSpans(exp) {
+			a := testenv.Attrs(b.Attributes)
+			if a[relay.AttrOutcome].AsString() == outcome && a[relay.AttrRows].AsInt64() == rows {
+				found = b
+				return true
+			}
 		}
+		return false
 	}
-	return out
+	deadline := time.Now().Add(60 * time.Second)
+	for !ok() {
+		if time.Now().After(deadline) {
+			var seen [][]attribute.KeyValue
+			for _, b := range batchSpans(exp) {
+				seen = append(seen, b.Attributes)
+			}
+			t.Fatalf("no batch span with outcome %s over %d rows within 60s; batch spans: %v", outcome, rows, seen)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return found
 }
 
 // One batch of events from three traces: its span is a root linked to each trace
@@ -79,9 +88,9 @@ func TestTrace_BatchSpanLinksEachTraceAndRecordsCarryTheTraceparent(t *testing.T
 	t.Parallel()
 	e := newEnv(t)
 	topic := testenv.Topic(t, 3)
-	writerTP, _ := newTracing()
+	writerTP, _ := testenv.Tracing()
 	tps := e.tracedWrites(t, writerTP, topic, 3, 2)
-	relayTP, exp := newTracing()
+	relayTP, exp := testenv.Tracing()
 	e.relay(t, func(c *relay.Config) { c.TracerProvider = relayTP })
 	s := readBack(t, topic, 6, 60*time.Second)
 	if s.distinct != 6 {
@@ -93,13 +102,8 @@ func TestTrace_BatchSpanLinksEachTraceAndRecordsCarryTheTraceparent(t *testing.T
 			t.Fatalf("record %d traceparent %q, stored %q", i, got, tps[i])
 		}
 	}
-	waitFor(t, 30*time.Second, "the batch span", func() bool { return len(batchSpans(exp)) > 0 })
-	spans := batchSpans(exp)
-	if len(spans) != 1 {
-		t.Fatalf("%d batch spans, want 1 (one key, one batch)", len(spans))
-	}
-	b := spans[0]
-	a := spanAttrs(b)
+	b := batchWith(t, exp, relay.OutcomePublished, 6) // one key: one shard, one batch
+	a := testenv.Attrs(b.Attributes)
 	if b.Parent.IsValid() {
 		t.Fatalf("a batch of three traces has parent %v, want a root", b.Parent)
 	}
@@ -127,13 +131,12 @@ func TestTrace_BatchOfOneTraceIsItsChild(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	topic := testenv.Topic(t, 1)
-	writerTP, _ := newTracing()
+	writerTP, _ := testenv.Tracing()
 	tps := e.tracedWrites(t, writerTP, topic, 1, 3)
-	relayTP, exp := newTracing()
+	relayTP, exp := testenv.Tracing()
 	e.relay(t, func(c *relay.Config) { c.TracerProvider = relayTP })
 	readBack(t, topic, 3, 60*time.Second)
-	waitFor(t, 30*time.Second, "the batch span", func() bool { return len(batchSpans(exp)) > 0 })
-	b := batchSpans(exp)[0]
+	b := batchWith(t, exp, relay.OutcomePublished, 3)
 	got := "00-" + b.Parent.TraceID().String() + "-" + b.Parent.SpanID().String() + "-" + b.Parent.TraceFlags().String()
 	if got != tps[0] || b.SpanContext.TraceID() != b.Parent.TraceID() {
 		t.Fatalf("batch span parent %s (trace %s), want the first event's %s", got, b.SpanContext.TraceID(), tps[0])
@@ -145,16 +148,15 @@ func TestTrace_ExactlyOnceBatchSpan(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	topic := testenv.Topic(t, 1)
-	writerTP, _ := newTracing()
+	writerTP, _ := testenv.Tracing()
 	e.tracedWrites(t, writerTP, topic, 2, 2)
-	relayTP, exp := newTracing()
+	relayTP, exp := testenv.Tracing()
 	e.relay(t, func(c *relay.Config) {
 		c.TracerProvider, c.ExactlyOnce, c.TransactionalIDPrefix = relayTP, true, "test-"+e.schema
 	})
 	readCommitted(t, topic, 4, 90*time.Second)
-	waitFor(t, 30*time.Second, "the batch span", func() bool { return len(batchSpans(exp)) > 0 })
-	b := batchSpans(exp)[0]
-	a := spanAttrs(b)
+	b := batchWith(t, exp, relay.OutcomePublished, 4)
+	a := testenv.Attrs(b.Attributes)
 	if a[relay.AttrOutcome].AsString() != relay.OutcomePublished || a[relay.AttrPublished].AsInt64() != 4 || len(b.Links) != 2 {
 		t.Fatalf("exactly-once batch span: %v, %d links", b.Attributes, len(b.Links))
 	}
@@ -165,13 +167,12 @@ func TestTrace_ParkedBatchOutcome(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	topic := testenv.Topic(t, 1)
-	writerTP, _ := newTracing()
+	writerTP, _ := testenv.Tracing()
 	e.tracedWrites(t, writerTP, topic, 1, 2)
-	relayTP, exp := newTracing()
+	relayTP, exp := testenv.Tracing()
 	e.relay(t, func(c *relay.Config) { c.TracerProvider, c.MaxRecordBytes = relayTP, 100 })
-	waitFor(t, 30*time.Second, "the batch span", func() bool { return len(batchSpans(exp)) > 0 })
-	b := batchSpans(exp)[0]
-	a := spanAttrs(b)
+	b := batchWith(t, exp, relay.OutcomeParked, 2)
+	a := testenv.Attrs(b.Attributes)
 	// The first row parks; the second, behind it on its key, stays for later.
 	if a[relay.AttrOutcome].AsString() != relay.OutcomeParked || a[relay.AttrParked].AsInt64() != 1 || b.Status.Code == codes.Error {
 		t.Fatalf("parked batch span: %v, status %v", b.Attributes, b.Status)
