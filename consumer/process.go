@@ -359,6 +359,7 @@ func (p *partition) runBatch(recs []*kgo.Record) (done bool) {
 	}
 	linkBatch(batch, items)
 	n, err := p.batchOnce(items)
+	split = err != nil // unless stopped: then the batch is interrupted
 	if n > 0 {
 		for _, it := range items[:n] {
 			endRecordSpan(it, true)
@@ -372,7 +373,6 @@ func (p *partition) runBatch(recs []*kgo.Record) (done bool) {
 	case err == nil || p.stopped():
 		return false // stopped part-way
 	}
-	split = true
 	p.c.hookErr("postgres", err)
 	p.c.log.Warn("batch failed; running its records one per transaction", "topic", p.topic, "partition", p.n,
 		"records", len(items), "err", err)

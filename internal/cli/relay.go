@@ -213,17 +213,17 @@ func runRelay(ctx context.Context, args []string, s *stdio) error {
 		return err
 	}
 	defer pool.Close()
-	cfg := o.cfg
-	cfg.Schema = o.schema
-	cfg.KafkaOpts = kopts
-	cfg.RegistryURL, cfg.RegistryUsername, cfg.RegistryPassword, cfg.RegistryTimeout = o.registry.url, o.registry.user, o.registry.password, o.registry.timeout
-	cfg.Logger = log
 	tp, flush, err := o.otlp.tracerProvider(ctx, s, log)
 	if err != nil {
 		return err
 	}
 	defer flush()
+	cfg := o.cfg
+	cfg.Schema = o.schema
 	cfg.TracerProvider = tp
+	cfg.KafkaOpts = kopts
+	cfg.RegistryURL, cfg.RegistryUsername, cfg.RegistryPassword, cfg.RegistryTimeout = o.registry.url, o.registry.user, o.registry.password, o.registry.timeout
+	cfg.Logger = log
 	m := newRelayMetrics(pool, o.schema)
 	cfg.Hooks = m.hooks()
 	mode := relay.ModeAtLeastOnce
