@@ -147,7 +147,7 @@ func (p *partition) startBatchSpan(recs []*kgo.Record) trace.Span {
 					ts = string(h.Value)
 				}
 			}
-			l.Add(otelx.SpanContext(tp, ts))
+			l.AddTraceparent(tp, ts)
 		}
 		l.Apply(span)
 	}

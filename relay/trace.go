@@ -93,7 +93,7 @@ func linkRows(rows []outboxRow, max int) *otelx.LinkSet {
 	var buf []byte
 	for i := range rows {
 		o := &rows[i]
-		if l.Add(otelx.SpanContext(o.traceparent, o.tracestate)) {
+		if l.AddTraceparent(o.traceparent, o.tracestate) {
 			buf = appendUUID(buf[:0], o.eventID)
 			l.Links[len(l.Links)-1].Attributes = []attribute.KeyValue{semconv.MessagingMessageID(string(buf))}
 		}

@@ -75,6 +75,7 @@ type LinkSet struct {
 	Dropped  int // distinct traces not linked
 	Untraced int // contexts added that were not valid
 	seen     map[trace.TraceID]struct{}
+	seenText map[string]struct{} // trace ids as text (AddTraceparent)
 }
 
 // Add adds a link to sc unless its trace is already linked or the set is full; it
@@ -100,6 +101,42 @@ func (l *LinkSet) Add(sc trace.SpanContext) bool {
 		l.Dropped++
 		return false
 	}
+	l.Links = append(l.Links, trace.Link{SpanContext: sc})
+	return true
+}
+
+// AddTraceparent is Add for a W3C traceparent (and tracestate) header pair. It
+// parses only a trace not seen yet and under the cap: a batch repeats traces, and
+// past the cap only the count is needed (a well-formed header's trace id is then
+// counted as text, unparsed). Do not mix it with Add on one set.
+func (l *LinkSet) AddTraceparent(traceparent, tracestate string) bool {
+	tp := traceparent
+	if len(tp) < 55 || tp[2] != '-' || tp[35] != '-' {
+		l.Untraced++
+		return false
+	}
+	key := tp[3:35]
+	if l.seenText == nil {
+		l.seenText = make(map[string]struct{})
+	}
+	if _, ok := l.seenText[key]; ok {
+		return false
+	}
+	max := l.Max
+	if max <= 0 {
+		max = MaxLinks
+	}
+	if len(l.Links) >= max {
+		l.seenText[key] = struct{}{}
+		l.Dropped++
+		return false
+	}
+	sc := SpanContext(traceparent, tracestate)
+	if !sc.IsValid() {
+		l.Untraced++
+		return false
+	}
+	l.seenText[key] = struct{}{}
 	l.Links = append(l.Links, trace.Link{SpanContext: sc})
 	return true
 }
