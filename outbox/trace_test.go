@@ -5,7 +5,6 @@ import (
 	"errors"
 	"testing"
 
-	"github.com/jackc/pgx/v5"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
@@ -30,15 +29,7 @@ func (s setup) writeTraced(t *testing.T, ctx context.Context, events ...outbox.E
 	if err := tx.Commit(ctx); err != nil {
 		t.Fatal(err)
 	}
-	rows, err := s.pool.Query(ctx, `SELECT coalesce(traceparent, '') FROM `+pgx.Identifier{s.schema, "outbox"}.Sanitize()+` ORDER BY id`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tps, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tps
+	return testenv.StoredTraceparents(t, s.pool, s.schema)
 }
 
 func traceparentOf(sc trace.SpanContext) string {

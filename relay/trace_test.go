@@ -37,15 +37,26 @@ func (e *env) tracedWrites(t *testing.T, tp trace.TracerProvider, topic string, 
 		}
 		span.End()
 	}
-	rows, err := e.pool.Query(context.Background(), `SELECT traceparent FROM `+pgx.Identifier{e.schema, "outbox"}.Sanitize()+` ORDER BY id`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tps, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tps
+	return testenv.StoredTraceparents(t, e.pool, e.schema)
+}
+
+// tracedRelay writes traces×perTrace events of one key to a new topic (see
+// tracedWrites) and starts a relay recording its spans in exp; mod may change its
+// config further.
+func tracedRelay(t *testing.T, traces, perTrace int, mod func(*env, *relay.Config)) (e *env, topic string, tps []string, exp *tracetest.InMemoryExporter) {
+	t.Helper()
+	e = newEnv(t)
+	topic = testenv.Topic(t, 1)
+	writerTP, _ := testenv.Tracing()
+	tps = e.tracedWrites(t, writerTP, topic, traces, perTrace)
+	relayTP, exp := testenv.Tracing()
+	e.relay(t, func(c *relay.Config) {
+		c.TracerProvider = relayTP
+		if mod != nil {
+			mod(e, c)
+		}
+	})
+	return e, topic, tps, exp
 }
 
 func batchSpans(exp *tracetest.InMemoryExporter) []tracetest.SpanStub {
@@ -86,12 +97,7 @@ func batchWith(t *testing.T, exp *tracetest.InMemoryExporter, outcome string, ro
 // bytes and outcome; every Kafka record carries its writer's traceparent unchanged.
 func TestTrace_BatchSpanLinksEachTraceAndRecordsCarryTheTraceparent(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
-	topic := testenv.Topic(t, 3)
-	writerTP, _ := testenv.Tracing()
-	tps := e.tracedWrites(t, writerTP, topic, 3, 2)
-	relayTP, exp := testenv.Tracing()
-	e.relay(t, func(c *relay.Config) { c.TracerProvider = relayTP })
+	_, topic, tps, exp := tracedRelay(t, 3, 2, nil)
 	s := readBack(t, topic, 6, 60*time.Second)
 	if s.distinct != 6 {
 		t.Fatalf("read %d distinct events, want 6", s.distinct)
@@ -129,12 +135,7 @@ func TestTrace_BatchSpanLinksEachTraceAndRecordsCarryTheTraceparent(t *testing.T
 // context: the request's trace shows the relay's batch.
 func TestTrace_BatchOfOneTraceIsItsChild(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
-	topic := testenv.Topic(t, 1)
-	writerTP, _ := testenv.Tracing()
-	tps := e.tracedWrites(t, writerTP, topic, 1, 3)
-	relayTP, exp := testenv.Tracing()
-	e.relay(t, func(c *relay.Config) { c.TracerProvider = relayTP })
+	_, topic, tps, exp := tracedRelay(t, 1, 3, nil)
 	readBack(t, topic, 3, 60*time.Second)
 	b := batchWith(t, exp, relay.OutcomePublished, 3)
 	got := "00-" + b.Parent.TraceID().String() + "-" + b.Parent.SpanID().String() + "-" + b.Parent.TraceFlags().String()
@@ -146,13 +147,8 @@ func TestTrace_BatchOfOneTraceIsItsChild(t *testing.T) {
 // Exactly-once mode makes the same batch span (the Kafka transaction inside it).
 func TestTrace_ExactlyOnceBatchSpan(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
-	topic := testenv.Topic(t, 1)
-	writerTP, _ := testenv.Tracing()
-	e.tracedWrites(t, writerTP, topic, 2, 2)
-	relayTP, exp := testenv.Tracing()
-	e.relay(t, func(c *relay.Config) {
-		c.TracerProvider, c.ExactlyOnce, c.TransactionalIDPrefix = relayTP, true, "test-"+e.schema
+	_, topic, _, exp := tracedRelay(t, 2, 2, func(e *env, c *relay.Config) {
+		c.ExactlyOnce, c.TransactionalIDPrefix = true, "test-"+e.schema
 	})
 	readCommitted(t, topic, 4, 90*time.Second)
 	b := batchWith(t, exp, relay.OutcomePublished, 4)
@@ -165,12 +161,7 @@ func TestTrace_ExactlyOnceBatchSpan(t *testing.T) {
 // A batch whose events park (too large) says so, without an error status.
 func TestTrace_ParkedBatchOutcome(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
-	topic := testenv.Topic(t, 1)
-	writerTP, _ := testenv.Tracing()
-	e.tracedWrites(t, writerTP, topic, 1, 2)
-	relayTP, exp := testenv.Tracing()
-	e.relay(t, func(c *relay.Config) { c.TracerProvider, c.MaxRecordBytes = relayTP, 100 })
+	_, _, _, exp := tracedRelay(t, 1, 2, func(_ *env, c *relay.Config) { c.MaxRecordBytes = 100 })
 	b := batchWith(t, exp, relay.OutcomeParked, 2)
 	a := testenv.Attrs(b.Attributes)
 	// The first row parks; the second, behind it on its key, stays for later.
