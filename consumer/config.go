@@ -11,6 +11,7 @@ import (
 
 	"github.com/hamba/avro/v2"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/relaybox/relaybox/internal/registry"
 	"github.com/relaybox/relaybox/migrations"
@@ -103,6 +104,10 @@ type Config struct {
 	// Logger defaults to slog.Default(). franz-go logs through it too, with
 	// component=kafka.
 	Logger *slog.Logger
+	// TracerProvider makes the span of each record (and, in BatchMode, of each
+	// batch): see "Tracing" in the package doc. Defaults to the global provider
+	// (otel.GetTracerProvider).
+	TracerProvider trace.TracerProvider
 
 	// MaxAttempts is how many times a handler runs for one record before the record
 	// is dead-lettered. 1 means no retry. Defaults to 5.

@@ -52,9 +52,32 @@
 //
 // [Event] carries the decoded value and the envelope: ID, Type, Key,
 // AggregateType, OccurredAt, CorrelationID, CausationID, Source, all headers, and
-// the topic, partition and offset. The handler's context carries the W3C trace
-// context of the record's traceparent and tracestate headers, so spans started in a
-// handler continue the writer's trace.
+// the topic, partition and offset. The handler's context carries the record's span
+// (see Tracing below), a child of the W3C trace context in the record's traceparent
+// and tracestate headers, so spans started in a handler nest under it and continue
+// the writer's trace.
+//
+// # Tracing
+//
+// Each record is processed in a span named "process <topic>" (kind consumer), made
+// through Config.TracerProvider (the global provider by default), a child of the
+// context in the record's traceparent header (the write span of the outbox writer,
+// or whatever a foreign producer put there), with the messaging semantic-convention
+// attributes: messaging.system "kafka", messaging.destination.name,
+// messaging.destination.partition.id, messaging.kafka.offset, messaging.message.id
+// (the event id, or the DedupKey of a record without one),
+// messaging.consumer.group.name, messaging.operation.type "process". It ends when the
+// record is done, with relaybox.outcome one of applied, duplicate, skipped,
+// dead_lettered (status error, relaybox.dlq.reason) or interrupted (revoked before
+// done: delivered again); each failed attempt adds a "retry" span event, and
+// relaybox.retries counts them.
+//
+// In BatchMode every record keeps that span, so a handler's spans still nest under
+// their own record's trace, and each record span links to a root span named
+// relaybox.consumer.batch for the batch's transaction (messaging.batch.message_count,
+// relaybox.outcome committed, split or interrupted). The batch span links to the
+// records' trace contexts, one link per distinct trace id for the first 128, as the
+// relay's batch span does. See docs/operations.md, "Tracing".
 //
 // [Consumer.Handle] takes a [Handler] (or a [HandlerFunc]) that gets the undecoded
 // [Message] and may call [Message.Decode] itself; [Consumer.Use] wraps every

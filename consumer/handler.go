@@ -80,8 +80,8 @@ type Event[T any] struct {
 // event as processed: return nil and both commit; return an error and both roll
 // back, and the message is retried (or dead-lettered, see [Permanent]). A handler
 // must do its database work through tx, not through another connection, or its
-// effects escape the exactly-once guarantee. ctx carries the trace context of the
-// record's traceparent/tracestate headers.
+// effects escape the exactly-once guarantee. ctx carries the record's span, a child
+// of the trace context in the record's traceparent/tracestate headers.
 type Handler interface {
 	Handle(ctx context.Context, tx pgx.Tx, m *Message) error
 }

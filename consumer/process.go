@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/relaybox/relaybox/internal/envelope"
 )
@@ -31,6 +32,10 @@ type item struct {
 	// it was produced must not run it again: a record is dead-lettered or applied,
 	// never both.
 	sent bool
+
+	span         trace.Span // the record's span (trace.go); ctx carries it
+	dup, applied bool       // what the current attempt's dedup insert and handler said
+	retries      int        // failed handler attempts
 }
 
 type deadLetter struct {
@@ -65,10 +70,16 @@ func (c *Consumer) message(rec *kgo.Record) *Message {
 
 // prepare decodes and routes rec. Registry outages are retried here, before any
 // transaction; it returns false only if the partition was stopped meanwhile.
-func (p *partition) prepare(rec *kgo.Record) (*item, bool) {
+func (p *partition) prepare(rec *kgo.Record) (_ *item, ok bool) {
 	c := p.c
 	m := c.message(rec)
 	it := &item{rec: rec, m: m, ctx: c.prop.Extract(c.runCtx, propagation.MapCarrier(m.Headers))}
+	p.startRecordSpan(it)
+	defer func() {
+		if !ok {
+			endRecordSpan(it, false)
+		}
+	}()
 	if err := checkEventID(m.ID); err != nil {
 		// It would fail the processed_events insert on every attempt and stall the
 		// partition: dead-letter it instead.
@@ -191,7 +202,9 @@ func (p *partition) call(ctx context.Context, tx pgx.Tx, it *item) (err error) {
 			h(HandlerEvent{RecordEvent: recordEvent(it.m), Duration: time.Since(start), Err: err})
 		}
 	}()
-	return it.route.h.Handle(ctx, tx, it.m)
+	err = it.route.h.Handle(ctx, tx, it.m)
+	it.applied = err == nil
+	return err
 }
 
 // attempt runs one transaction for it: dedup, handler, commit. herr is the
@@ -225,6 +238,7 @@ func (p *partition) attempt(it *item) (dup bool, herr, err error) {
 	if err != nil {
 		return false, nil, fmt.Errorf("recording the event in processed_events: %w", err)
 	}
+	it.deduped(fresh)
 	if !fresh {
 		return true, nil, nil
 	}
@@ -256,7 +270,8 @@ func (p *partition) attempt(it *item) (dup bool, herr, err error) {
 
 // processOne applies it in its own transaction, with retries and dead-lettering.
 // It returns false if the partition was stopped before the record was done.
-func (p *partition) processOne(it *item) bool {
+func (p *partition) processOne(it *item) (ok bool) {
+	defer func() { endRecordSpan(it, ok) }()
 	c := p.c
 	switch {
 	case it.sent: // dead-lettered in a batch that rolled back
@@ -319,6 +334,7 @@ func (p *partition) retrying(it *item, attempt int, herr error) {
 	}
 	p.c.log.Debug("handler failed; retrying", "topic", it.m.Topic, "partition", it.m.Partition, "offset", it.m.Offset,
 		"event_type", it.m.Type, "event_id", it.m.ID, "attempt", attempt, "err", herr)
+	it.retried(attempt, herr)
 }
 
 func (p *partition) hook(h func(RecordEvent), it *item) {
@@ -337,8 +353,11 @@ func (p *partition) hook(h func(RecordEvent), it *item) {
 // run one per transaction, as in single-record mode, where an infrastructure
 // failure is retried without limit and a record's own failure counts against
 // MaxAttempts and ends on the dead-letter topic. The next batch is a batch again.
-func (p *partition) runBatch(recs []*kgo.Record) bool {
+func (p *partition) runBatch(recs []*kgo.Record) (done bool) {
 	items := make([]*item, 0, len(recs))
+	batch, split := p.startBatchSpan(recs), false
+	all := &items
+	defer func() { endBatch(batch, *all, done, split) }()
 	for _, rec := range recs {
 		it, ok := p.prepare(rec)
 		if !ok {
@@ -346,8 +365,13 @@ func (p *partition) runBatch(recs []*kgo.Record) bool {
 		}
 		items = append(items, it)
 	}
+	linkBatch(batch, items)
 	n, err := p.batchOnce(items)
+	split = err != nil // unless stopped: then the batch is interrupted
 	if n > 0 {
+		for _, it := range items[:n] {
+			endRecordSpan(it, true)
+		}
 		p.markDone(items[n-1].rec)
 		items = items[n:]
 	}
@@ -430,6 +454,7 @@ func (p *partition) batchFast(items []*item) (int, bool, error) {
 	var after []func()
 	htx := handlerTx{Tx: tx, q: &pgx.Batch{}} // ExecDeferred queues, flushed before the commit
 	for _, it := range items {
+		it.deduped(fresh[it.m.ID])
 		if p.stopped() {
 			return 0, false, nil
 		}
@@ -523,6 +548,7 @@ func (p *partition) batchItem(tx pgx.Tx, it *item, open *bool) (after func(), ok
 		if err != nil {
 			return nil, false, err
 		}
+		it.deduped(fresh)
 		switch {
 		case !fresh:
 			return func() { p.hook(c.cfg.Hooks.OnDuplicate, it) }, true, nil

@@ -63,4 +63,17 @@
 // of package outbox/outboxtest in its tests; `relaybox schema check` does the same in
 // CI. None of this is on the write path. See docs/operations.md, "Evolving a schema
 // safely".
+//
+// # Tracing
+//
+// When ctx carries a span, Write (and Queue) start a child span named [SpanName]
+// (kind producer, messaging.operation.type "create", with the topic, the number of
+// events and the first 32 event ids) through Config.TracerProvider, and every event
+// of the write stores that span's W3C context (traceparent, tracestate). The relay
+// carries it onward unchanged in the Kafka record's headers, so the consumer's span
+// for the record is a child of the write span. With a no-op provider the events
+// store the caller's own span context and a span event named [SpanName] on the
+// caller's span marks the write. A ctx without a span makes no span and stores no
+// trace context. Only the OpenTelemetry API is used here: the application installs
+// the SDK. See docs/operations.md, "Tracing".
 package outbox

@@ -22,6 +22,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/relaybox/relaybox/internal/avrotype"
 	"github.com/relaybox/relaybox/internal/envelope"
@@ -87,6 +88,9 @@ type Config struct {
 	TopicSubjectStrategies map[string]SubjectStrategy
 	// Propagator extracts trace context from ctx. Defaults to W3C TraceContext.
 	Propagator propagation.TextMapPropagator
+	// TracerProvider makes the write span (see "Tracing" in the package doc). Defaults
+	// to the global provider (otel.GetTracerProvider), looked up at each write.
+	TracerProvider trace.TracerProvider
 }
 
 // Event is one event to record.
@@ -217,13 +221,15 @@ func (w *Writer) Write(ctx context.Context, tx pgx.Tx, events ...Event) error {
 		return fmt.Errorf("outbox: %w: nil transaction", ErrInvalidEvent)
 	}
 	b := &pgx.Batch{}
-	if err := w.Queue(ctx, b, events...); err != nil {
+	ctx, span, err := w.enqueue(ctx, b, events)
+	if err != nil {
 		return err
 	}
-	if err := tx.SendBatch(ctx, b).Close(); err != nil {
-		return fmt.Errorf("outbox: writing %d event(s): %w", len(events), explain(err))
+	if err = tx.SendBatch(ctx, b).Close(); err != nil {
+		err = fmt.Errorf("outbox: writing %d event(s): %w", len(events), explain(err))
 	}
-	return nil
+	endSpan(span, err)
+	return err
 }
 
 // Queue checks and encodes events exactly as Write does (same errors; on error
@@ -240,7 +246,20 @@ func (w *Writer) Queue(ctx context.Context, b *pgx.Batch, events ...Event) error
 	if b == nil {
 		return fmt.Errorf("outbox: %w: nil batch", ErrInvalidEvent)
 	}
+	_, span, err := w.enqueue(ctx, b, events)
+	if err == nil {
+		endSpan(span, nil)
+	}
+	return err
+}
+
+// enqueue is Queue; when ctx carries a span, it also starts the write span, which
+// the events record as their trace context. On error the span is ended; otherwise
+// the caller ends it.
+func (w *Writer) enqueue(ctx context.Context, b *pgx.Batch, events []Event) (context.Context, trace.Span, error) {
 	rows := make([]row, len(events))
+	caller := ctx
+	ctx, span := w.startSpan(ctx)
 	carrier := propagation.MapCarrier{}
 	w.cfg.Propagator.Inject(ctx, carrier)
 	now := time.Now().UTC()
@@ -248,15 +267,19 @@ func (w *Writer) Queue(ctx context.Context, b *pgx.Batch, events ...Event) error
 		r, err := w.prepare(&events[i], now)
 		if err != nil {
 			if len(events) > 1 {
-				return fmt.Errorf("outbox: event %d of %d: %w", i+1, len(events), err)
+				err = fmt.Errorf("outbox: event %d of %d: %w", i+1, len(events), err)
+			} else {
+				err = fmt.Errorf("outbox: %w", err)
 			}
-			return fmt.Errorf("outbox: %w", err)
+			endSpan(span, err)
+			return ctx, nil, err
 		}
 		r.traceparent, r.tracestate = carrier["traceparent"], carrier["tracestate"]
 		rows[i] = r
 	}
+	markWrite(caller, span, rows)
 	w.queue(ctx, b, rows)
-	return nil
+	return ctx, span, nil
 }
 
 // Validate checks and encodes events exactly as Write does, without writing: it returns

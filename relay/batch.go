@@ -10,6 +10,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // A batch goes through five steps, each a method below: read (the oldest pending rows
@@ -43,6 +44,7 @@ type batch struct {
 	items  []*pending // the rows considered, in order (a key behind a failure is left out)
 	depErr error      // the registry failed while building
 	out    outcome
+	span   trace.Span // from the read to the outcome's record (see trace.go)
 }
 
 // outcome is the decide step's verdict, written by the record step.
@@ -97,20 +99,24 @@ func (w *stopwatch) lap(d *time.Duration) {
 // and not yet deleted (exactly-once mode).
 func (r *Relay) finish(b *batch, res batchResult, extra []int64) (batchResult, error) {
 	if err := r.record(b, extra); err != nil {
+		r.endBatchSpan(b, err)
 		return res, err
 	}
 	res.published, res.parked, res.retry = len(b.out.done), len(b.out.parkIDs), len(b.out.retryIDs)
 	if b.out.kafkaErr == nil && len(b.out.done) > 0 {
 		r.ok(ErrorKafka)
 	}
-	if b.depErr != nil {
-		return res, b.depErr
+	err := b.depErr
+	if err == nil {
+		err = b.out.kafkaErr
 	}
-	return res, b.out.kafkaErr
+	r.endBatchSpan(b, err)
+	return res, err
 }
 
 // readBatch reads the oldest pending rows of b's shards and the schemas they need.
 func (r *Relay) readBatch(ctx context.Context, b *batch) error {
+	start := time.Now()
 	rows, err := r.read(ctx, b.shards)
 	if err != nil {
 		r.fail(ErrorPostgres, err)
@@ -122,8 +128,10 @@ func (r *Relay) readBatch(ctx context.Context, b *batch) error {
 		return nil
 	}
 	r.log.Debug("batch start", "shards", b.shards, "generations", b.gens, "rows", len(rows), "first_id", rows[0].id)
+	r.startBatchSpan(b, start)
 	if err := r.loadSchemas(ctx, rows); err != nil {
 		r.fail(ErrorPostgres, err)
+		r.endBatchSpan(b, err)
 		return err
 	}
 	return nil
@@ -162,6 +170,10 @@ func (r *Relay) buildBatch(ctx context.Context, b *batch) {
 		r.fail(ErrorRegistry, b.depErr)
 	} else {
 		r.ok(ErrorRegistry)
+	}
+	if ctx.Err() != nil {
+		// Both drains return errLeaseDeadline now, without producing or recording.
+		r.endBatchSpan(b, errLeaseDeadline)
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/relaybox/relaybox/internal/registry"
 	"github.com/relaybox/relaybox/migrations"
@@ -286,6 +287,10 @@ type Config struct {
 	Logger *slog.Logger
 	// Hooks for metrics.
 	Hooks Hooks
+	// TracerProvider makes the span of each batch (BatchSpanName; see "Tracing" in
+	// the package doc). Defaults to the global provider (otel.GetTracerProvider),
+	// looked up per batch.
+	TracerProvider trace.TracerProvider
 }
 
 func (c *Config) withDefaults() (Config, error) {

@@ -67,4 +67,21 @@
 //
 // Defaults: LeaseTTL 15s, HeartbeatInterval 3s (so two missed heartbeats still leave
 // 9s), PollInterval 1s.
+//
+// # Tracing
+//
+// Each batch is one span, [BatchSpanName] (kind producer), made through
+// Config.TracerProvider (the global provider by default), from the read to the
+// outcome's commit, with the shard, rows, bytes handed to Kafka, published, parked,
+// retried and the outcome (the Outcome* values). It links to the trace context the
+// writer stored with the events: one link per distinct trace id, for the first
+// [MaxBatchLinks] = 128 distinct traces in row order (the SDK's default link limit,
+// past which it would drop links silently); the distinct traces past that are counted
+// in relaybox.links.dropped and the events without a context in
+// relaybox.links.untraced. A 4,000-row batch of 4,000 requests therefore links the
+// first 128 and says that 3,872 more were carried. A batch whose traced events all
+// belong to one trace is a child of the first one's context; any other batch is a
+// root. The Kafka record carries the writer's traceparent and tracestate unchanged:
+// the consumer continues the writer's trace, not the relay's. See
+// docs/operations.md, "Tracing".
 package relay

@@ -133,6 +133,7 @@ type relayOpts struct {
 	common
 	kafka      kafkaOpts
 	registry   registryOpts
+	otlp       otlpOpts
 	cfg        relay.Config
 	metrics    string
 	poolSize   int
@@ -176,6 +177,7 @@ func defineRelay(f *flags) *relayOpts {
 	f.boolean(&o.pprof, "pprof", "RELAYBOX_PPROF", false, "also serve Go's /debug/pprof/ on the metrics address (CPU and heap profiles)")
 	f.num(&o.poolSize, "pool-size", "RELAYBOX_POOL_SIZE", 0, "Postgres connections (0: max-inflight-batches + 8, at least 16, so outcome writes and small batches do not queue behind the claims)")
 	f.BoolVar(&o.checkOnly, "check", false, "check Postgres, Kafka and the registry, then exit")
+	f.otlp(&o.otlp)
 	return o
 }
 
@@ -221,8 +223,14 @@ func runRelay(ctx context.Context, args []string, s *stdio) error {
 		return err
 	}
 	defer pool.Close()
+	tp, flush, err := o.otlp.tracerProvider(ctx, s, log)
+	if err != nil {
+		return err
+	}
+	defer flush()
 	cfg := o.cfg
 	cfg.Schema = o.schema
+	cfg.TracerProvider = tp
 	cfg.KafkaOpts = kopts
 	cfg.RegistryURL, cfg.RegistryUsername, cfg.RegistryPassword, cfg.RegistryTimeout = o.registry.url, o.registry.user, o.registry.password, o.registry.timeout
 	cfg.Logger = log

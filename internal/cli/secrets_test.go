@@ -24,6 +24,10 @@ import (
 const (
 	leak     = "Zq9@leak-s3cret"
 	leakMark = "leak-s3cret"
+	// otlpLeak is the OTLP token: a value of its own, so that no other input's
+	// registration masks it by chance.
+	otlpLeak = "Tk4@otlp-t0ken"
+	otlpMark = "otlp-t0ken"
 )
 
 // invoke runs the command line under a deadline and returns its exit code and
@@ -80,7 +84,10 @@ func attackerInputs(t *testing.T) []secretInputs {
 		"RELAYBOX_ALLOW_PLAINTEXT_CREDENTIALS": "true", "RELAYBOX_METRICS_ADDR": "",
 		"RELAYBOX_REDRIVE_GROUP": "g", "SCHEMA_REGISTRY_USERNAME": "",
 	}
-	env := map[string]string{"KAFKA_SASL_PASSWORD": leak, "SCHEMA_REGISTRY_PASSWORD": leak}
+	env := map[string]string{"KAFKA_SASL_PASSWORD": leak, "SCHEMA_REGISTRY_PASSWORD": leak,
+		// OTLP: a token in the headers (both variables) and in the collector URL.
+		"OTEL_EXPORTER_OTLP_HEADERS": "authorization=Bearer%20" + url.QueryEscape(otlpLeak), "OTEL_EXPORTER_OTLP_TRACES_HEADERS": "x-api-key=" + url.QueryEscape(otlpLeak),
+		"OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel:" + url.QueryEscape(otlpLeak) + "@" + dead}
 	for k, v := range urls {
 		env[k] = v
 	}
@@ -102,7 +109,8 @@ func attackerInputs(t *testing.T) []secretInputs {
 	pgpass["DATABASE_URL"] = "postgres://relaybox@" + dead + "/app?sslmode=disable"
 	pgpass["PGPASSFILE"] = passfile
 	pgpass["PGPASSWORD"] = leak
-	flagEnv := map[string]string{"KAFKA_BROKERS": dead, "DATABASE_URL": "", "SCHEMA_REGISTRY_URL": "", "KAFKA_SASL_PASSWORD": "", "SCHEMA_REGISTRY_PASSWORD": ""}
+	flagEnv := map[string]string{"KAFKA_BROKERS": dead, "DATABASE_URL": "", "SCHEMA_REGISTRY_URL": "", "KAFKA_SASL_PASSWORD": "", "SCHEMA_REGISTRY_PASSWORD": "",
+		"OTEL_EXPORTER_OTLP_HEADERS": "", "OTEL_EXPORTER_OTLP_TRACES_HEADERS": "", "OTEL_EXPORTER_OTLP_ENDPOINT": ""}
 	out := []secretInputs{
 		{name: "env", env: env},
 		{name: "env-dsn", env: dsn},
@@ -110,6 +118,7 @@ func attackerInputs(t *testing.T) []secretInputs {
 		{name: "flags", env: flagEnv, flags: map[string]string{
 			"database-url": urls["DATABASE_URL"], "registry-url": urls["SCHEMA_REGISTRY_URL"],
 			"kafka-sasl-password": leak, "registry-password": leak,
+			"otlp-headers": "authorization=Bearer " + otlpLeak, "otlp-endpoint": "http://otel:" + url.QueryEscape(otlpLeak) + "@" + dead,
 		}},
 	}
 	for _, in := range out {
@@ -168,7 +177,7 @@ func TestSecrets_NoCommandPrintsAPassword(t *testing.T) {
 			}
 			for _, args := range lines {
 				code, out := invoke(t, 6*time.Second, args...)
-				if strings.Contains(out, leakMark) {
+				if strings.Contains(out, leakMark) || strings.Contains(out, otlpMark) {
 					t.Errorf("relaybox %s (exit %d) printed the password:\n%s", strings.Join(args, " "), code, out)
 				}
 				if strings.TrimSpace(out) == "" && code != 0 {

@@ -16,6 +16,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/relaybox/relaybox/consumer"
 )
@@ -55,6 +57,18 @@ func (OrderDeleted) AvroNamespace() string  { return "orders.v1" }
 type Service struct {
 	pool                            *pgxpool.Pool
 	stock, reservations, v, applied string
+	// TracerProvider makes the handlers' own spans ("inventory apply <type>"), which
+	// nest under the consumer's span of the record. Defaults to the global provider.
+	TracerProvider trace.TracerProvider
+}
+
+// span starts a handler's span under ctx (the consumer's record span).
+func (s *Service) span(ctx context.Context, eventType string) (context.Context, trace.Span) {
+	tp := s.TracerProvider
+	if tp == nil {
+		tp = otel.GetTracerProvider()
+	}
+	return tp.Tracer("github.com/relaybox/relaybox/examples/inventory").Start(ctx, "inventory apply "+eventType)
 }
 
 // New returns the service with its tables in appSchema.
@@ -76,12 +90,16 @@ func (s *Service) Migrate(ctx context.Context, appSchema string) error {
 // Register installs the handlers on c.
 func (s *Service) Register(c *consumer.Consumer) {
 	consumer.Handle(c, "OrderCreated", func(ctx context.Context, tx pgx.Tx, ev consumer.Event[OrderCreated]) error {
+		ctx, span := s.span(ctx, "OrderCreated")
+		defer span.End()
 		if err := s.version(ctx, tx, ev.ID, ev.Value.OrderID, ev.Value.Version); err != nil {
 			return err
 		}
 		return s.reserve(ctx, tx, ev.Value.OrderID, ev.Value.Lines)
 	})
 	consumer.Handle(c, "OrderModified", func(ctx context.Context, tx pgx.Tx, ev consumer.Event[OrderModified]) error {
+		ctx, span := s.span(ctx, "OrderModified")
+		defer span.End()
 		if err := s.version(ctx, tx, ev.ID, ev.Value.OrderID, ev.Value.Version); err != nil {
 			return err
 		}
@@ -94,6 +112,8 @@ func (s *Service) Register(c *consumer.Consumer) {
 		return s.reserve(ctx, tx, ev.Value.OrderID, *ev.Value.Lines)
 	})
 	consumer.Handle(c, "OrderDeleted", func(ctx context.Context, tx pgx.Tx, ev consumer.Event[OrderDeleted]) error {
+		ctx, span := s.span(ctx, "OrderDeleted")
+		defer span.End()
 		if err := s.version(ctx, tx, ev.ID, ev.Value.OrderID, ev.Value.Version); err != nil {
 			return err
 		}

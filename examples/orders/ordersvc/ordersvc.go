@@ -17,6 +17,11 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/relaybox/relaybox/outbox"
 )
@@ -31,6 +36,10 @@ type Service struct {
 	Events func(eventType string) // optional hook: called after each committed event
 	// Topic is where events go. Defaults to "orders".
 	Topic string
+	// TracerProvider makes the span of each HTTP request, a child of the request's
+	// W3C traceparent header; the outbox writer's span (and so the events' trace
+	// context) nests under it. Defaults to the global provider.
+	TracerProvider trace.TracerProvider
 }
 
 // New returns the service; relaySchema is where relaybox's outbox lives, appSchema is
@@ -92,7 +101,41 @@ func (s *Service) Handler() http.Handler {
 		}
 		fmt.Fprintln(w, "ok")
 	})
-	return mux
+	return s.traced(mux)
+}
+
+// traced serves each request in a server span, a child of the request's traceparent
+// (the otel API only; a service would often use otelhttp instead).
+func (s *Service) traced(next http.Handler) http.Handler {
+	prop := propagation.TraceContext{}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		tp := s.TracerProvider
+		if tp == nil {
+			tp = otel.GetTracerProvider()
+		}
+		ctx := prop.Extract(r.Context(), propagation.HeaderCarrier(r.Header))
+		ctx, span := tp.Tracer("github.com/relaybox/relaybox/examples/orders").Start(ctx, r.Method,
+			trace.WithSpanKind(trace.SpanKindServer),
+			trace.WithAttributes(attribute.String("http.request.method", r.Method), attribute.String("url.path", r.URL.Path)))
+		defer span.End()
+		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
+		next.ServeHTTP(sw, r.WithContext(ctx))
+		span.SetAttributes(attribute.Int("http.response.status_code", sw.status))
+		if sw.status >= 500 {
+			span.SetStatus(codes.Error, http.StatusText(sw.status))
+		}
+	})
+}
+
+// statusWriter remembers the status code written.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	w.status = code
+	w.ResponseWriter.WriteHeader(code)
 }
 
 // problem writes an RFC 9457 problem+json answer.
@@ -162,7 +205,7 @@ func (s *Service) create(w http.ResponseWriter, r *http.Request) {
 	if strings.Contains(r.Header.Get("Prefer"), "respond-async") {
 		// The async style: accepted now, the order appears at Location once written.
 		s.async <- func() {
-			if err := write(context.Background()); err != nil {
+			if err := write(context.WithoutCancel(r.Context())); err != nil { // the request's trace, not its end
 				s.log.Error("async create failed", "order", o.ID, "err", err)
 				return
 			}
