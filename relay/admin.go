@@ -44,7 +44,7 @@ type Status struct {
 	Replicas       []string
 	ReplicaDetails []ReplicaStatus
 	Parked         int64
-	ParkedByReason map[string]int64
+	ParkedByReason map[ParkReason]int64
 }
 
 func schemaOr(s string) string {
@@ -57,7 +57,7 @@ func schemaOr(s string) string {
 // ReadStatus reads backlog, oldest age, leases and parked events from the database.
 func ReadStatus(ctx context.Context, pool *pgxpool.Pool, schema string) (*Status, error) {
 	q := func(t string) string { return pgx.Identifier{schemaOr(schema), t}.Sanitize() }
-	st := &Status{ParkedByReason: map[string]int64{}}
+	st := &Status{ParkedByReason: map[ParkReason]int64{}}
 	rows, err := pool.Query(ctx, `SELECT l.shard, coalesce(b.n, 0), coalesce(extract(epoch FROM now() - b.oldest), 0)::float8,
 		coalesce(l.owner, ''), coalesce(l.expires_at, 'epoch'), l.generation
 		FROM `+q("shard_leases")+` l LEFT JOIN (
@@ -96,13 +96,13 @@ func ReadStatus(ctx context.Context, pool *pgxpool.Pool, schema string) (*Status
 	}); err != nil {
 		return nil, err
 	}
-	rows, err = pool.Query(ctx, `SELECT split_part(coalesce(last_error, 'unknown'), ':', 1), count(*) FROM `+q("outbox")+
-		` WHERE parked_at IS NOT NULL GROUP BY 1`)
+	rows, err = pool.Query(ctx, `SELECT coalesce(park_reason, $1), count(*) FROM `+q("outbox")+
+		` WHERE parked_at IS NOT NULL GROUP BY 1`, string(ParkUnknown))
 	if err != nil {
 		return nil, err
 	}
 	for rows.Next() {
-		var reason string
+		var reason ParkReason
 		var n int64
 		if err := rows.Scan(&reason, &n); err != nil {
 			return nil, err
@@ -120,8 +120,8 @@ type ParkedFilter struct {
 	// EventIDs selects by event id.
 	EventIDs []uuid.UUID
 	Key      string
-	// Reason matches a substring of the parking reason (e.g. "too_large").
-	Reason string
+	// Reason selects the events parked for that reason.
+	Reason ParkReason
 	// All selects every parked event (for list, or deliberate bulk operations).
 	All bool
 }
@@ -142,7 +142,7 @@ func (f ParkedFilter) where(args *[]any) (string, error) {
 		add("key = $%d", f.Key)
 	}
 	if f.Reason != "" {
-		add("strpos(last_error, $%d) > 0", f.Reason)
+		add("coalesce(park_reason, '"+string(ParkUnknown)+"') = $%d", string(f.Reason))
 	}
 	if len(conds) == 1 && !f.All {
 		return "", errors.New("relay: select parked events by id, event id, key or reason (or all)")
@@ -157,7 +157,8 @@ type ParkedEvent struct {
 	Topic     string
 	Key       string
 	Type      string
-	Reason    string
+	Reason    ParkReason
+	Detail    string // what failed: the registry's or Kafka's error, the size over the limit
 	Attempts  int
 	ParkedAt  time.Time
 	CreatedAt time.Time
@@ -172,14 +173,15 @@ func ListParked(ctx context.Context, pool *pgxpool.Pool, schema string, f Parked
 	var args []any
 	where, _ := f.where(&args)
 	args = append(args, limit)
-	rows, err := pool.Query(ctx, fmt.Sprintf(`SELECT id, event_id, topic, key, event_type, coalesce(last_error, ''), attempts, parked_at, created_at
+	rows, err := pool.Query(ctx, fmt.Sprintf(`SELECT id, event_id, topic, key, event_type, coalesce(park_reason, '`+string(ParkUnknown)+`'),
+		coalesce(last_error, ''), attempts, parked_at, created_at
 		FROM %s WHERE %s ORDER BY id LIMIT $%d`, pgx.Identifier{schemaOr(schema), "outbox"}.Sanitize(), where, len(args)), args...)
 	if err != nil {
 		return nil, fmt.Errorf("listing parked events: %w", err)
 	}
 	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (ParkedEvent, error) {
 		var p ParkedEvent
-		err := row.Scan(&p.ID, &p.EventID, &p.Topic, &p.Key, &p.Type, &p.Reason, &p.Attempts, &p.ParkedAt, &p.CreatedAt)
+		err := row.Scan(&p.ID, &p.EventID, &p.Topic, &p.Key, &p.Type, &p.Reason, &p.Detail, &p.Attempts, &p.ParkedAt, &p.CreatedAt)
 		return p, err
 	})
 }
@@ -200,7 +202,8 @@ func RetryParkedOn(ctx context.Context, pool *pgxpool.Pool, schema, channel stri
 	if err != nil {
 		return 0, err
 	}
-	tag, err := pool.Exec(ctx, fmt.Sprintf(`UPDATE %s SET parked_at = NULL, last_error = 'retried: ' || coalesce(last_error, '') WHERE %s`,
+	tag, err := pool.Exec(ctx, fmt.Sprintf(`UPDATE %s SET parked_at = NULL, park_reason = NULL,
+		last_error = 'retried: ' || coalesce(park_reason, 'unknown') || ': ' || coalesce(last_error, '') WHERE %s`,
 		pgx.Identifier{schemaOr(schema), "outbox"}.Sanitize(), where), args...)
 	if err != nil {
 		return 0, fmt.Errorf("retrying parked events: %w", err)

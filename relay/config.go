@@ -42,8 +42,7 @@ type Hooks struct {
 	OnRead func(ReadEvent)
 	// OnPublished: one record acked.
 	OnPublished func(PublishedEvent)
-	// OnError: a failure of kind ErrorKafka, ErrorRegistry, ErrorPostgres or
-	// ErrorLease.
+	// OnError: a failure, of an ErrorKind.
 	OnError func(ErrorEvent)
 	// OnParked: an event parked.
 	OnParked func(ParkEvent)
@@ -83,14 +82,14 @@ type PublishedEvent struct {
 
 // ErrorEvent is the argument of Hooks.OnError.
 type ErrorEvent struct {
-	Kind string // ErrorKafka, ErrorRegistry, ErrorPostgres or ErrorLease
+	Kind ErrorKind
 	Err  error
 }
 
 // ParkEvent is the argument of Hooks.OnParked.
 type ParkEvent struct {
-	Reason string // ParkIncompatible, ParkNotRegistered, ParkTooLarge, ParkTopicMissing or ParkInvalid
-	ID     int64  // the outbox row
+	Reason ParkReason
+	ID     int64 // the outbox row
 }
 
 // ShardsEvent is the argument of Hooks.OnShards.
@@ -122,13 +121,52 @@ type TransactionEvent struct {
 	Duration  time.Duration
 }
 
+// ErrorKind says which dependency a failure reported to Hooks.OnError came from. Its
+// values are the "kind" label of relaybox_relay_errors_total.
+type ErrorKind string
+
 // The kinds of Hooks.OnError.
 const (
-	ErrorKafka    = "kafka"
-	ErrorRegistry = "registry"
-	ErrorPostgres = "postgres"
-	ErrorLease    = "lease"
+	ErrorKafka    ErrorKind = "kafka"    // producing, or the Kafka client
+	ErrorRegistry ErrorKind = "registry" // resolving a schema id
+	ErrorPostgres ErrorKind = "postgres" // reading the outbox, recording outcomes, the lease protocol's statements
+	ErrorLease    ErrorKind = "lease"    // a lease lost while its shard was draining
 )
+
+// ErrorKinds lists every ErrorKind (for metrics that pre-create a series per kind).
+func ErrorKinds() []ErrorKind {
+	return []ErrorKind{ErrorKafka, ErrorRegistry, ErrorPostgres, ErrorLease}
+}
+
+// ParkReason says why an event was parked: the outbox's park_reason column, the
+// "reason" label of the parked metrics and ParkEvent.Reason. The detail (the
+// registry's or Kafka's error text) is in last_error.
+type ParkReason string
+
+// The park reasons.
+const (
+	// ParkIncompatible: the registry refused the schema under its subject's
+	// compatibility level.
+	ParkIncompatible ParkReason = "incompatible_schema"
+	// ParkNotRegistered: AutoRegister is off and the schema is not under its subject
+	// (after SchemaNotFoundGrace).
+	ParkNotRegistered ParkReason = "schema_not_registered"
+	// ParkTooLarge: the framed record exceeds MaxRecordBytes, or Kafka refused its size.
+	ParkTooLarge ParkReason = "too_large"
+	// ParkTopicMissing: the topic does not exist and AutoCreateTopics is off.
+	ParkTopicMissing ParkReason = "topic_missing"
+	// ParkInvalid: the row cannot become a record (its schema is missing from the
+	// schema store, Kafka refused the record or the topic name).
+	ParkInvalid ParkReason = "invalid"
+	// ParkUnknown: the reason was not recorded (a row parked by hand, or one parked
+	// before migration 004 whose last_error named no known reason).
+	ParkUnknown ParkReason = "unknown"
+)
+
+// ParkReasons lists every ParkReason.
+func ParkReasons() []ParkReason {
+	return []ParkReason{ParkIncompatible, ParkNotRegistered, ParkTooLarge, ParkTopicMissing, ParkInvalid, ParkUnknown}
+}
 
 // The modes of a replica, as `relaybox status` shows them.
 const (

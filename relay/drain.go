@@ -6,15 +6,6 @@ import (
 	"time"
 )
 
-// Park reasons (the prefix of last_error, and the OnParked kind).
-const (
-	ParkIncompatible  = "incompatible_schema"
-	ParkNotRegistered = "schema_not_registered"
-	ParkTooLarge      = "too_large"
-	ParkTopicMissing  = "topic_missing"
-	ParkInvalid       = "invalid"
-)
-
 type batchResult struct {
 	read, published, parked, retry int
 }

@@ -83,7 +83,7 @@ func TestRelay_ParksIncompatibleSchemaBlocksItsKeyOnlyAndRetryPublishesInOrder(t
 	})
 	got := readBack(t, topic, 6, 30*time.Second)
 	parked := waitParked(t, e, relay.ParkedFilter{Reason: relay.ParkIncompatible}, 1)
-	if len(parked) != 1 || parked[0].Key != "bad" || !strings.HasPrefix(parked[0].Reason, relay.ParkIncompatible) {
+	if len(parked) != 1 || parked[0].Key != "bad" || parked[0].Reason != relay.ParkIncompatible || parked[0].Detail == "" {
 		t.Fatalf("parked = %+v", parked)
 	}
 	if len(got.byKey["good"]) != 5 || len(got.byKey["bad"]) != 1 {
@@ -139,7 +139,7 @@ func TestRelay_ParksOversizedAndMissingTopicThenRetryAndSkip(t *testing.T) {
 		t.Fatalf("parked too large: %+v", big)
 	}
 	lost := waitParked(t, e, relay.ParkedFilter{Reason: relay.ParkTopicMissing}, 1)
-	if lost[0].Key != "lost" || !strings.Contains(lost[0].Reason, missing) {
+	if lost[0].Key != "lost" || lost[0].Reason != relay.ParkTopicMissing || !strings.Contains(lost[0].Detail, missing) {
 		t.Fatalf("parked topic missing: %+v", lost)
 	}
 	if _, err := relay.RetryParked(context.Background(), e.pool, e.schema, relay.ParkedFilter{}); err == nil {

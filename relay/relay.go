@@ -46,8 +46,8 @@ type Relay struct {
 	schemas  map[[32]byte]string
 
 	healthMu   sync.Mutex
-	failing    map[string]time.Time // component -> failing since
-	lastErr    map[string]error
+	failing    map[ErrorKind]time.Time // component -> failing since
+	lastErr    map[ErrorKind]error
 	mixed      string // a live replica of the other mode (no claims meanwhile)
 	running    bool
 	topicsMade sync.Map
@@ -85,7 +85,7 @@ func New(pool *pgxpool.Pool, cfg *Config) (*Relay, error) {
 	return &Relay{
 		cfg: c, pool: pool, kc: kc, adm: kadm.NewClient(kc), log: c.Logger.With("replica", c.ReplicaID),
 		sql: newStatements(c.Schema), kopts: opts, shards: map[int]*shardRun{}, retired: map[int]*shardRun{}, inflight: make(chan struct{}, c.MaxInFlightBatches), releasing: map[int]bool{},
-		schemas: map[[32]byte]string{}, failing: map[string]time.Time{}, lastErr: map[string]error{},
+		schemas: map[[32]byte]string{}, failing: map[ErrorKind]time.Time{}, lastErr: map[ErrorKind]error{},
 	}, nil
 }
 

@@ -46,11 +46,12 @@ func newStatements(schema string) statements {
 		// (a key lives in one shard) and follows the (shard, id) index.
 		readMany: readSQL(o, "o.shard = ANY($1::int[])", "p.shard = o.shard", "o.shard, o.id"),
 		schemas:  `SELECT fingerprint, schema FROM ` + q("schemas") + ` WHERE fingerprint = ANY($1)`,
-		// The outcome writes: $1 the row ids, $2..$4 the fence, $5 the reasons.
+		// The outcome writes: $1 the row ids, $2..$4 the fence, $5 the errors (park:
+		// the details), $6 the park reasons.
 		delete:        f + `DELETE FROM ` + o + ` o USING held WHERE o.id = ANY($1::bigint[]) AND o.shard = held.shard`,
 		markPublished: f + `UPDATE ` + o + ` o SET published_at = now(), attempts = o.attempts + 1 FROM held WHERE o.id = ANY($1::bigint[]) AND o.shard = held.shard`,
-		park: f + `UPDATE ` + o + ` o SET parked_at = now(), last_error = u.reason, attempts = o.attempts + 1
-			FROM unnest($1::bigint[], $5::text[]) u(id, reason), held WHERE o.id = u.id AND o.shard = held.shard`,
+		park: f + `UPDATE ` + o + ` o SET parked_at = now(), park_reason = u.park_reason, last_error = u.detail, attempts = o.attempts + 1
+			FROM unnest($1::bigint[], $5::text[], $6::text[]) u(id, detail, park_reason), held WHERE o.id = u.id AND o.shard = held.shard`,
 		attempt: f + `UPDATE ` + o + ` o SET last_error = u.reason, attempts = o.attempts + 1
 			FROM unnest($1::bigint[], $5::text[]) u(id, reason), held WHERE o.id = u.id AND o.shard = held.shard`,
 		purgePublished: `DELETE FROM ` + o + ` WHERE id IN (SELECT id FROM ` + o + ` WHERE published_at < now() - $1::interval LIMIT 10000)`,

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -186,7 +187,7 @@ func runParked(ctx context.Context, args []string, s *stdio) error {
 	ids := f.String("id", "", "outbox row ids, comma-separated")
 	eventIDs := f.String("event-id", "", "event ids (UUID), comma-separated")
 	key := f.String("key", "", "event key")
-	reason := f.String("reason", "", "substring of the parking reason, e.g. too_large")
+	reason := f.String("reason", "", "parking reason: "+reasonList())
 	all := f.Bool("all", false, "every parked event (retry/skip need this or a filter)")
 	limit := f.Int("limit", 100, "list: most rows shown")
 	var channel string
@@ -207,7 +208,10 @@ func runParked(ctx context.Context, args []string, s *stdio) error {
 	if err := f.parse(args[1:]); err != nil {
 		return err
 	}
-	filter := relay.ParkedFilter{Key: *key, Reason: *reason, All: *all}
+	filter := relay.ParkedFilter{Key: *key, Reason: relay.ParkReason(*reason), All: *all}
+	if *reason != "" && !slices.Contains(relay.ParkReasons(), filter.Reason) {
+		return fmt.Errorf("--reason %q: want one of %s", *reason, reasonList())
+	}
 	for _, s := range splitList(*ids) {
 		n, err := strconv.ParseInt(s, 10, 64)
 		if err != nil {
@@ -237,9 +241,9 @@ func runParked(ctx context.Context, args []string, s *stdio) error {
 			return json.NewEncoder(out).Encode(got)
 		}
 		tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "ID\tEVENT ID\tTOPIC\tKEY\tTYPE\tPARKED AT\tREASON")
+		fmt.Fprintln(tw, "ID\tEVENT ID\tTOPIC\tKEY\tTYPE\tPARKED AT\tREASON\tDETAIL")
 		for _, p := range got {
-			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\n", p.ID, p.EventID, p.Topic, p.Key, p.Type, p.ParkedAt.UTC().Format(time.RFC3339), p.Reason)
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.ID, p.EventID, p.Topic, p.Key, p.Type, p.ParkedAt.UTC().Format(time.RFC3339), p.Reason, p.Detail)
 		}
 		return tw.Flush()
 	case "retry":
@@ -258,6 +262,15 @@ func runParked(ctx context.Context, args []string, s *stdio) error {
 		return nil
 	}
 	return fmt.Errorf("parked %q: say list, retry or skip", sub)
+}
+
+// reasonList is the park reasons, comma-separated.
+func reasonList() string {
+	var r []string
+	for _, p := range relay.ParkReasons() {
+		r = append(r, string(p))
+	}
+	return strings.Join(r, ", ")
 }
 
 func splitList(s string) []string {

@@ -75,8 +75,8 @@ func newRelayMetrics(pool *pgxpool.Pool, schema string) *relayMetrics {
 	}
 	m.registry.MustRegister(m.published, m.latency, m.batchSize, m.batchTime, m.readTime, m.errors, m.parkedTot, m.owned, m.fenced, m.txns, m.txnTime, m.mode, m,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	for _, k := range []string{relay.ErrorKafka, relay.ErrorRegistry, relay.ErrorPostgres, relay.ErrorLease} {
-		m.errors.WithLabelValues(k)
+	for _, k := range relay.ErrorKinds() {
+		m.errors.WithLabelValues(string(k))
 	}
 	for _, o := range []string{"committed", "aborted", "fenced"} {
 		m.txns.WithLabelValues(o)
@@ -93,8 +93,8 @@ func (m *relayMetrics) hooks() relay.Hooks {
 		},
 		OnRead:      func(e relay.ReadEvent) { m.readTime.Observe(e.Duration.Seconds()) },
 		OnPublished: func(e relay.PublishedEvent) { m.latency.Observe(e.Latency.Seconds()) },
-		OnError:     func(e relay.ErrorEvent) { m.errors.WithLabelValues(e.Kind).Inc() },
-		OnParked:    func(e relay.ParkEvent) { m.parkedTot.WithLabelValues(e.Reason).Inc() },
+		OnError:     func(e relay.ErrorEvent) { m.errors.WithLabelValues(string(e.Kind)).Inc() },
+		OnParked:    func(e relay.ParkEvent) { m.parkedTot.WithLabelValues(string(e.Reason)).Inc() },
 		OnShards:    func(e relay.ShardsEvent) { m.owned.Set(float64(len(e.Owned))) },
 		OnFenced:    func(e relay.FencedEvent) { m.fenced.WithLabelValues(e.Op).Add(float64(e.Rows)) },
 		OnTransaction: func(e relay.TransactionEvent) {
@@ -137,7 +137,7 @@ func (m *relayMetrics) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(m.oldestD, prometheus.GaugeValue, s.OldestAge.Seconds(), sh)
 	}
 	for reason, n := range st.ParkedByReason {
-		ch <- prometheus.MustNewConstMetric(m.parkedD, prometheus.GaugeValue, float64(n), reason)
+		ch <- prometheus.MustNewConstMetric(m.parkedD, prometheus.GaugeValue, float64(n), string(reason))
 	}
 	ch <- prometheus.MustNewConstMetric(m.replicasD, prometheus.GaugeValue, float64(len(st.Replicas)))
 }
