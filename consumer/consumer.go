@@ -167,7 +167,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 	// Postgres unreachable at start (a restart, a failover): wait for it, as for any
 	// later outage. A schema that is not migrated is a configuration error: return it.
 	for attempt := 1; ; attempt++ {
-		err := migrations.Check(ctx, c.pool, c.cfg.Schema)
+		err := migrations.Check(ctx, c.pool, &migrations.Options{Schema: c.cfg.Schema})
 		if err == nil {
 			break
 		}

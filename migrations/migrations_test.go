@@ -79,13 +79,13 @@ func TestMigrate_UpDownUpRoundTrip(t *testing.T) {
 	if n := tables(t, ctx, pool, schema); n != 1 { // schema_migrations stays
 		t.Fatalf("tables after down = %d", n)
 	}
-	if err := migrations.Check(ctx, pool, schema); err == nil {
+	if err := migrations.Check(ctx, pool, opts); err == nil {
 		t.Fatal("Check passed on an empty schema")
 	}
 	if _, err := migrations.Migrate(ctx, pool, opts); err != nil {
 		t.Fatal(err)
 	}
-	if err := migrations.Check(ctx, pool, schema); err != nil {
+	if err := migrations.Check(ctx, pool, opts); err != nil {
 		t.Fatal(err)
 	}
 }

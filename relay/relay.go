@@ -100,7 +100,7 @@ func (r *Relay) Check(ctx context.Context) error {
 	if err := r.pool.Ping(ctx); err != nil {
 		return fmt.Errorf("postgres unreachable: %w", err)
 	}
-	if err := migrations.Check(ctx, r.pool, r.cfg.Schema); err != nil {
+	if err := migrations.Check(ctx, r.pool, &migrations.Options{Schema: r.cfg.Schema}); err != nil {
 		return err
 	}
 	if err := r.kc.Ping(ctx); err != nil {

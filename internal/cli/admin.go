@@ -142,10 +142,14 @@ func runStatus(ctx context.Context, args []string, s *stdio) error {
 		return err
 	}
 	defer pool.Close()
-	if err := migrations.Check(ctx, pool, o.schema); err != nil {
+	if err := migrations.Check(ctx, pool, &migrations.Options{Schema: o.schema}); err != nil {
 		return err
 	}
-	st, err := relay.ReadStatus(ctx, pool, o.schema)
+	admin, err := relay.NewAdmin(pool, &relay.AdminConfig{Schema: o.schema})
+	if err != nil {
+		return err
+	}
+	st, err := admin.Status(ctx)
 	if err != nil {
 		return err
 	}
@@ -231,9 +235,13 @@ func runParked(ctx context.Context, args []string, s *stdio) error {
 		return err
 	}
 	defer pool.Close()
+	admin, err := relay.NewAdmin(pool, &relay.AdminConfig{Schema: o.schema, Channel: channel})
+	if err != nil {
+		return err
+	}
 	switch sub {
 	case "list":
-		got, err := relay.ListParked(ctx, pool, o.schema, filter, *limit)
+		got, err := admin.ParkedList(ctx, &relay.ParkedListParams{ParkedFilter: filter, Limit: *limit})
 		if err != nil {
 			return err
 		}
@@ -247,14 +255,14 @@ func runParked(ctx context.Context, args []string, s *stdio) error {
 		}
 		return tw.Flush()
 	case "retry":
-		n, err := relay.RetryParkedOn(ctx, pool, o.schema, channel, filter)
+		n, err := admin.ParkedRetry(ctx, &filter)
 		if err != nil {
 			return err
 		}
 		fmt.Fprintf(out, "unparked %d event(s); the relay publishes them next, in key order\n", n)
 		return nil
 	case "skip":
-		n, err := relay.SkipParked(ctx, pool, o.schema, filter)
+		n, err := admin.ParkedSkip(ctx, &filter)
 		if err != nil {
 			return err
 		}

@@ -5,7 +5,6 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
@@ -29,8 +28,7 @@ type relayMetrics struct {
 	txns       *prometheus.CounterVec
 	txnTime    prometheus.Histogram
 	mode       *prometheus.GaugeVec
-	pool       *pgxpool.Pool
-	schema     string
+	admin      *relay.Admin
 	backlogD   *prometheus.Desc
 	oldestD    *prometheus.Desc
 	parkedD    *prometheus.Desc
@@ -38,7 +36,7 @@ type relayMetrics struct {
 	scrapeErrD *prometheus.Desc
 }
 
-func newRelayMetrics(pool *pgxpool.Pool, schema string) *relayMetrics {
+func newRelayMetrics(admin *relay.Admin) *relayMetrics {
 	m := &relayMetrics{
 		registry: prometheus.NewRegistry(),
 		published: prometheus.NewCounter(prometheus.CounterOpts{Name: "relaybox_relay_published_total",
@@ -48,7 +46,7 @@ func newRelayMetrics(pool *pgxpool.Pool, schema string) *relayMetrics {
 		batchSize: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "relaybox_relay_batch_size",
 			Help: "Rows read per batch.", Buckets: prometheus.ExponentialBuckets(1, 2, 14)}),
 		readTime: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "relaybox_relay_read_seconds",
-			Help: "Time of a batch's claim query (reading a shard's next rows); should not grow with the backlog.", Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16)}),
+			Help: "Time of a batch's read query (a shard's next rows); should not grow with the backlog.", Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16)}),
 		batchTime: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "relaybox_relay_batch_seconds",
 			Help: "Time from read to delete of a batch.", Buckets: prometheus.ExponentialBuckets(0.001, 2, 16)}),
 		errors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "relaybox_relay_errors_total",
@@ -65,7 +63,7 @@ func newRelayMetrics(pool *pgxpool.Pool, schema string) *relayMetrics {
 			Help: "Time from a transaction's begin to its end (exactly-once mode).", Buckets: prometheus.ExponentialBuckets(0.001, 2, 16)}),
 		mode: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "relaybox_relay_mode",
 			Help: "1 for this replica's mode (at-least-once or exactly-once)."}, []string{"mode"}),
-		pool: pool, schema: schema,
+		admin:     admin,
 		backlogD:  prometheus.NewDesc("relaybox_outbox_backlog", "Unpublished, unparked events per shard.", []string{"shard"}, nil),
 		oldestD:   prometheus.NewDesc("relaybox_outbox_oldest_unpublished_seconds", "Age of the oldest unpublished event per shard.", []string{"shard"}, nil),
 		parkedD:   prometheus.NewDesc("relaybox_outbox_parked", "Parked events by reason.", []string{"reason"}, nil),
@@ -123,7 +121,7 @@ func (m *relayMetrics) Describe(ch chan<- *prometheus.Desc) {
 func (m *relayMetrics) Collect(ch chan<- prometheus.Metric) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	st, err := relay.ReadStatus(ctx, m.pool, m.schema)
+	st, err := m.admin.Status(ctx)
 	if err != nil {
 		// A failed status read costs only its own series: the counters that explain the
 		// failure (errors by kind, ...) must still be scraped.

@@ -25,7 +25,11 @@ func TestMetrics_FailedStatusQueryCostsOnlyItsOwnSeries(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer pool.Close()
-	m := newRelayMetrics(pool, "relaybox")
+	admin, err := relay.NewAdmin(pool, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := newRelayMetrics(admin)
 	m.hooks().OnError(relay.ErrorEvent{Kind: relay.ErrorPostgres, Err: fmt.Errorf("down")})
 	mfs, err := m.registry.Gather()
 	if err != nil {

@@ -169,7 +169,7 @@ func defineRelay(f *flags) *relayOpts {
 	f.str(&c.Channel, "channel", "RELAYBOX_CHANNEL", outbox.DefaultChannel, "LISTEN channel")
 	f.str(&o.metrics, "metrics-addr", "RELAYBOX_METRICS_ADDR", ":9090", "address for /metrics, /healthz, /readyz (empty: off)")
 	f.boolean(&o.pprof, "pprof", "RELAYBOX_PPROF", false, "also serve Go's /debug/pprof/ on the metrics address (CPU and heap profiles)")
-	f.num(&o.poolSize, "pool-size", "RELAYBOX_POOL_SIZE", 0, "Postgres connections (0: max-inflight-batches + 8, at least 16, so outcome writes and small batches do not queue behind the claims)")
+	f.num(&o.poolSize, "pool-size", "RELAYBOX_POOL_SIZE", 0, "Postgres connections (0: max-inflight-batches + 8, at least 16, so outcome writes and small batches do not queue behind the batch reads)")
 	f.BoolVar(&o.checkOnly, "check", false, "check Postgres, Kafka and the registry, then exit")
 	return o
 }
@@ -216,7 +216,11 @@ func runRelay(ctx context.Context, args []string, s *stdio) error {
 	cfg.KafkaOpts = kopts
 	cfg.RegistryURL, cfg.RegistryUsername, cfg.RegistryPassword, cfg.RegistryTimeout = o.registry.url, o.registry.user, o.registry.password, o.registry.timeout
 	cfg.Logger = log
-	m := newRelayMetrics(pool, o.schema)
+	admin, err := relay.NewAdmin(pool, &relay.AdminConfig{Schema: o.schema, Channel: cfg.Channel})
+	if err != nil {
+		return err
+	}
+	m := newRelayMetrics(admin)
 	cfg.Hooks = m.hooks()
 	mode := relay.ModeAtLeastOnce
 	if cfg.ExactlyOnce {
