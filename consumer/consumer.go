@@ -69,10 +69,10 @@ func New(pool *pgxpool.Pool, cfg *Config) (*Consumer, error) {
 	if pool == nil {
 		return nil, errors.New("consumer: nil pool")
 	}
-	c := cfg.WithDefaults()
-	if err := c.validate(); err != nil {
+	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	c := cfg.WithDefaults()
 	if c.Registry == nil {
 		c.Registry = builtinRegistry{registry.New(c.RegistryURL, registry.Options{
 			Username: c.RegistryUsername, Password: c.RegistryPassword, Timeout: c.RegistryTimeout})}

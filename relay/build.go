@@ -172,12 +172,12 @@ func (r *Relay) build(ctx context.Context, o *outboxRow) (*kgo.Record, ParkReaso
 	if !ok {
 		return nil, ParkInvalid, "schema fingerprint not in the schema store", nil
 	}
-	id, err := r.cfg.Registry.ID(ctx, o.subject, text, r.cfg.AutoRegister)
+	id, err := r.cfg.Registry.ID(ctx, o.subject, text, !r.cfg.DisableAutoRegister)
 	switch {
 	case err == nil:
 	case errors.Is(err, ErrSchemaIncompatible) || registry.IsIncompatible(err):
 		return nil, ParkIncompatible, err.Error(), nil
-	case (errors.Is(err, ErrSchemaNotRegistered) || registry.IsNotFound(err)) && !r.cfg.AutoRegister:
+	case (errors.Is(err, ErrSchemaNotRegistered) || registry.IsNotFound(err)) && r.cfg.DisableAutoRegister:
 		// A registry may answer 404 for a schema registered a moment ago (Apicurio's
 		// visibility lag, a lagging replica, a proxy): retried for SchemaNotFoundGrace
 		// before it counts as permanent.

@@ -5,13 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/url"
 	"os"
 	"strings"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
-	"github.com/relaybox/relaybox/internal/registry"
 	"github.com/relaybox/relaybox/migrations"
 	"github.com/relaybox/relaybox/outbox"
 )
@@ -19,7 +19,7 @@ import (
 // Registry resolves a schema to its registry id; the relay's own client (built from
 // RegistryURL) implements it. A custom Registry says why it cannot give an id by
 // wrapping ErrSchemaIncompatible (the event parks as incompatible_schema) or
-// ErrSchemaNotRegistered (with AutoRegister off: retried for SchemaNotFoundGrace, then
+// ErrSchemaNotRegistered (with DisableAutoRegister: retried for SchemaNotFoundGrace, then
 // parked); any other error means the registry is unavailable, and the event is retried.
 type Registry interface {
 	ID(ctx context.Context, subject, schema string, register bool) (int, error)
@@ -148,7 +148,7 @@ const (
 	// ParkIncompatible: the registry refused the schema under its subject's
 	// compatibility level.
 	ParkIncompatible ParkReason = "incompatible_schema"
-	// ParkNotRegistered: AutoRegister is off and the schema is not under its subject
+	// ParkNotRegistered: DisableAutoRegister is set and the schema is not under its subject
 	// (after SchemaNotFoundGrace).
 	ParkNotRegistered ParkReason = "schema_not_registered"
 	// ParkTooLarge: the framed record exceeds MaxRecordBytes, or Kafka refused its size.
@@ -189,6 +189,13 @@ const (
 	DefaultTopicPartitions     = 12
 	DefaultUnreadyAfter        = 30 * time.Second
 	DefaultMaxBackoff          = 30 * time.Second
+	DefaultRegistryTimeout     = 10 * time.Second
+	// DefaultHeartbeatDivisor: HeartbeatInterval defaults to LeaseTTL divided by it.
+	DefaultHeartbeatDivisor = 5
+	// DefaultAutoRegister: schemas are registered unless DisableAutoRegister is set.
+	DefaultAutoRegister = true
+	// MaxBatchSize is the largest BatchSize.
+	MaxBatchSize = 100000
 )
 
 // DefaultPoolSize is the Postgres pool a relay with cfg needs (what the CLI sizes its
@@ -218,13 +225,20 @@ type Config struct {
 	RegistryURL string
 	// RegistryUsername and RegistryPassword enable HTTP basic auth. Never logged.
 	RegistryUsername, RegistryPassword string
-	// RegistryTimeout bounds each registry call. Defaults to 10s.
+	// RegistryTimeout bounds each registry call. Defaults to 10s
+	// (DefaultRegistryTimeout).
 	RegistryTimeout time.Duration
 	// Registry overrides the client built from RegistryURL.
 	Registry Registry
-	// AutoRegister registers schemas not yet under their subject. When false, a schema
-	// missing from the registry parks its event. Defaults to false; set it explicitly.
-	AutoRegister bool
+	// DisableAutoRegister stops the relay from registering schemas not yet under their
+	// subject: such an event is retried for SchemaNotFoundGrace, then parks as
+	// schema_not_registered. Defaults to false: the relay registers them, and the
+	// registry's compatibility level decides what it accepts (an incompatible schema
+	// parks as incompatible_schema), as Confluent's serializers do. That is the CLI's
+	// default too (--auto-register): set a level on each subject and keep
+	// registration on, unless a pipeline registers schemas itself
+	// (docs/configuration.md, "Auto-register").
+	DisableAutoRegister bool
 	// ReplicaID names this replica. Defaults to hostname-pid-random.
 	ReplicaID string
 	// BatchSize is the most rows read per shard per batch. Defaults to 4000.
@@ -272,7 +286,7 @@ type Config struct {
 	UnreadyAfter time.Duration
 	// MaxBackoff caps the exponential backoff after failures. Defaults to 30s.
 	MaxBackoff time.Duration
-	// SchemaNotFoundGrace: with AutoRegister off, how long a schema the registry says
+	// SchemaNotFoundGrace: with DisableAutoRegister, how long a schema the registry says
 	// is not registered is retried before its event parks as schema_not_registered (a
 	// registry may not see a schema registered a moment ago). Defaults to 10s.
 	SchemaNotFoundGrace time.Duration
@@ -302,7 +316,9 @@ type Config struct {
 	Hooks Hooks
 }
 
-func (c *Config) withDefaults() (Config, error) {
+// WithDefaults returns a copy of c (nil: the zero Config) with every unset field
+// given its default. The Registry client built from RegistryURL is not: New builds it.
+func (c *Config) WithDefaults() *Config {
 	r := Config{}
 	if c != nil {
 		r = *c
@@ -316,6 +332,9 @@ func (c *Config) withDefaults() (Config, error) {
 	if r.ReplicaID == "" {
 		h, _ := os.Hostname()
 		r.ReplicaID = fmt.Sprintf("%s-%d-%04x", h, os.Getpid(), time.Now().UnixNano()&0xffff)
+	}
+	if r.RegistryTimeout == 0 {
+		r.RegistryTimeout = DefaultRegistryTimeout
 	}
 	if r.BatchSize == 0 {
 		r.BatchSize = DefaultBatchSize
@@ -336,7 +355,7 @@ func (c *Config) withDefaults() (Config, error) {
 		r.ShutdownGrace = DefaultShutdownGrace
 	}
 	if r.HeartbeatInterval == 0 {
-		r.HeartbeatInterval = r.LeaseTTL / 5
+		r.HeartbeatInterval = r.LeaseTTL / DefaultHeartbeatDivisor
 	}
 	if r.Compression == "" {
 		r.Compression = DefaultCompression
@@ -359,26 +378,58 @@ func (c *Config) withDefaults() (Config, error) {
 	if r.Logger == nil {
 		r.Logger = slog.Default()
 	}
-	if r.Registry == nil && r.RegistryURL != "" {
-		r.Registry = registry.New(r.RegistryURL, registry.Options{Username: r.RegistryUsername, Password: r.RegistryPassword, Timeout: r.RegistryTimeout})
+	return &r
+}
+
+// Validate returns an error naming the first field of c that cannot work, as New
+// would with c: unset fields take their defaults (WithDefaults) first.
+func (c *Config) Validate() error {
+	r := c.WithDefaults()
+	if r.Registry == nil {
+		if r.RegistryURL == "" {
+			return errors.New("relay: Config.RegistryURL (or Config.Registry) is required")
+		}
+		if u, err := url.Parse(r.RegistryURL); err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
+			return errors.New("relay: Config.RegistryURL: want http(s)://host[:port][/path]") // the URL may hold a password: not shown
+		}
+	}
+	if err := validSchema("relay: Config.Schema", r.Schema); err != nil {
+		return err
+	}
+	if err := validChannel("relay: Config.Channel", r.Channel); err != nil {
+		return err
+	}
+	negative := []struct {
+		name string
+		d    time.Duration
+	}{
+		{"RegistryTimeout", r.RegistryTimeout}, {"PollInterval", r.PollInterval}, {"LeaseTTL", r.LeaseTTL},
+		{"HeartbeatInterval", r.HeartbeatInterval}, {"DeliveryTimeout", r.DeliveryTimeout}, {"Retention", r.Retention},
+		{"UnreadyAfter", r.UnreadyAfter}, {"MaxBackoff", r.MaxBackoff}, {"SchemaNotFoundGrace", r.SchemaNotFoundGrace},
+		{"ShutdownGrace", r.ShutdownGrace},
+	}
+	for _, n := range negative {
+		if n.d < 0 {
+			return fmt.Errorf("relay: Config.%s must not be negative, got %s", n.name, n.d)
+		}
 	}
 	switch {
-	case r.Registry == nil:
-		return r, errors.New("relay: Config.RegistryURL is required")
 	case len(r.Brokers) == 0 && len(r.KafkaOpts) == 0:
-		return r, errors.New("relay: Config.Brokers is required")
-	case r.MaxInFlightBatches < 0:
-		return r, fmt.Errorf("relay: Config.MaxInFlightBatches must be positive, got %d", r.MaxInFlightBatches)
-	case r.BatchSize < 0 || r.BatchSize > 100000:
-		return r, fmt.Errorf("relay: Config.BatchSize must be 1..100000, got %d", r.BatchSize)
+		return errors.New("relay: Config.Brokers (or seed brokers in Config.KafkaOpts) is required")
+	case r.BatchSize < 1 || r.BatchSize > MaxBatchSize:
+		return fmt.Errorf("relay: Config.BatchSize must be 1..%d, got %d", MaxBatchSize, r.BatchSize)
+	case r.MaxInFlightBatches < 1:
+		return fmt.Errorf("relay: Config.MaxInFlightBatches must be positive, got %d", r.MaxInFlightBatches)
 	case r.HeartbeatInterval*2 >= r.LeaseTTL:
-		return r, fmt.Errorf("relay: Config.HeartbeatInterval (%s) must be under half of LeaseTTL (%s)", r.HeartbeatInterval, r.LeaseTTL)
+		return fmt.Errorf("relay: Config.HeartbeatInterval (%s) must be under half of LeaseTTL (%s)", r.HeartbeatInterval, r.LeaseTTL)
 	case codec(r.Compression) == nil:
-		return r, fmt.Errorf("relay: Config.Compression %q: want snappy, lz4, zstd, gzip or none", r.Compression)
-	case r.PollInterval < 0 || r.Retention < 0:
-		return r, errors.New("relay: Config.PollInterval and Retention must not be negative")
+		return fmt.Errorf("relay: Config.Compression %q: want snappy, lz4, zstd, gzip or none", r.Compression)
+	case r.MaxRecordBytes < 1:
+		return fmt.Errorf("relay: Config.MaxRecordBytes must be positive, got %d", r.MaxRecordBytes)
+	case r.TopicPartitions < 1:
+		return fmt.Errorf("relay: Config.TopicPartitions must be positive, got %d", r.TopicPartitions)
 	}
-	return r, nil
+	return nil
 }
 
 // codec is the franz-go codec named by a Compression setting, or nil.

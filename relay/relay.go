@@ -15,6 +15,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/plugin/kslog"
 
+	"github.com/relaybox/relaybox/internal/registry"
 	"github.com/relaybox/relaybox/migrations"
 )
 
@@ -58,9 +59,15 @@ type Relay struct {
 // New returns a Relay over pool (the database holding the outbox). It builds its
 // Kafka client but does not connect until Run.
 func New(pool *pgxpool.Pool, cfg *Config) (*Relay, error) {
-	c, err := cfg.withDefaults()
-	if err != nil {
+	if pool == nil {
+		return nil, errors.New("relay: New: nil pool")
+	}
+	if err := cfg.Validate(); err != nil {
 		return nil, err
+	}
+	c := *cfg.WithDefaults()
+	if c.Registry == nil {
+		c.Registry = registry.New(c.RegistryURL, registry.Options{Username: c.RegistryUsername, Password: c.RegistryPassword, Timeout: c.RegistryTimeout})
 	}
 	opts := []kgo.Opt{
 		kgo.RequiredAcks(kgo.AllISRAcks()),
@@ -159,7 +166,7 @@ func (r *Relay) Run(ctx context.Context) error {
 	r.running = true
 	r.healthMu.Unlock()
 	r.log.Info("relay starting", "schema", r.cfg.Schema, "mode", r.mode(), "batch_size", r.cfg.BatchSize, "lease_ttl", r.cfg.LeaseTTL,
-		"poll_interval", r.cfg.PollInterval, "retention", r.cfg.Retention, "auto_register", r.cfg.AutoRegister)
+		"poll_interval", r.cfg.PollInterval, "retention", r.cfg.Retention, "auto_register", !r.cfg.DisableAutoRegister)
 	var bg sync.WaitGroup
 	lctx, lcancel := context.WithCancel(context.Background())
 	bg.Add(1)

@@ -59,7 +59,7 @@ func TestInventoryService_ReservesWhatTheOrdersServicePublished(t *testing.T) {
 	}
 	api := httptest.NewServer(orders.Handler())
 	defer api.Close()
-	r, err := relay.New(pool, &relay.Config{Schema: relaySchema, Brokers: brokers, RegistryURL: registryURL, AutoRegister: true,
+	r, err := relay.New(pool, &relay.Config{Schema: relaySchema, Brokers: brokers, RegistryURL: registryURL,
 		PollInterval: 200 * time.Millisecond, Logger: testenv.Logger(t)})
 	if err != nil {
 		t.Fatal(err)

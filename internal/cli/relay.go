@@ -105,7 +105,7 @@ func (f *flags) registry(r *registryOpts) {
 	f.conn(&r.url, "registry-url", "SCHEMA_REGISTRY_URL", "Confluent-compatible schema registry URL (Apicurio: http://host:8080/apis/ccompat/v7)")
 	f.str(&r.user, "registry-username", "SCHEMA_REGISTRY_USERNAME", "", "registry basic-auth username")
 	f.secret(&r.password, "registry-password", "SCHEMA_REGISTRY_PASSWORD", "registry basic-auth password")
-	f.dur(&r.timeout, "registry-timeout", "SCHEMA_REGISTRY_TIMEOUT", 10*time.Second, "timeout of each registry call")
+	f.dur(&r.timeout, "registry-timeout", "SCHEMA_REGISTRY_TIMEOUT", relay.DefaultRegistryTimeout, "timeout of each registry call")
 }
 
 // check moves credentials in the URL's userinfo to user and password (so that no
@@ -131,14 +131,16 @@ func (r *registryOpts) check(allowPlaintext bool) error {
 
 type relayOpts struct {
 	common
-	kafka      kafkaOpts
-	registry   registryOpts
-	cfg        relay.Config
-	metrics    string
-	poolSize   int
-	checkOnly  bool
-	pprof      bool
-	partitions int
+	kafka     kafkaOpts
+	registry  registryOpts
+	cfg       relay.Config
+	metrics   string
+	poolSize  int
+	checkOnly bool
+	pprof     bool
+	// autoRegister is the --auto-register flag: relay.Config.DisableAutoRegister negated.
+	autoRegister bool
+	partitions   int
 }
 
 func defineRelay(f *flags) *relayOpts {
@@ -147,7 +149,7 @@ func defineRelay(f *flags) *relayOpts {
 	f.kafka(&o.kafka)
 	f.registry(&o.registry)
 	c := &o.cfg
-	f.boolean(&c.AutoRegister, "auto-register", "RELAYBOX_AUTO_REGISTER", true, "register schemas missing from the registry (else such events park)")
+	f.boolean(&o.autoRegister, "auto-register", "RELAYBOX_AUTO_REGISTER", relay.DefaultAutoRegister, "register schemas missing from the registry (else such events park)")
 	f.str(&c.ReplicaID, "replica-id", "RELAYBOX_REPLICA_ID", "", "this replica's name (default hostname-pid-random)")
 	f.num(&c.BatchSize, "batch-size", "RELAYBOX_BATCH_SIZE", relay.DefaultBatchSize, "rows read per shard per batch")
 	f.num(&c.MaxInFlightBatches, "max-inflight-batches", "RELAYBOX_MAX_INFLIGHT_BATCHES", relay.DefaultMaxInFlightBatches, "shards with a backlog reading and publishing at once (bounds memory)")
@@ -188,6 +190,7 @@ func runRelay(ctx context.Context, args []string, s *stdio) error {
 		return err
 	}
 	o.cfg.TopicPartitions = int32(o.partitions)
+	o.cfg.DisableAutoRegister = !o.autoRegister
 	log, err := o.logger(s.err)
 	if err != nil {
 		return err
