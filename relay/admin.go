@@ -64,13 +64,26 @@ func (c *AdminConfig) WithDefaults() *AdminConfig {
 	if c != nil {
 		r = *c
 	}
-	if r.Schema == "" {
-		r.Schema = migrations.DefaultSchema
-	}
-	if r.Channel == "" {
-		r.Channel = outbox.DefaultChannel
-	}
+	defaultPlace(&r.Schema, &r.Channel)
 	return &r
+}
+
+// defaultPlace fills an unset schema and channel (Config's and AdminConfig's).
+func defaultPlace(schema, channel *string) {
+	if *schema == "" {
+		*schema = migrations.DefaultSchema
+	}
+	if *channel == "" {
+		*channel = outbox.DefaultChannel
+	}
+}
+
+// validPlace checks the schema and the channel of config (its type name).
+func validPlace(config, schema, channel string) error {
+	if err := validSchema("relay: "+config+".Schema", schema); err != nil {
+		return err
+	}
+	return validChannel("relay: "+config+".Channel", channel)
 }
 
 // Validate returns an error naming the first field that cannot work. Unset fields
@@ -79,10 +92,7 @@ func (c *AdminConfig) Validate() error {
 	if c == nil {
 		return nil
 	}
-	if err := validSchema("relay: AdminConfig.Schema", c.Schema); err != nil {
-		return err
-	}
-	return validChannel("relay: AdminConfig.Channel", c.Channel)
+	return validPlace("AdminConfig", c.Schema, c.Channel)
 }
 
 // validSchema checks a schema name ("" means the default). A name longer than

@@ -11,9 +11,6 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
-
-	"github.com/relaybox/relaybox/migrations"
-	"github.com/relaybox/relaybox/outbox"
 )
 
 // Registry resolves a schema to its registry id; the relay's own client (built from
@@ -323,12 +320,7 @@ func (c *Config) WithDefaults() *Config {
 	if c != nil {
 		r = *c
 	}
-	if r.Schema == "" {
-		r.Schema = migrations.DefaultSchema
-	}
-	if r.Channel == "" {
-		r.Channel = outbox.DefaultChannel
-	}
+	defaultPlace(&r.Schema, &r.Channel)
 	if r.ReplicaID == "" {
 		h, _ := os.Hostname()
 		r.ReplicaID = fmt.Sprintf("%s-%d-%04x", h, os.Getpid(), time.Now().UnixNano()&0xffff)
@@ -393,10 +385,7 @@ func (c *Config) Validate() error {
 			return errors.New("relay: Config.RegistryURL: want http(s)://host[:port][/path]") // the URL may hold a password: not shown
 		}
 	}
-	if err := validSchema("relay: Config.Schema", r.Schema); err != nil {
-		return err
-	}
-	if err := validChannel("relay: Config.Channel", r.Channel); err != nil {
+	if err := validPlace("Config", r.Schema, r.Channel); err != nil {
 		return err
 	}
 	negative := []struct {
