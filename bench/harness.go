@@ -87,7 +87,7 @@ func parseConfig(args []string) (config, error) {
 	fs.IntVar(&c.BacklogMid, "backlog-mid", atoiOr(envOr("BENCH_BACKLOG_MID", def("50000", "500000"))), "middle backlog rows, 0 for none [BENCH_BACKLOG_MID]")
 	fs.IntVar(&c.BacklogBig, "backlog-big", atoiOr(envOr("BENCH_BACKLOG_BIG", def("200000", "5000000"))), "big backlog rows [BENCH_BACKLOG_BIG]")
 	fs.IntVar(&c.BacklogPad, "backlog-event-bytes", atoiOr(envOr("BENCH_BACKLOG_EVENT_BYTES", "1024")), "event size of the backlog filler [BENCH_BACKLOG_EVENT_BYTES]")
-	fs.IntVar(&c.BacklogBatches, "backlog-batches", atoiOr(envOr("BENCH_BACKLOG_BATCHES", "300")), "claim queries measured per backlog size [BENCH_BACKLOG_BATCHES]")
+	fs.IntVar(&c.BacklogBatches, "backlog-batches", atoiOr(envOr("BENCH_BACKLOG_BATCHES", "300")), "batch read queries measured per backlog size [BENCH_BACKLOG_BATCHES]")
 	fs.IntVar(&c.Repeat, "repeat", atoiOr(envOr("BENCH_REPEAT", def("1", "3"))), "runs of each limit and of each drain; the figures are their medians, every run in the JSON [BENCH_REPEAT]")
 	pgWorkers := fs.String("pg-workers", envOr("BENCH_PG_WORKERS", "4,8,16"), "connection counts of the raw Postgres drain limit, the best one counts; the relay's pool size is always among them [BENCH_PG_WORKERS]")
 	fs.DurationVar(&c.DrainTimeout, "drain-timeout", mustDur(envOr("BENCH_DRAIN_TIMEOUT", "30m")), "give up a drain after this long [BENCH_DRAIN_TIMEOUT]")

@@ -14,7 +14,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/twmb/franz-go/pkg/kgo"
 
-	"github.com/relaybox/relaybox/relay"
+	"github.com/relaybox/relaybox/internal/relaysql"
 )
 
 // The limits are upper bounds for the relay: each does the relay's work with the
@@ -157,7 +157,7 @@ type pgLimitResult struct {
 }
 
 // pgLimit reads and deletes the drain's N rows in relaybox's outbox table as the relay
-// does, with nothing else: the relay's claim statement (relay.ClaimSQL) for one shard,
+// does, with nothing else: the relay's batch read (relaysql.ReadShard) for one shard,
 // the relay's batch size, then the outcome as the relay records it, one transaction
 // per batch with `SET LOCAL synchronous_commit TO off` and the delete. It runs once per
 // connection count in PGWorkers (the relay's pool size among them), each worker
@@ -209,8 +209,8 @@ func (h *harness) pgLimit(ctx context.Context, rc *relayConf) (pgLimitResult, er
 	}
 	res.Settings = map[string]any{
 		"table":       "relaybox's outbox, filled with the drain's N rows by outbox.Writer (then copied back from a template for each connection count)",
-		"claim":       "relay.ClaimSQL: one shard, ORDER BY id LIMIT batch_size",
-		"outcome":     "BEGIN; SET LOCAL synchronous_commit TO off; DELETE WHERE id = ANY($1); COMMIT (one pgx batch per claim, as the relay)",
+		"claim":       "the relay's batch read (internal/relaysql.ReadShard): one shard, ORDER BY id LIMIT batch_size",
+		"outcome":     "BEGIN; SET LOCAL synchronous_commit TO off; DELETE WHERE id = ANY($1); COMMIT (one pgx batch per read, as the relay)",
 		"batch_size":  rc.BatchSize,
 		"connections": counts,
 		"shards":      "each connection drains its share of the 64 shards",
@@ -231,7 +231,7 @@ func rawInt8(format int16, b []byte) (int64, error) {
 }
 
 func (h *harness) pgLimitOnce(ctx context.Context, schema string, conns, batch int) (float64, error) {
-	claim := relay.ClaimSQL(schema)
+	read := relaysql.ReadShard(schema)
 	del := `DELETE FROM ` + pgx.Identifier{schema, "outbox"}.Sanitize() + ` WHERE id = ANY($1::bigint[])`
 	var total atomic.Int64
 	errs := make(chan error, conns)
@@ -250,7 +250,7 @@ func (h *harness) pgLimitOnce(ctx context.Context, schema string, conns, batch i
 			ids := make([]int64, 0, batch)
 			for shard := w; shard < 64; shard += conns {
 				for {
-					rows, err := c.Query(ctx, claim, shard, batch)
+					rows, err := c.Query(ctx, read, shard, batch)
 					if err != nil {
 						errs <- err
 						return

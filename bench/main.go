@@ -1,7 +1,7 @@
 // Command bench is relaybox's comparative benchmark (issue #7): relaybox, Watermill's
 // SQL forwarder, go-pq-cdc-kafka and Debezium's outbox event router, against one
 // Postgres, one Kafka, the same topic settings and the same events, measured by one
-// franz-go consumer; plus the raw limits of Kafka and Postgres, and relaybox's claim
+// franz-go consumer; plus the raw limits of Kafka and Postgres, and relaybox's batch read
 // latency under a large backlog. Run it with `make bench` from the repository root;
 // docs/benchmarks.md explains every figure.
 package main
@@ -138,7 +138,7 @@ func run() error {
 				rep.Limits.Settings["kafka"] = k.Settings
 				h.logf("limits: produce %.0f records/s", k.EPS)
 			}
-			h.logf("limits: raw Postgres claim+delete of %d rows, %v connections%s", cfg.N, cfg.PGWorkers, runTag(run, cfg.Repeat))
+			h.logf("limits: raw Postgres read+delete of %d rows, %v connections%s", cfg.N, cfg.PGWorkers, runTag(run, cfg.Repeat))
 			if p, err := h.pgLimit(ctx, h.rc); err != nil {
 				rep.Limits.Errors = append(rep.Limits.Errors, "pg: "+err.Error())
 			} else {

@@ -76,7 +76,7 @@ func printTable(w io.Writer, rep *report) {
 	}
 	tw.Flush()
 	if l := rep.Limits; l != nil {
-		fmt.Fprintf(w, "\nlimits: raw franz-go produce %s ev/s, raw Postgres claim+delete %s ev/s (best of %v connections)\n",
+		fmt.Fprintf(w, "\nlimits: raw franz-go produce %s ev/s, raw Postgres read+delete %s ev/s (best of %v connections)\n",
 			fmtF(l.KafkaProduceEPS, "%.0f"), fmtF(l.PGDrainEPS, "%.0f"), rep.Config.PGWorkers)
 		for _, b := range l.Broken {
 			fmt.Fprintf(w, "  !!! BROKEN MEASUREMENT: %s\n", b)
@@ -101,16 +101,16 @@ func printTable(w io.Writer, rep *report) {
 		if b.SkippedReason != "" {
 			fmt.Fprintf(w, "\nbacklog: skipped: %s\n", b.SkippedReason)
 		} else {
-			fmt.Fprintf(w, "\nbacklog (relaybox claim query):\n")
+			fmt.Fprintf(w, "\nbacklog (relaybox batch read query):\n")
 			for _, s := range b.Sizes {
-				fmt.Fprintf(w, "  %9d rows: claim query p50 %.2f ms, p99 %.2f ms (%.0f rows, %.2f us/row); in the relay p50 %.2f ms, p99 %.2f ms over %d claims (%.0f rows each); relay RSS %.0f MB ready, %.0f MB peak\n",
+				fmt.Fprintf(w, "  %9d rows: read query p50 %.2f ms, p99 %.2f ms (%.0f rows, %.2f us/row); in the relay p50 %.2f ms, p99 %.2f ms over %d reads (%.0f rows each); relay RSS %.0f MB ready, %.0f MB peak\n",
 					s.Rows, s.QueryP50MS, s.QueryP99MS, s.QueryRows, s.QueryUSPerRow, s.ClaimP50MS, s.ClaimP99MS, s.Claims, s.RowsPerClaim, s.RSSReadyMB, s.RSSPeakMB)
 				if s.Error != "" {
 					fmt.Fprintf(w, "    error: %s\n", s.Error)
 				}
 			}
 			if b.Ratio != nil {
-				fmt.Fprintf(w, "  big/small claim query p50 ratio: %.2f (LIMIT %d)", *b.Ratio, rep.Config.PGBatch)
+				fmt.Fprintf(w, "  big/small read query p50 ratio: %.2f (LIMIT %d)", *b.Ratio, rep.Config.PGBatch)
 				if b.RatioLimit100 != nil {
 					fmt.Fprintf(w, ", %.2f (LIMIT 100: %.2f vs %.2f ms)", *b.RatioLimit100, *b.ClaimMS10kLimit100, *b.ClaimMS5MLimit100)
 				}

@@ -17,7 +17,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
-	"github.com/relaybox/relaybox/relay"
+	"github.com/relaybox/relaybox/internal/relaysql"
 )
 
 // ---- results ----
@@ -178,7 +178,7 @@ type backlogResult struct {
 	ClaimMS10k *float64 `json:"claim_ms_10k"`
 	ClaimMS5M  *float64 `json:"claim_ms_5m"`
 	Ratio      *float64 `json:"ratio_big_to_small,omitempty"`
-	// The claim statement with LIMIT 100 (the same rows returned at both sizes).
+	// The batch read statement with LIMIT 100 (the same rows returned at both sizes).
 	ClaimMS10kLimit100 *float64         `json:"claim_ms_10k_limit100,omitempty"`
 	ClaimMS5MLimit100  *float64         `json:"claim_ms_5m_limit100,omitempty"`
 	RatioLimit100      *float64         `json:"ratio_big_to_small_limit100,omitempty"`
@@ -194,7 +194,7 @@ type backlogMeasure struct {
 	TableMB      float64 `json:"table_mb"`
 	Claims       int     `json:"relay_claims_measured"`
 	RowsPerClaim float64 `json:"relay_rows_per_claim_mean"`
-	// The claim query alone, timed by the harness on one connection before the relay
+	// The batch read query alone, timed by the harness on one connection before the relay
 	// starts: the relay's read statement for each of the 64 shards, 3 passes after a
 	// warm-up pass.
 	QueryP50MS    float64 `json:"query_p50_ms"`
@@ -204,7 +204,7 @@ type backlogMeasure struct {
 	// The same with LIMIT 100: the same number of rows at every backlog size.
 	Query100P50MS float64 `json:"query_limit100_p50_ms"`
 	// As the running relay sees it (relay.Hooks.OnRead: includes the wait for one of
-	// its 16 connections while 64 shard drains claim at once, and CPU contention).
+	// its 16 connections while 64 shard drains read at once, and CPU contention).
 	ClaimP50MS    float64 `json:"relay_claim_p50_ms"`
 	ClaimP99MS    float64 `json:"relay_claim_p99_ms"`
 	ClaimMeanMS   float64 `json:"relay_claim_mean_ms"`
@@ -494,10 +494,10 @@ func (h *harness) steady(ctx context.Context, sys system, rate int) (steadyResul
 
 // ---- backlog (relaybox) ----
 
-// backlog times relaybox's claim query with BacklogSmall and then BacklogBig rows
+// backlog times relaybox's batch read query with BacklogSmall and then BacklogBig rows
 // waiting, with relay-probe (the relay with an OnRead hook) as a subprocess.
 func (h *harness) backlog(ctx context.Context, probeBin string) backlogResult {
-	res := backlogResult{Note: fmt.Sprintf("claim_ms_* = p50 of the relay's claim statement (relay/relay.go read, LIMIT 1000) run by the harness on one connection, "+
+	res := backlogResult{Note: fmt.Sprintf("claim_ms_* = p50 of the relay's batch read statement (internal/relaysql.ReadShard, LIMIT 1000; the keys keep their recorded names) run by the harness on one connection, "+
 		"3 passes over the 64 shards after a warm-up pass, backlog in place and no relay running; relay_claim_* = the same statement as the running relay "+
 		"timed it (relay.Hooks.OnRead in relay-probe: includes waiting for a pool connection), first %d non-empty claims after start (fewer if the "+
 		"backlog drains first); rows filled by INSERT ... SELECT generate_series with the writer's column layout and one constant valid %d-byte Avro "+
@@ -579,11 +579,11 @@ func (h *harness) backlogOne(ctx context.Context, probeBin string, rows int64) b
 	var size int64
 	_ = h.pool.QueryRow(ctx, `SELECT pg_total_relation_size($1::regclass)`, ri.schema+".outbox").Scan(&size)
 	m.TableMB = mb(size)
-	if err := h.claimQuery(ctx, ri.schema, &m); err != nil {
-		m.Error = "claim query: " + err.Error()
+	if err := h.readQuery(ctx, ri.schema, &m); err != nil {
+		m.Error = "read query: " + err.Error()
 		return m
 	}
-	h.logf("backlog: %d rows filled in %.1fs (%.0f MB); claim query p50 %.2f ms (%.0f rows); starting the relay", rows, m.FillSeconds, m.TableMB, m.QueryP50MS, m.QueryRows)
+	h.logf("backlog: %d rows filled in %.1fs (%.0f MB); batch read p50 %.2f ms (%.0f rows); starting the relay", rows, m.FillSeconds, m.TableMB, m.QueryP50MS, m.QueryRows)
 
 	type claim struct {
 		rows int
@@ -660,8 +660,8 @@ collect:
 	return m
 }
 
-func (h *harness) claimQuery(ctx context.Context, schema string, m *backlogMeasure) error {
-	p50, p99, rows, err := h.timeClaims(ctx, schema, h.cfg.PGBatch)
+func (h *harness) readQuery(ctx context.Context, schema string, m *backlogMeasure) error {
+	p50, p99, rows, err := h.timeReads(ctx, schema, h.cfg.PGBatch)
 	if err != nil {
 		return err
 	}
@@ -669,17 +669,17 @@ func (h *harness) claimQuery(ctx context.Context, schema string, m *backlogMeasu
 	if m.QueryRows > 0 {
 		m.QueryUSPerRow = r3(m.QueryP50MS * 1000 / m.QueryRows)
 	}
-	m.Query100P50MS, _, _, err = h.timeClaims(ctx, schema, 100)
+	m.Query100P50MS, _, _, err = h.timeReads(ctx, schema, 100)
 	return err
 }
 
-func (h *harness) timeClaims(ctx context.Context, schema string, limit int) (p50, p99, rowsMean float64, err error) {
+func (h *harness) timeReads(ctx context.Context, schema string, limit int) (p50, p99, rowsMean float64, err error) {
 	conn, err := h.pool.Acquire(ctx)
 	if err != nil {
 		return 0, 0, 0, err
 	}
 	defer conn.Release()
-	q := relay.ClaimSQL(schema)
+	q := relaysql.ReadShard(schema)
 	var ds []float64
 	var rowsSum float64
 	for pass := range 4 {

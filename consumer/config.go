@@ -184,8 +184,21 @@ type Config struct {
 	Hooks Hooks
 }
 
-// DefaultSchemaNotFoundGrace is Config.SchemaNotFoundGrace's default.
-const DefaultSchemaNotFoundGrace = 10 * time.Second
+// Defaults of Config (the CLI's too).
+const (
+	DefaultSchemaNotFoundGrace     = 10 * time.Second
+	DefaultRegistryTimeout         = 10 * time.Second
+	DefaultMaxAttempts             = 5
+	DefaultRetryBackoff            = 100 * time.Millisecond
+	DefaultMaxRetryBackoff         = 10 * time.Second
+	DefaultDeadLetterSuffix        = ".dlq"
+	DefaultMaxBatch                = 500
+	DefaultCommitInterval          = time.Second
+	DefaultMaxPollRecords          = 1000
+	DefaultMaxBufferedPerPartition = 2000
+	DefaultCleanInterval           = time.Hour
+	DefaultCleanBatch              = 10000
+)
 
 // DefaultDedupKey is the dedup key of records without an event id:
 // "topic/partition/offset".
@@ -207,52 +220,55 @@ func (cfg *Config) WithDefaults() *Config {
 		c.Logger = slog.Default()
 	}
 	if c.RegistryTimeout == 0 {
-		c.RegistryTimeout = 10 * time.Second
+		c.RegistryTimeout = DefaultRegistryTimeout
 	}
 	if c.SchemaNotFoundGrace == 0 {
 		c.SchemaNotFoundGrace = DefaultSchemaNotFoundGrace
 	}
 	if c.MaxAttempts == 0 {
-		c.MaxAttempts = 5
+		c.MaxAttempts = DefaultMaxAttempts
 	}
 	if c.RetryBackoff == 0 {
-		c.RetryBackoff = 100 * time.Millisecond
+		c.RetryBackoff = DefaultRetryBackoff
 	}
 	if c.MaxRetryBackoff == 0 {
-		c.MaxRetryBackoff = 10 * time.Second
+		c.MaxRetryBackoff = DefaultMaxRetryBackoff
 	}
 	if c.DeadLetterSuffix == "" {
-		c.DeadLetterSuffix = ".dlq"
+		c.DeadLetterSuffix = DefaultDeadLetterSuffix
 	}
 	if c.DeadLetterTopic == nil {
 		suffix := c.DeadLetterSuffix
 		c.DeadLetterTopic = func(topic string) string { return DeadLetterTopicName(topic, suffix) }
 	}
 	if c.MaxBatch == 0 {
-		c.MaxBatch = 500
+		c.MaxBatch = DefaultMaxBatch
 	}
 	if c.DedupKey == nil {
 		c.DedupKey = DefaultDedupKey
 	}
 	if c.CommitInterval == 0 {
-		c.CommitInterval = time.Second
+		c.CommitInterval = DefaultCommitInterval
 	}
 	if c.MaxPollRecords == 0 {
-		c.MaxPollRecords = 1000
+		c.MaxPollRecords = DefaultMaxPollRecords
 	}
 	if c.MaxBufferedPerPartition == 0 {
-		c.MaxBufferedPerPartition = 2000
+		c.MaxBufferedPerPartition = DefaultMaxBufferedPerPartition
 	}
 	if c.CleanInterval == 0 {
-		c.CleanInterval = time.Hour
+		c.CleanInterval = DefaultCleanInterval
 	}
 	if c.CleanBatch == 0 {
-		c.CleanBatch = 10000
+		c.CleanBatch = DefaultCleanBatch
 	}
 	return &c
 }
 
-func (c *Config) validate() error {
+// Validate returns an error naming the first field of cfg that cannot work, as New
+// would with cfg: unset fields take their defaults (WithDefaults) first.
+func (cfg *Config) Validate() error {
+	c := cfg.WithDefaults()
 	switch {
 	case c.Group == "":
 		return errors.New("consumer: Config.Group is required")
@@ -264,6 +280,8 @@ func (c *Config) validate() error {
 		return errors.New("consumer: Config.RegistryURL is required")
 	case c.MaxAttempts < 1:
 		return fmt.Errorf("consumer: Config.MaxAttempts must be at least 1, got %d", c.MaxAttempts)
+	case c.RegistryTimeout < 0:
+		return fmt.Errorf("consumer: Config.RegistryTimeout must not be negative, got %s", c.RegistryTimeout)
 	case c.RetryBackoff < 0 || c.MaxRetryBackoff < c.RetryBackoff:
 		return fmt.Errorf("consumer: Config.RetryBackoff (%s) must be between 0 and Config.MaxRetryBackoff (%s)", c.RetryBackoff, c.MaxRetryBackoff)
 	case c.UnknownType != SkipUnknown && c.UnknownType != DeadLetterUnknown:

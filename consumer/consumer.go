@@ -69,10 +69,10 @@ func New(pool *pgxpool.Pool, cfg *Config) (*Consumer, error) {
 	if pool == nil {
 		return nil, errors.New("consumer: nil pool")
 	}
-	c := cfg.WithDefaults()
-	if err := c.validate(); err != nil {
+	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	c := cfg.WithDefaults()
 	if c.Registry == nil {
 		c.Registry = builtinRegistry{registry.New(c.RegistryURL, registry.Options{
 			Username: c.RegistryUsername, Password: c.RegistryPassword, Timeout: c.RegistryTimeout})}
@@ -167,7 +167,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 	// Postgres unreachable at start (a restart, a failover): wait for it, as for any
 	// later outage. A schema that is not migrated is a configuration error: return it.
 	for attempt := 1; ; attempt++ {
-		err := migrations.Check(ctx, c.pool, c.cfg.Schema)
+		err := migrations.Check(ctx, c.pool, &migrations.Options{Schema: c.cfg.Schema})
 		if err == nil {
 			break
 		}

@@ -133,7 +133,7 @@ func TestConsumer_ExactlyOnceAndKeyOrderWhenAGroupMemberIsKilledMidStream(t *tes
 	// The events flow through the outbox and the relay while both consume.
 	rctx, rcancel := context.WithCancel(context.Background())
 	rdone := make(chan error, 1)
-	r, err := relay.New(e.pool, &relay.Config{Schema: e.schema, Brokers: e.brokers, RegistryURL: e.registry, AutoRegister: true,
+	r, err := relay.New(e.pool, &relay.Config{Schema: e.schema, Brokers: e.brokers, RegistryURL: e.registry,
 		PollInterval: 100 * time.Millisecond, LeaseTTL: 3 * time.Second, HeartbeatInterval: 500 * time.Millisecond, Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)

@@ -9,7 +9,6 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/relaybox/relaybox/migrations"
 	"github.com/relaybox/relaybox/relay"
 )
 
@@ -100,8 +99,8 @@ func NewRelay(opts *RelayOpts) (*Relay, error) {
 		stageTime: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Subsystem: "relay", Name: "batch_stage_seconds",
 			Help: "A batch's time by step (relay.BatchStages): slot_wait, read, build, produce (in exactly-once mode until the " +
 				"transaction's end), record.", Buckets: prometheus.ExponentialBuckets(0.0001, 2, 18)}, []string{"stage"}),
-		errors: counterVec("errors_total", "Failures by kind ("+relay.ErrorKafka+", "+relay.ErrorRegistry+", "+relay.ErrorPostgres+", "+
-			relay.ErrorLease+").", "kind"),
+		errors: counterVec("errors_total", "Failures by kind ("+string(relay.ErrorKafka)+", "+string(relay.ErrorRegistry)+", "+
+			string(relay.ErrorPostgres)+", "+string(relay.ErrorLease)+").", "kind"),
 		parked: counterVec("parked_events_total", "Events parked by this replica, by reason.", "reason"),
 		owned: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: "relay", Name: "owned_shards",
 			Help: "Shards this replica holds the lease of."}),
@@ -117,14 +116,18 @@ func NewRelay(opts *RelayOpts) (*Relay, error) {
 	cs := []prometheus.Collector{m.published, m.latency, m.batchSize, m.batchTime, m.stageTime, m.readTime, m.errors, m.parked, m.owned,
 		m.leasesLost, m.fenced, m.txns, m.txnTime, m.mode}
 	if o.Pool != nil {
-		cs = append(cs, newStatusCollector(ns, o))
+		sc, err := newStatusCollector(ns, o)
+		if err != nil {
+			return nil, err
+		}
+		cs = append(cs, sc)
 	}
 	if err := m.r.register(cs...); err != nil {
 		return nil, err
 	}
 	// Series that exist from the start: a rate over them is 0, not absent.
-	for _, k := range []string{relay.ErrorKafka, relay.ErrorRegistry, relay.ErrorPostgres, relay.ErrorLease} {
-		m.errors.WithLabelValues(k)
+	for _, k := range relay.ErrorKinds() {
+		m.errors.WithLabelValues(string(k))
 	}
 	for _, oc := range []string{TxnCommitted, TxnAborted, TxnFenced} {
 		m.txns.WithLabelValues(oc)
@@ -202,21 +205,21 @@ func (m *Relay) Handler() http.Handler { return m.r.handler() }
 
 // statusCollector reads the outbox's status from Postgres at each scrape.
 type statusCollector struct {
-	pool                                       *pgxpool.Pool
-	schema                                     string
+	admin                                      *relay.Admin
 	timeout                                    time.Duration
 	backlog, oldest, parked, replicas, scrapeE *prometheus.Desc
 }
 
-func newStatusCollector(ns string, o RelayOpts) *statusCollector {
-	if o.Schema == "" {
-		o.Schema = migrations.DefaultSchema
-	}
+func newStatusCollector(ns string, o RelayOpts) (*statusCollector, error) {
 	if o.StatusTimeout <= 0 {
 		o.StatusTimeout = DefaultStatusTimeout
 	}
+	admin, err := relay.NewAdmin(o.Pool, &relay.AdminConfig{Schema: o.Schema})
+	if err != nil {
+		return nil, err
+	}
 	return &statusCollector{
-		pool: o.Pool, schema: o.Schema, timeout: o.StatusTimeout,
+		admin: admin, timeout: o.StatusTimeout,
 		backlog: prometheus.NewDesc(prometheus.BuildFQName(ns, "outbox", "backlog"), "Unpublished, unparked events per shard.", []string{"shard"}, nil),
 		oldest: prometheus.NewDesc(prometheus.BuildFQName(ns, "outbox", "oldest_unpublished_seconds"),
 			"Age of the oldest unpublished event per shard.", []string{"shard"}, nil),
@@ -224,7 +227,7 @@ func newStatusCollector(ns string, o RelayOpts) *statusCollector {
 		replicas: prometheus.NewDesc(prometheus.BuildFQName(ns, "relay", "live_replicas"), "Relay replicas with a live heartbeat.", nil, nil),
 		scrapeE: prometheus.NewDesc(prometheus.BuildFQName(ns, "", "scrape_error"), "1 when this scrape could not read the outbox's "+
 			"status from Postgres (its backlog, oldest age, parked and replica series are missing from this scrape), else 0.", nil, nil),
-	}
+	}, nil
 }
 
 func (s *statusCollector) Describe(ch chan<- *prometheus.Desc) {
@@ -238,7 +241,7 @@ func (s *statusCollector) Describe(ch chan<- *prometheus.Desc) {
 func (s *statusCollector) Collect(ch chan<- prometheus.Metric) {
 	ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
 	defer cancel()
-	st, err := relay.ReadStatus(ctx, s.pool, s.schema)
+	st, err := s.admin.Status(ctx)
 	if err != nil {
 		// A failed status read costs only its own series: the counters that explain
 		// the failure (errors by kind, ...) must still be scraped.
@@ -252,7 +255,7 @@ func (s *statusCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(s.oldest, prometheus.GaugeValue, sh.OldestAge.Seconds(), l)
 	}
 	for reason, n := range st.ParkedByReason {
-		ch <- prometheus.MustNewConstMetric(s.parked, prometheus.GaugeValue, float64(n), reason)
+		ch <- prometheus.MustNewConstMetric(s.parked, prometheus.GaugeValue, float64(n), string(reason))
 	}
 	ch <- prometheus.MustNewConstMetric(s.replicas, prometheus.GaugeValue, float64(len(st.Replicas)))
 }

@@ -47,7 +47,7 @@ const (
 	Down Direction = "down"
 )
 
-// Options configures [Migrate] and [Status]. A nil *Options means defaults.
+// Options configures [Migrate], [Status] and [Check]. A nil *Options means defaults.
 type Options struct {
 	// Schema is the Postgres schema for relaybox's tables. Defaults to "relaybox".
 	// It is quoted as an identifier, never interpolated.
@@ -146,8 +146,8 @@ func Latest() int {
 	return all[len(all)-1].Version
 }
 
-// LockKey is the advisory lock key a migration run on schema takes.
-func LockKey(schema string) int64 {
+// lockKey is the advisory lock key a migration run on schema takes.
+func lockKey(schema string) int64 {
 	h := fnv.New64a()
 	h.Write([]byte("relaybox.migrate:" + schema))
 	return int64(h.Sum64())
@@ -212,7 +212,7 @@ func Migrate(ctx context.Context, pool *pgxpool.Pool, opts *Options) (*Result, e
 // prepare locks, creates the schema and the version table, points search_path at the
 // schema for this transaction and returns the applied versions.
 func prepare(ctx context.Context, tx pgx.Tx, schema string) (map[int]bool, error) {
-	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, LockKey(schema)); err != nil {
+	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, lockKey(schema)); err != nil {
 		return nil, fmt.Errorf("migrations: taking advisory lock: %w", err)
 	}
 	ident := pgx.Identifier{schema}.Sanitize()
@@ -285,15 +285,16 @@ func Status(ctx context.Context, pool *pgxpool.Pool, opts *Options) ([]Migration
 var ErrNotMigrated = errors.New("relaybox schema is not migrated")
 
 // Check returns ErrNotMigrated (wrapped, naming the schema) unless every embedded
-// migration is applied.
-func Check(ctx context.Context, pool *pgxpool.Pool, schema string) error {
-	st, err := Status(ctx, pool, &Options{Schema: schema})
+// migration is applied in opts.Schema. Direction and TargetVersion are not used.
+func Check(ctx context.Context, pool *pgxpool.Pool, opts *Options) error {
+	o := opts.withDefaults()
+	st, err := Status(ctx, pool, &o)
 	if err != nil {
 		return err
 	}
 	for _, s := range st {
 		if !s.Applied {
-			return fmt.Errorf("%w: schema %q lacks %03d_%s (run `relaybox migrate up`)", ErrNotMigrated, schema, s.Version, s.Name)
+			return fmt.Errorf("%w: schema %q lacks %03d_%s (run `relaybox migrate up`)", ErrNotMigrated, o.Schema, s.Version, s.Name)
 		}
 	}
 	return nil

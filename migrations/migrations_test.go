@@ -59,9 +59,9 @@ func TestMigrate_UpDownUpRoundTrip(t *testing.T) {
 	if res, err := migrations.Migrate(ctx, pool, opts); err != nil || len(res.Versions) != 0 {
 		t.Fatalf("second up: %v %v", res, err)
 	}
-	// Down to 1 rolls back 3 (the fencing columns), then 2 (processed_events).
+	// Down to 1 rolls back 4 (park_reason), 3 (the fencing columns), then 2 (processed_events).
 	res, err = migrations.Migrate(ctx, pool, &migrations.Options{Schema: schema, Direction: migrations.Down, TargetVersion: 1})
-	if err != nil || len(res.Versions) != 2 || res.Versions[0] != 3 || res.Versions[1] != 2 {
+	if err != nil || len(res.Versions) != 3 || res.Versions[0] != 4 || res.Versions[1] != 3 || res.Versions[2] != 2 {
 		t.Fatalf("down to 1: %v %v", res, err)
 	}
 	var gen int
@@ -79,13 +79,13 @@ func TestMigrate_UpDownUpRoundTrip(t *testing.T) {
 	if n := tables(t, ctx, pool, schema); n != 1 { // schema_migrations stays
 		t.Fatalf("tables after down = %d", n)
 	}
-	if err := migrations.Check(ctx, pool, schema); err == nil {
+	if err := migrations.Check(ctx, pool, opts); err == nil {
 		t.Fatal("Check passed on an empty schema")
 	}
 	if _, err := migrations.Migrate(ctx, pool, opts); err != nil {
 		t.Fatal(err)
 	}
-	if err := migrations.Check(ctx, pool, schema); err != nil {
+	if err := migrations.Check(ctx, pool, opts); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -144,5 +144,65 @@ func TestMigrate_RejectsBadOptions(t *testing.T) {
 	}
 	if _, err := migrations.Migrate(context.Background(), pool, &migrations.Options{TargetVersion: 999}); err == nil {
 		t.Fatal("want error for bad target")
+	}
+}
+
+// 004 moves the reason of rows parked before it out of last_error's "reason: detail"
+// prefix into park_reason, and its down migration puts it back.
+func TestMigrate_004ConvertsParkedRowsReasons(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := testenv.Pool(t)
+	schema := testenv.Name(t, "m")
+	t.Cleanup(func() { pool.Exec(ctx, "DROP SCHEMA IF EXISTS "+pgx.Identifier{schema}.Sanitize()+" CASCADE") })
+	if _, err := migrations.Migrate(ctx, pool, &migrations.Options{Schema: schema, TargetVersion: 3}); err != nil {
+		t.Fatal(err)
+	}
+	outbox := pgx.Identifier{schema, "outbox"}.Sanitize()
+	// Three parked rows (a known reason, a detail holding colons, a prefix that is no
+	// reason) and a pending row that once failed.
+	for _, r := range []struct {
+		key, lastErr string
+		parked       bool
+	}{
+		{"a", "too_large: record is 2000000 bytes, limit 1048576 (MaxRecordBytes)", true},
+		{"b", "incompatible_schema: registry: 409: schema: not compatible", true},
+		{"c", "parked by hand: see ticket 12", true},
+		{"d", "kafka: broker down", false},
+	} {
+		if _, err := pool.Exec(ctx, `INSERT INTO `+outbox+` (event_id, topic, key, event_type, subject, schema_fingerprint, payload, last_error, parked_at)
+			VALUES (gen_random_uuid(), 't', $1, 'E', 't-value', '\x00', '\x00', $2, CASE WHEN $3 THEN now() END)`, r.key, r.lastErr, r.parked); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := migrations.Migrate(ctx, pool, &migrations.Options{Schema: schema}); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string][2]string{}
+	rows, _ := pool.Query(ctx, `SELECT key, coalesce(park_reason, '<null>'), last_error FROM `+outbox)
+	var key, reason, lastErr string
+	if _, err := pgx.ForEachRow(rows, []any{&key, &reason, &lastErr}, func() error {
+		got[key] = [2]string{reason, lastErr}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string][2]string{
+		"a": {"too_large", "record is 2000000 bytes, limit 1048576 (MaxRecordBytes)"},
+		"b": {"incompatible_schema", "registry: 409: schema: not compatible"},
+		"c": {"unknown", "parked by hand: see ticket 12"},
+		"d": {"<null>", "kafka: broker down"},
+	}
+	for k, w := range want {
+		if got[k] != w {
+			t.Errorf("after 004, row %s = %q, want %q", k, got[k], w)
+		}
+	}
+	if _, err := migrations.Migrate(ctx, pool, &migrations.Options{Schema: schema, Direction: migrations.Down, TargetVersion: 3}); err != nil {
+		t.Fatal(err)
+	}
+	if err := pool.QueryRow(ctx, `SELECT last_error FROM `+outbox+` WHERE key = 'b'`).Scan(&lastErr); err != nil ||
+		lastErr != "incompatible_schema: registry: 409: schema: not compatible" {
+		t.Fatalf("after down to 3, last_error = %q (%v), want the reason prefixed again", lastErr, err)
 	}
 }

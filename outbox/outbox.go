@@ -93,6 +93,58 @@ type Config struct {
 	TracerProvider trace.TracerProvider
 }
 
+// WithDefaults returns a copy of c (nil: the zero Config) with every unset field
+// given its default.
+func (c *Config) WithDefaults() *Config {
+	r := Config{}
+	if c != nil {
+		r = *c
+	}
+	if r.Schema == "" {
+		r.Schema = migrations.DefaultSchema
+	}
+	if r.Channel == "" {
+		r.Channel = DefaultChannel
+	}
+	if r.MaxPayloadBytes == 0 {
+		r.MaxPayloadBytes = DefaultMaxPayloadBytes
+	}
+	if r.Propagator == nil {
+		r.Propagator = propagation.TraceContext{}
+	}
+	return &r
+}
+
+// maxChannel is Postgres's limit on a NOTIFY channel: pg_notify refuses a longer one,
+// which would fail every Write.
+const maxChannel = 63
+
+// Validate returns an error naming the first field of c that cannot work, as New
+// would with c: unset fields take their defaults first.
+func (c *Config) Validate() error {
+	r := c.WithDefaults()
+	switch {
+	case r.MaxPayloadBytes < 0:
+		return fmt.Errorf("outbox: Config.MaxPayloadBytes must be positive, got %d", r.MaxPayloadBytes)
+	case len(r.Channel) > maxChannel:
+		return fmt.Errorf("outbox: Config.Channel is %d bytes; Postgres allows %d for a channel", len(r.Channel), maxChannel)
+	case strings.ContainsRune(r.Schema, 0) || strings.ContainsRune(r.Channel, 0):
+		return errors.New("outbox: Config.Schema and Config.Channel must not contain NUL")
+	case !r.SubjectStrategy.valid():
+		return fmt.Errorf("outbox: Config.SubjectStrategy %d is not TopicName, RecordName or TopicRecordName", r.SubjectStrategy)
+	}
+	for topic, st := range r.TopicSubjectStrategies {
+		if !st.valid() {
+			return fmt.Errorf("outbox: Config.TopicSubjectStrategies[%q] %d is not TopicName, RecordName or TopicRecordName", topic, st)
+		}
+	}
+	return nil
+}
+
+func (s SubjectStrategy) valid() bool {
+	return s == TopicName || s == RecordName || s == TopicRecordName
+}
+
 // Event is one event to record.
 type Event struct {
 	// ID is the event id; a UUIDv7 is assigned when zero.
@@ -156,25 +208,10 @@ var topicRE = regexp.MustCompile(`^[a-zA-Z0-9._-]{1,249}$`)
 // (committed on its own, outside the caller's transaction) and skipped afterwards;
 // without one, every Write upserts its schemas inside the caller's transaction.
 func New(pool *pgxpool.Pool, cfg *Config) (*Writer, error) {
-	c := Config{}
-	if cfg != nil {
-		c = *cfg
+	if err := cfg.Validate(); err != nil {
+		return nil, err
 	}
-	if c.Schema == "" {
-		c.Schema = migrations.DefaultSchema
-	}
-	if c.Channel == "" {
-		c.Channel = DefaultChannel
-	}
-	if c.MaxPayloadBytes == 0 {
-		c.MaxPayloadBytes = DefaultMaxPayloadBytes
-	}
-	if c.MaxPayloadBytes < 0 {
-		return nil, fmt.Errorf("outbox: Config.MaxPayloadBytes must be positive, got %d", c.MaxPayloadBytes)
-	}
-	if c.Propagator == nil {
-		c.Propagator = propagation.TraceContext{}
-	}
+	c := *cfg.WithDefaults()
 	outboxT := pgx.Identifier{c.Schema, "outbox"}.Sanitize()
 	schemasT := pgx.Identifier{c.Schema, "schemas"}.Sanitize()
 	return &Writer{

@@ -752,3 +752,31 @@ func TestWrite_FullPoolStoresSchemaInTxWithoutWaiting(t *testing.T) {
 		t.Fatalf("%d rows, %d schemas; want 3 and 1", rows, schemas)
 	}
 }
+
+// Validate names the field that cannot work; New refuses the same config.
+func TestConfig_ValidateNamesTheField(t *testing.T) {
+	if err := (*outbox.Config)(nil).Validate(); err != nil {
+		t.Fatalf("nil Config: %v", err)
+	}
+	for _, tc := range []struct {
+		name string
+		cfg  outbox.Config
+		want string
+	}{
+		{"payload negative", outbox.Config{MaxPayloadBytes: -1}, "Config.MaxPayloadBytes must be positive"},
+		{"channel too long", outbox.Config{Channel: strings.Repeat("c", 64)}, "Config.Channel is 64 bytes"},
+		{"unknown strategy", outbox.Config{SubjectStrategy: 7}, "Config.SubjectStrategy 7"},
+		{"unknown topic strategy", outbox.Config{TopicSubjectStrategies: map[string]outbox.SubjectStrategy{"orders": 9}}, `Config.TopicSubjectStrategies["orders"] 9`},
+	} {
+		err := tc.cfg.Validate()
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: Validate() = %v, want an error containing %q", tc.name, err, tc.want)
+		}
+		if _, nerr := outbox.New(nil, &tc.cfg); nerr == nil || nerr.Error() != err.Error() {
+			t.Errorf("%s: New = %v, want Validate's error", tc.name, nerr)
+		}
+	}
+	if c := (*outbox.Config)(nil).WithDefaults(); c.Schema != "relaybox" || c.Channel != outbox.DefaultChannel || c.MaxPayloadBytes != outbox.DefaultMaxPayloadBytes || c.Propagator == nil {
+		t.Fatalf("WithDefaults() = %+v", c)
+	}
+}

@@ -43,7 +43,7 @@ type ReplicaStatus struct {
 	AbortedTxns  int64 // Kafka transactions aborted, since it started
 }
 
-// Status is what `relaybox status` shows.
+// Status is what [Admin.Status] reads (and `relaybox status` shows).
 type Status struct {
 	Backlog int64
 	// BacklogEstimated: some shard's backlog is estimated (ShardStatus.Estimated).
@@ -53,37 +53,123 @@ type Status struct {
 	Replicas         []string
 	ReplicaDetails   []ReplicaStatus
 	Parked           int64 // exact
-	ParkedByReason   map[string]int64
+	ParkedByReason   map[ParkReason]int64
 }
 
-// StatusExactBacklog is the per-shard backlog that ReadStatus always counts exactly;
+// StatusExactBacklog is the per-shard backlog that Admin.Status always counts exactly;
 // above it, in an outbox table larger than StatusSamplePages, a shard's backlog is
 // estimated, so that reading the status costs about the same with millions of rows
 // waiting as with thousands (docs/operations.md, "What the status query costs").
 const StatusExactBacklog = 1000
 
-// StatusSamplePages is how many pages of the outbox table ReadStatus reads to count
+// StatusSamplePages is how many pages of the outbox table Admin.Status reads to count
 // the backlog: all of a table that small (exact counts), a block sample of that many
 // pages of a larger one.
 const StatusSamplePages = 2000
 
-func schemaOr(s string) string {
-	if s == "" {
-		return migrations.DefaultSchema
-	}
-	return s
+// AdminConfig configures an [Admin]. The zero value is usable.
+type AdminConfig struct {
+	// Schema holds relaybox's tables. Defaults to "relaybox" (migrations.DefaultSchema).
+	Schema string
+	// Channel is the relays' LISTEN channel (their Config.Channel): ParkedRetry
+	// notifies it so that they publish the events at once rather than at their next
+	// poll. Defaults to outbox.DefaultChannel.
+	Channel string
 }
 
-// ReadStatus reads backlog, oldest age, leases and parked events from the database.
-// Its cost is bounded whatever the backlog: per shard, the oldest pending row is one
-// index probe; the backlog is counted by reading StatusSamplePages pages of the
-// outbox (all of a smaller table: exact; a block sample of a larger one, scaled),
-// and a shard the sample puts under StatusExactBacklog is counted exactly through the
-// (shard, id) index instead. Parked counts are exact (parked rows have their own
-// index).
-func ReadStatus(ctx context.Context, pool *pgxpool.Pool, schema string) (*Status, error) {
-	q := func(t string) string { return pgx.Identifier{schemaOr(schema), t}.Sanitize() }
-	st := &Status{ParkedByReason: map[string]int64{}}
+// WithDefaults returns a copy of c (nil: the zero AdminConfig) with every unset field
+// given its default.
+func (c *AdminConfig) WithDefaults() *AdminConfig {
+	r := AdminConfig{}
+	if c != nil {
+		r = *c
+	}
+	defaultPlace(&r.Schema, &r.Channel)
+	return &r
+}
+
+// defaultPlace fills an unset schema and channel (Config's and AdminConfig's).
+func defaultPlace(schema, channel *string) {
+	if *schema == "" {
+		*schema = migrations.DefaultSchema
+	}
+	if *channel == "" {
+		*channel = outbox.DefaultChannel
+	}
+}
+
+// validPlace checks the schema and the channel of config (its type name).
+func validPlace(config, schema, channel string) error {
+	if err := validSchema("relay: "+config+".Schema", schema); err != nil {
+		return err
+	}
+	return validChannel("relay: "+config+".Channel", channel)
+}
+
+// Validate returns an error naming the first field that cannot work. Unset fields
+// are valid: they take their defaults.
+func (c *AdminConfig) Validate() error {
+	if c == nil {
+		return nil
+	}
+	return validPlace("AdminConfig", c.Schema, c.Channel)
+}
+
+// validSchema checks a schema name ("" means the default). A name longer than
+// Postgres's 63 bytes is truncated the same way everywhere, so it is allowed.
+func validSchema(field, v string) error {
+	if strings.ContainsRune(v, 0) {
+		return fmt.Errorf("%s must not contain NUL", field)
+	}
+	return nil
+}
+
+// maxChannel is Postgres's limit on a NOTIFY channel (NAMEDATALEN - 1 bytes):
+// pg_notify refuses a longer one, while LISTEN truncates it.
+const maxChannel = 63
+
+// validChannel checks a LISTEN/NOTIFY channel name ("" means the default).
+func validChannel(field, v string) error {
+	switch {
+	case len(v) > maxChannel:
+		return fmt.Errorf("%s is %d bytes; Postgres allows %d for a channel", field, len(v), maxChannel)
+	case strings.ContainsRune(v, 0):
+		return fmt.Errorf("%s must not contain NUL", field)
+	}
+	return nil
+}
+
+// Admin reads and repairs the state of an outbox: what `relaybox status` and
+// `relaybox parked` do. It reads Postgres only (no Kafka, no registry), and any
+// number of Admins may run beside the relays.
+type Admin struct {
+	pool *pgxpool.Pool
+	cfg  AdminConfig
+}
+
+// NewAdmin returns an Admin over pool, the database holding the outbox.
+func NewAdmin(pool *pgxpool.Pool, cfg *AdminConfig) (*Admin, error) {
+	if pool == nil {
+		return nil, errors.New("relay: NewAdmin: nil pool")
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &Admin{pool: pool, cfg: *cfg.WithDefaults()}, nil
+}
+
+func (a *Admin) table(name string) string { return pgx.Identifier{a.cfg.Schema, name}.Sanitize() }
+
+// Status reads the backlog, its oldest age, the leases, the live replicas and the
+// parked events. Its cost is bounded whatever the backlog: per shard, the oldest
+// pending row is one index probe; the backlog is counted by reading StatusSamplePages
+// pages of the outbox (all of a smaller table: exact; a block sample of a larger one,
+// scaled), and a shard the sample puts under StatusExactBacklog is counted exactly
+// through the (shard, id) index instead. Parked counts are exact (parked rows have
+// their own index).
+func (a *Admin) Status(ctx context.Context) (*Status, error) {
+	q, pool := a.table, a.pool
+	st := &Status{ParkedByReason: map[ParkReason]int64{}}
 	rows, err := pool.Query(ctx, `SELECT l.shard, coalesce(extract(epoch FROM now() - h.created_at), 0)::float8,
 		coalesce(l.owner, ''), coalesce(l.expires_at, 'epoch'), l.generation
 		FROM `+q("shard_leases")+` l
@@ -128,13 +214,13 @@ func ReadStatus(ctx context.Context, pool *pgxpool.Pool, schema string) (*Status
 	}); err != nil {
 		return nil, err
 	}
-	rows, err = pool.Query(ctx, `SELECT split_part(coalesce(last_error, 'unknown'), ':', 1), count(*) FROM `+q("outbox")+
-		` WHERE parked_at IS NOT NULL GROUP BY 1`)
+	rows, err = pool.Query(ctx, `SELECT coalesce(park_reason, $1), count(*) FROM `+q("outbox")+
+		` WHERE parked_at IS NOT NULL GROUP BY 1`, string(ParkUnknown))
 	if err != nil {
 		return nil, err
 	}
 	for rows.Next() {
-		var reason string
+		var reason ParkReason
 		var n int64
 		if err := rows.Scan(&reason, &n); err != nil {
 			return nil, err
@@ -212,20 +298,23 @@ func countBacklog(ctx context.Context, pool *pgxpool.Pool, outboxTable string, s
 	return nil
 }
 
-// ParkedFilter selects parked events. At least one field must be set; fields combine
-// with AND.
+// ParkedFilter selects parked events: the params of ParkedRetry and ParkedSkip (at
+// least one field must be set, or All) and of ParkedList. Fields combine with AND.
 type ParkedFilter struct {
 	IDs []int64
 	// EventIDs selects by event id.
 	EventIDs []uuid.UUID
 	Key      string
-	// Reason matches a substring of the parking reason (e.g. "too_large").
-	Reason string
+	// Reason selects the events parked for that reason.
+	Reason ParkReason
 	// All selects every parked event (for list, or deliberate bulk operations).
 	All bool
 }
 
-func (f ParkedFilter) where(args *[]any) (string, error) {
+func (f *ParkedFilter) where(args *[]any) (string, error) {
+	if f == nil {
+		f = &ParkedFilter{}
+	}
 	conds := []string{"parked_at IS NOT NULL"}
 	add := func(cond string, v any) {
 		*args = append(*args, v)
@@ -241,7 +330,7 @@ func (f ParkedFilter) where(args *[]any) (string, error) {
 		add("key = $%d", f.Key)
 	}
 	if f.Reason != "" {
-		add("strpos(last_error, $%d) > 0", f.Reason)
+		add("coalesce(park_reason, '"+string(ParkUnknown)+"') = $%d", string(f.Reason))
 	}
 	if len(conds) == 1 && !f.All {
 		return "", errors.New("relay: select parked events by id, event id, key or reason (or all)")
@@ -256,69 +345,80 @@ type ParkedEvent struct {
 	Topic     string
 	Key       string
 	Type      string
-	Reason    string
+	Reason    ParkReason
+	Detail    string // what failed: the registry's or Kafka's error, the size over the limit
 	Attempts  int
 	ParkedAt  time.Time
 	CreatedAt time.Time
 }
 
-// ListParked lists parked events matching f, oldest first, at most limit (0: 1000).
-func ListParked(ctx context.Context, pool *pgxpool.Pool, schema string, f ParkedFilter, limit int) ([]ParkedEvent, error) {
+// ParkedListParams are the params of ParkedList.
+type ParkedListParams struct {
+	// ParkedFilter selects the events; empty lists every parked event.
+	ParkedFilter
+	// Limit is the most events returned. Defaults to 1000.
+	Limit int
+}
+
+// ParkedList lists the parked events params select, oldest first. nil params list
+// every parked event, at most 1000.
+func (a *Admin) ParkedList(ctx context.Context, params *ParkedListParams) ([]ParkedEvent, error) {
+	var p ParkedListParams
+	if params != nil {
+		p = *params
+	}
+	limit := p.Limit
 	if limit <= 0 {
 		limit = 1000
 	}
+	f := p.ParkedFilter
 	f.All = true
 	var args []any
 	where, _ := f.where(&args)
 	args = append(args, limit)
-	rows, err := pool.Query(ctx, fmt.Sprintf(`SELECT id, event_id, topic, key, event_type, coalesce(last_error, ''), attempts, parked_at, created_at
-		FROM %s WHERE %s ORDER BY id LIMIT $%d`, pgx.Identifier{schemaOr(schema), "outbox"}.Sanitize(), where, len(args)), args...)
+	rows, err := a.pool.Query(ctx, fmt.Sprintf(`SELECT id, event_id, topic, key, event_type, coalesce(park_reason, '%s'),
+		coalesce(last_error, ''), attempts, parked_at, created_at
+		FROM %s WHERE %s ORDER BY id LIMIT $%d`, ParkUnknown, a.table("outbox"), where, len(args)), args...)
 	if err != nil {
 		return nil, fmt.Errorf("listing parked events: %w", err)
 	}
 	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (ParkedEvent, error) {
 		var p ParkedEvent
-		err := row.Scan(&p.ID, &p.EventID, &p.Topic, &p.Key, &p.Type, &p.Reason, &p.Attempts, &p.ParkedAt, &p.CreatedAt)
+		err := row.Scan(&p.ID, &p.EventID, &p.Topic, &p.Key, &p.Type, &p.Reason, &p.Detail, &p.Attempts, &p.ParkedAt, &p.CreatedAt)
 		return p, err
 	})
 }
 
-// RetryParked unparks the events matching f: the relay publishes them again, first
-// in their key's order. It returns how many were unparked. It wakes relays that
-// listen on outbox.DefaultChannel; see [RetryParkedOn] for another channel.
-func RetryParked(ctx context.Context, pool *pgxpool.Pool, schema string, f ParkedFilter) (int64, error) {
-	return RetryParkedOn(ctx, pool, schema, outbox.DefaultChannel, f)
-}
-
-// RetryParkedOn is [RetryParked] waking the relays that listen on channel (their
-// Config.Channel, the CLI's --channel): without the notification a relay on another
-// channel publishes the events only at its next poll.
-func RetryParkedOn(ctx context.Context, pool *pgxpool.Pool, schema, channel string, f ParkedFilter) (int64, error) {
+// ParkedRetry unparks the events f selects: the relays publish them again, each first
+// in its key's order, and are notified on AdminConfig.Channel. It returns how many
+// were unparked. last_error keeps "retried: <reason>: <detail>".
+func (a *Admin) ParkedRetry(ctx context.Context, f *ParkedFilter) (int64, error) {
 	var args []any
 	where, err := f.where(&args)
 	if err != nil {
 		return 0, err
 	}
-	tag, err := pool.Exec(ctx, fmt.Sprintf(`UPDATE %s SET parked_at = NULL, last_error = 'retried: ' || coalesce(last_error, '') WHERE %s`,
-		pgx.Identifier{schemaOr(schema), "outbox"}.Sanitize(), where), args...)
+	tag, err := a.pool.Exec(ctx, fmt.Sprintf(`UPDATE %s SET parked_at = NULL, park_reason = NULL,
+		last_error = 'retried: ' || coalesce(park_reason, '%s') || ': ' || coalesce(last_error, '') WHERE %s`,
+		a.table("outbox"), ParkUnknown, where), args...)
 	if err != nil {
 		return 0, fmt.Errorf("retrying parked events: %w", err)
 	}
 	if n := tag.RowsAffected(); n > 0 {
-		_, _ = pool.Exec(ctx, `SELECT pg_notify($1, '')`, channel)
+		_, _ = a.pool.Exec(ctx, `SELECT pg_notify($1, '')`, a.cfg.Channel)
 	}
 	return tag.RowsAffected(), nil
 }
 
-// SkipParked deletes the parked events matching f: they will never be published, and
+// ParkedSkip deletes the parked events f selects: they will never be published, and
 // the events behind them on their keys flow again. It returns how many were removed.
-func SkipParked(ctx context.Context, pool *pgxpool.Pool, schema string, f ParkedFilter) (int64, error) {
+func (a *Admin) ParkedSkip(ctx context.Context, f *ParkedFilter) (int64, error) {
 	var args []any
 	where, err := f.where(&args)
 	if err != nil {
 		return 0, err
 	}
-	tag, err := pool.Exec(ctx, fmt.Sprintf(`DELETE FROM %s WHERE %s`, pgx.Identifier{schemaOr(schema), "outbox"}.Sanitize(), where), args...)
+	tag, err := a.pool.Exec(ctx, fmt.Sprintf(`DELETE FROM %s WHERE %s`, a.table("outbox"), where), args...)
 	if err != nil {
 		return 0, fmt.Errorf("skipping parked events: %w", err)
 	}

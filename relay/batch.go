@@ -31,8 +31,8 @@ type pending struct {
 	row    *outboxRow
 	rec    *kgo.Record
 	err    error
-	parked string // reason kind if parked before producing
-	reason string
+	parked ParkReason // set if parked before producing
+	reason string     // the park's detail
 }
 
 // batch is what the steps pass on: the leases it runs under, its rows, and what
@@ -51,7 +51,8 @@ type batch struct {
 type outcome struct {
 	done                      []int64 // acked: delete (or mark published)
 	parkIDs, retryIDs         []int64
-	parkReasons, retryReasons []string
+	parkReasons               []string // ParkReason values, as the statement takes them
+	parkDetails, retryReasons []string
 	kafkaErr                  error
 }
 
@@ -207,7 +208,7 @@ func (r *Relay) decide(ctx context.Context, b *batch) {
 		case failedKey[p.row.key]:
 			// stays
 		case p.parked != "":
-			o.parkIDs, o.parkReasons = append(o.parkIDs, p.row.id), append(o.parkReasons, p.parked+": "+p.reason)
+			o.park(p.row.id, p.parked, p.reason)
 			failedKey[p.row.key] = true
 		case p.rec == nil: // dependency error before producing
 			o.retryIDs, o.retryReasons = append(o.retryIDs, p.row.id), append(o.retryReasons, p.err.Error())
@@ -215,7 +216,7 @@ func (r *Relay) decide(ctx context.Context, b *batch) {
 		case p.err != nil:
 			failedKey[p.row.key] = true
 			if kind, reason := r.classifyProduce(ctx, p.row, p.err); kind != "" {
-				o.parkIDs, o.parkReasons = append(o.parkIDs, p.row.id), append(o.parkReasons, kind+": "+reason)
+				o.park(p.row.id, kind, reason)
 				continue
 			}
 			o.kafkaErr = p.err
@@ -230,6 +231,13 @@ func (r *Relay) decide(ctx context.Context, b *batch) {
 	if o.kafkaErr != nil {
 		r.fail(ErrorKafka, o.kafkaErr)
 	}
+}
+
+// park adds row id to the rows to park, with its reason and detail.
+func (o *outcome) park(id int64, reason ParkReason, detail string) {
+	o.parkIDs = append(o.parkIDs, id)
+	o.parkReasons = append(o.parkReasons, string(reason))
+	o.parkDetails = append(o.parkDetails, detail)
 }
 
 // record writes b's outcome in one transaction, every statement fenced by the
@@ -273,7 +281,7 @@ func (r *Relay) record(b *batch, extra []int64) error {
 		}
 	}
 	if len(o.parkIDs) > 0 {
-		pb.Queue(r.sql.park, o.parkIDs, b.shards, b.gens, me, o.parkReasons)
+		pb.Queue(r.sql.park, o.parkIDs, b.shards, b.gens, me, o.parkDetails, o.parkReasons)
 		writes = append(writes, write{"park", len(o.parkIDs)})
 	}
 	if len(o.retryIDs) > 0 {
@@ -314,10 +322,10 @@ func (r *Relay) record(b *batch, extra []int64) error {
 	}
 	r.ok(ErrorPostgres)
 	for i, id := range o.parkIDs {
-		kind, _, _ := strings.Cut(o.parkReasons[i], ":")
-		r.log.Warn("event parked", "shards", b.shards, "id", id, "reason", o.parkReasons[i])
+		reason := ParkReason(o.parkReasons[i])
+		r.log.Warn("event parked", "shards", b.shards, "id", id, "reason", reason, "detail", o.parkDetails[i])
 		if r.cfg.Hooks.OnParked != nil {
-			r.cfg.Hooks.OnParked(ParkEvent{Reason: kind, ID: id})
+			r.cfg.Hooks.OnParked(ParkEvent{Reason: reason, ID: id})
 		}
 	}
 	if fenced > 0 {

@@ -78,7 +78,7 @@ func BenchmarkDrain(b *testing.B) {
 			done := make(chan struct{})
 			var once sync.Once
 			r, err := relay.New(pool, &relay.Config{Schema: schema, Brokers: testenv.Brokers(b), RegistryURL: testenv.RegistryURL(b),
-				AutoRegister: true, BatchSize: 2000, Logger: testenv.Logger(b),
+				BatchSize: 2000, Logger: testenv.Logger(b),
 				Hooks: relay.Hooks{OnBatch: func(e relay.BatchEvent) {
 					p := e.Published
 					if published.Add(int64(p)) >= int64(n) {

@@ -163,7 +163,7 @@ func (r *Relay) loadSchemas(ctx context.Context, rows []outboxRow) error {
 // build frames one row into a Kafka record. It returns a park kind and reason for
 // events that cannot be published as they are, or an error when the registry is
 // unavailable.
-func (r *Relay) build(ctx context.Context, o *outboxRow) (*kgo.Record, string, string, error) {
+func (r *Relay) build(ctx context.Context, o *outboxRow) (*kgo.Record, ParkReason, string, error) {
 	var k [32]byte
 	copy(k[:], o.fp)
 	r.schemaMu.RLock()
@@ -172,12 +172,12 @@ func (r *Relay) build(ctx context.Context, o *outboxRow) (*kgo.Record, string, s
 	if !ok {
 		return nil, ParkInvalid, "schema fingerprint not in the schema store", nil
 	}
-	id, err := r.cfg.Registry.ID(ctx, o.subject, text, r.cfg.AutoRegister)
+	id, err := r.cfg.Registry.ID(ctx, o.subject, text, !r.cfg.DisableAutoRegister)
 	switch {
 	case err == nil:
 	case errors.Is(err, ErrSchemaIncompatible) || registry.IsIncompatible(err):
 		return nil, ParkIncompatible, err.Error(), nil
-	case (errors.Is(err, ErrSchemaNotRegistered) || registry.IsNotFound(err)) && !r.cfg.AutoRegister:
+	case (errors.Is(err, ErrSchemaNotRegistered) || registry.IsNotFound(err)) && r.cfg.DisableAutoRegister:
 		// A registry may answer 404 for a schema registered a moment ago (Apicurio's
 		// visibility lag, a lagging replica, a proxy): retried for SchemaNotFoundGrace
 		// before it counts as permanent.
@@ -258,7 +258,7 @@ func (r *Relay) build(ctx context.Context, o *outboxRow) (*kgo.Record, string, s
 }
 
 // classifyProduce returns a park kind for produce errors that retrying cannot fix.
-func (r *Relay) classifyProduce(ctx context.Context, o *outboxRow, err error) (string, string) {
+func (r *Relay) classifyProduce(ctx context.Context, o *outboxRow, err error) (ParkReason, string) {
 	switch {
 	case errors.Is(err, kerr.MessageTooLarge), errors.Is(err, kerr.RecordListTooLarge):
 		return ParkTooLarge, err.Error()

@@ -36,18 +36,18 @@ func TestFramedPayload_LeavesRoomForTheWireHeader(t *testing.T) {
 
 func TestConfig_CompressionIsCheckedAndDefaultsToSnappy(t *testing.T) {
 	base := Config{Brokers: []string{"127.0.0.1:1"}, RegistryURL: "http://127.0.0.1:1"}
-	c, err := base.withDefaults()
-	if err != nil || c.Compression != "snappy" || c.Linger != 2*time.Millisecond {
+	c := base.WithDefaults()
+	if err := base.Validate(); err != nil || c.Compression != "snappy" || c.Linger != 2*time.Millisecond {
 		t.Fatalf("defaults: compression %q, linger %s, err %v", c.Compression, c.Linger, err)
 	}
 	for _, ok := range []string{"lz4", "ZSTD", "gzip", "none"} {
 		base.Compression = ok
-		if _, err := base.withDefaults(); err != nil {
+		if err := base.Validate(); err != nil {
 			t.Errorf("compression %q refused: %v", ok, err)
 		}
 	}
 	base.Compression = "brotli"
-	if _, err := base.withDefaults(); err == nil || !strings.Contains(err.Error(), "brotli") {
+	if err := base.Validate(); err == nil || !strings.Contains(err.Error(), "brotli") {
 		t.Fatalf("compression brotli: err %v, want a clear refusal", err)
 	}
 }

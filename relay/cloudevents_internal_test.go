@@ -7,16 +7,22 @@ import (
 )
 
 func TestCloudEventsConfig_DefaultsAndRefusals(t *testing.T) {
+	withDefaults := func(c Config) (*Config, error) { // as New takes a Config
+		if err := c.Validate(); err != nil {
+			return nil, err
+		}
+		return c.WithDefaults(), nil
+	}
 	base := Config{Brokers: []string{"127.0.0.1:1"}, Schema: "my schema",
 		RegistryURL: "https://reg-user:reg-pa55word@registry.example:8081/apis/ccompat/v7/?key=k3y-s3cret#x"}
 
-	c, err := base.withDefaults()
+	c, err := withDefaults(base)
 	if err != nil || c.CloudEvents.on("any") || c.CloudEvents.SchemaURL != "" {
 		t.Fatalf("off by default: on=%v schemaURL=%q err=%v", c.CloudEvents.on("any"), c.CloudEvents.SchemaURL, err)
 	}
 
 	base.CloudEvents = CloudEvents{Enabled: true}
-	c, err = base.withDefaults()
+	c, err = withDefaults(base)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -31,7 +37,7 @@ func TestCloudEventsConfig_DefaultsAndRefusals(t *testing.T) {
 	}
 
 	base.CloudEvents = CloudEvents{Topics: []string{"a", "b"}, Source: "urn:acme:orders", SchemaURL: "http://public-registry/"}
-	c, err = base.withDefaults()
+	c, err = withDefaults(base)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -43,7 +49,7 @@ func TestCloudEventsConfig_DefaultsAndRefusals(t *testing.T) {
 
 	// A custom Registry without a URL: no ce_dataschema, the rest as usual.
 	custom := Config{Brokers: []string{"127.0.0.1:1"}, Registry: sentinelRegistry{}, CloudEvents: CloudEvents{Enabled: true}}
-	if c, err := custom.withDefaults(); err != nil || c.CloudEvents.SchemaURL != "" || c.CloudEvents.Source != "/relaybox/relaybox" {
+	if c, err := withDefaults(custom); err != nil || c.CloudEvents.SchemaURL != "" || c.CloudEvents.Source != "/relaybox/relaybox" {
 		t.Errorf("custom registry: schemaURL=%q source=%q err=%v", c.CloudEvents.SchemaURL, c.CloudEvents.Source, err)
 	}
 
@@ -55,7 +61,7 @@ func TestCloudEventsConfig_DefaultsAndRefusals(t *testing.T) {
 	} {
 		bad := base
 		bad.CloudEvents = ce
-		_, err := bad.withDefaults()
+		_, err := withDefaults(bad)
 		if err == nil || !strings.Contains(err.Error(), name) {
 			t.Errorf("%s: err %v, want a refusal naming the field", name, err)
 			continue

@@ -5,22 +5,19 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/url"
 	"os"
 	"strings"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
 	"go.opentelemetry.io/otel/trace"
-
-	"github.com/relaybox/relaybox/internal/registry"
-	"github.com/relaybox/relaybox/migrations"
-	"github.com/relaybox/relaybox/outbox"
 )
 
 // Registry resolves a schema to its registry id; the relay's own client (built from
 // RegistryURL) implements it. A custom Registry says why it cannot give an id by
 // wrapping ErrSchemaIncompatible (the event parks as incompatible_schema) or
-// ErrSchemaNotRegistered (with AutoRegister off: retried for SchemaNotFoundGrace, then
+// ErrSchemaNotRegistered (with DisableAutoRegister: retried for SchemaNotFoundGrace, then
 // parked); any other error means the registry is unavailable, and the event is retried.
 type Registry interface {
 	ID(ctx context.Context, subject, schema string, register bool) (int, error)
@@ -43,8 +40,7 @@ type Hooks struct {
 	OnRead func(ReadEvent)
 	// OnPublished: one record acked.
 	OnPublished func(PublishedEvent)
-	// OnError: a failure of kind ErrorKafka, ErrorRegistry, ErrorPostgres or
-	// ErrorLease.
+	// OnError: a failure, of an ErrorKind.
 	OnError func(ErrorEvent)
 	// OnParked: an event parked.
 	OnParked func(ParkEvent)
@@ -94,14 +90,14 @@ type PublishedEvent struct {
 
 // ErrorEvent is the argument of Hooks.OnError.
 type ErrorEvent struct {
-	Kind string // ErrorKafka, ErrorRegistry, ErrorPostgres or ErrorLease
+	Kind ErrorKind
 	Err  error
 }
 
 // ParkEvent is the argument of Hooks.OnParked.
 type ParkEvent struct {
-	Reason string // ParkIncompatible, ParkNotRegistered, ParkTooLarge, ParkTopicMissing or ParkInvalid
-	ID     int64  // the outbox row
+	Reason ParkReason
+	ID     int64 // the outbox row
 }
 
 // ShardsEvent is the argument of Hooks.OnShards.
@@ -135,13 +131,52 @@ type TransactionEvent struct {
 	Produce   time.Duration // of Duration, producing the records until the last ack
 }
 
+// ErrorKind says which dependency a failure reported to Hooks.OnError came from. Its
+// values are the "kind" label of relaybox_relay_errors_total.
+type ErrorKind string
+
 // The kinds of Hooks.OnError.
 const (
-	ErrorKafka    = "kafka"
-	ErrorRegistry = "registry"
-	ErrorPostgres = "postgres"
-	ErrorLease    = "lease"
+	ErrorKafka    ErrorKind = "kafka"    // producing, or the Kafka client
+	ErrorRegistry ErrorKind = "registry" // resolving a schema id
+	ErrorPostgres ErrorKind = "postgres" // reading the outbox, recording outcomes, the lease protocol's statements
+	ErrorLease    ErrorKind = "lease"    // a lease lost while its shard was draining
 )
+
+// ErrorKinds lists every ErrorKind (for metrics that pre-create a series per kind).
+func ErrorKinds() []ErrorKind {
+	return []ErrorKind{ErrorKafka, ErrorRegistry, ErrorPostgres, ErrorLease}
+}
+
+// ParkReason says why an event was parked: the outbox's park_reason column, the
+// "reason" label of the parked metrics and ParkEvent.Reason. The detail (the
+// registry's or Kafka's error text) is in last_error.
+type ParkReason string
+
+// The park reasons.
+const (
+	// ParkIncompatible: the registry refused the schema under its subject's
+	// compatibility level.
+	ParkIncompatible ParkReason = "incompatible_schema"
+	// ParkNotRegistered: DisableAutoRegister is set and the schema is not under its subject
+	// (after SchemaNotFoundGrace).
+	ParkNotRegistered ParkReason = "schema_not_registered"
+	// ParkTooLarge: the framed record exceeds MaxRecordBytes, or Kafka refused its size.
+	ParkTooLarge ParkReason = "too_large"
+	// ParkTopicMissing: the topic does not exist and AutoCreateTopics is off.
+	ParkTopicMissing ParkReason = "topic_missing"
+	// ParkInvalid: the row cannot become a record (its schema is missing from the
+	// schema store, Kafka refused the record or the topic name).
+	ParkInvalid ParkReason = "invalid"
+	// ParkUnknown: the reason was not recorded (a row parked by hand, or one parked
+	// before migration 004 whose last_error named no known reason).
+	ParkUnknown ParkReason = "unknown"
+)
+
+// ParkReasons lists every ParkReason.
+func ParkReasons() []ParkReason {
+	return []ParkReason{ParkIncompatible, ParkNotRegistered, ParkTooLarge, ParkTopicMissing, ParkInvalid, ParkUnknown}
+}
 
 // The modes of a replica, as `relaybox status` shows them.
 const (
@@ -171,6 +206,13 @@ const (
 	DefaultTopicPartitions     = 12
 	DefaultUnreadyAfter        = 30 * time.Second
 	DefaultMaxBackoff          = 30 * time.Second
+	DefaultRegistryTimeout     = 10 * time.Second
+	// DefaultHeartbeatDivisor: HeartbeatInterval defaults to LeaseTTL divided by it.
+	DefaultHeartbeatDivisor = 5
+	// DefaultAutoRegister: schemas are registered unless DisableAutoRegister is set.
+	DefaultAutoRegister = true
+	// MaxBatchSize is the largest BatchSize.
+	MaxBatchSize = 100000
 )
 
 // DefaultPoolSize is the Postgres pool a relay with cfg needs (what the CLI sizes its
@@ -200,13 +242,20 @@ type Config struct {
 	RegistryURL string
 	// RegistryUsername and RegistryPassword enable HTTP basic auth. Never logged.
 	RegistryUsername, RegistryPassword string
-	// RegistryTimeout bounds each registry call. Defaults to 10s.
+	// RegistryTimeout bounds each registry call. Defaults to 10s
+	// (DefaultRegistryTimeout).
 	RegistryTimeout time.Duration
 	// Registry overrides the client built from RegistryURL.
 	Registry Registry
-	// AutoRegister registers schemas not yet under their subject. When false, a schema
-	// missing from the registry parks its event. Defaults to false; set it explicitly.
-	AutoRegister bool
+	// DisableAutoRegister stops the relay from registering schemas not yet under their
+	// subject: such an event is retried for SchemaNotFoundGrace, then parks as
+	// schema_not_registered. Defaults to false: the relay registers them, and the
+	// registry's compatibility level decides what it accepts (an incompatible schema
+	// parks as incompatible_schema), as Confluent's serializers do. That is the CLI's
+	// default too (--auto-register): set a level on each subject and keep
+	// registration on, unless a pipeline registers schemas itself
+	// (docs/configuration.md, "Auto-register").
+	DisableAutoRegister bool
 	// ReplicaID names this replica. Defaults to hostname-pid-random.
 	ReplicaID string
 	// BatchSize is the most rows read per shard per batch. Defaults to 4000.
@@ -254,7 +303,7 @@ type Config struct {
 	UnreadyAfter time.Duration
 	// MaxBackoff caps the exponential backoff after failures. Defaults to 30s.
 	MaxBackoff time.Duration
-	// SchemaNotFoundGrace: with AutoRegister off, how long a schema the registry says
+	// SchemaNotFoundGrace: with DisableAutoRegister, how long a schema the registry says
 	// is not registered is retried before its event parks as schema_not_registered (a
 	// registry may not see a schema registered a moment ago). Defaults to 10s.
 	SchemaNotFoundGrace time.Duration
@@ -293,20 +342,20 @@ type Config struct {
 	TracerProvider trace.TracerProvider
 }
 
-func (c *Config) withDefaults() (Config, error) {
+// WithDefaults returns a copy of c (nil: the zero Config) with every unset field
+// given its default. The Registry client built from RegistryURL is not: New builds it.
+func (c *Config) WithDefaults() *Config {
 	r := Config{}
 	if c != nil {
 		r = *c
 	}
-	if r.Schema == "" {
-		r.Schema = migrations.DefaultSchema
-	}
-	if r.Channel == "" {
-		r.Channel = outbox.DefaultChannel
-	}
+	defaultPlace(&r.Schema, &r.Channel)
 	if r.ReplicaID == "" {
 		h, _ := os.Hostname()
 		r.ReplicaID = fmt.Sprintf("%s-%d-%04x", h, os.Getpid(), time.Now().UnixNano()&0xffff)
+	}
+	if r.RegistryTimeout == 0 {
+		r.RegistryTimeout = DefaultRegistryTimeout
 	}
 	if r.BatchSize == 0 {
 		r.BatchSize = DefaultBatchSize
@@ -327,7 +376,7 @@ func (c *Config) withDefaults() (Config, error) {
 		r.ShutdownGrace = DefaultShutdownGrace
 	}
 	if r.HeartbeatInterval == 0 {
-		r.HeartbeatInterval = r.LeaseTTL / 5
+		r.HeartbeatInterval = r.LeaseTTL / DefaultHeartbeatDivisor
 	}
 	if r.Compression == "" {
 		r.Compression = DefaultCompression
@@ -350,29 +399,61 @@ func (c *Config) withDefaults() (Config, error) {
 	if r.Logger == nil {
 		r.Logger = slog.Default()
 	}
-	if r.Registry == nil && r.RegistryURL != "" {
-		r.Registry = registry.New(r.RegistryURL, registry.Options{Username: r.RegistryUsername, Password: r.RegistryPassword, Timeout: r.RegistryTimeout})
+	_ = r.CloudEvents.withDefaults(r.Schema, r.RegistryURL) // its errors are Validate's
+	return &r
+}
+
+// Validate returns an error naming the first field of c that cannot work, as New
+// would with c: unset fields take their defaults (WithDefaults) first.
+func (c *Config) Validate() error {
+	r := c.WithDefaults()
+	if r.Registry == nil {
+		if r.RegistryURL == "" {
+			return errors.New("relay: Config.RegistryURL (or Config.Registry) is required")
+		}
+		if u, err := url.Parse(r.RegistryURL); err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
+			return errors.New("relay: Config.RegistryURL: want http(s)://host[:port][/path]") // the URL may hold a password: not shown
+		}
 	}
-	if err := r.CloudEvents.withDefaults(r.Schema, r.RegistryURL); err != nil {
-		return r, err
+	if err := validPlace("Config", r.Schema, r.Channel); err != nil {
+		return err
+	}
+	negative := []struct {
+		name string
+		d    time.Duration
+	}{
+		{"RegistryTimeout", r.RegistryTimeout}, {"PollInterval", r.PollInterval}, {"LeaseTTL", r.LeaseTTL},
+		{"HeartbeatInterval", r.HeartbeatInterval}, {"DeliveryTimeout", r.DeliveryTimeout}, {"Retention", r.Retention},
+		{"UnreadyAfter", r.UnreadyAfter}, {"MaxBackoff", r.MaxBackoff}, {"SchemaNotFoundGrace", r.SchemaNotFoundGrace},
+		{"ShutdownGrace", r.ShutdownGrace},
+	}
+	for _, n := range negative {
+		if n.d < 0 {
+			return fmt.Errorf("relay: Config.%s must not be negative, got %s", n.name, n.d)
+		}
+	}
+	if ce := r.CloudEvents; ce.Enabled || len(ce.Topics) > 0 {
+		if err := ce.withDefaults(r.Schema, r.RegistryURL); err != nil {
+			return err
+		}
 	}
 	switch {
-	case r.Registry == nil:
-		return r, errors.New("relay: Config.RegistryURL is required")
 	case len(r.Brokers) == 0 && len(r.KafkaOpts) == 0:
-		return r, errors.New("relay: Config.Brokers is required")
-	case r.MaxInFlightBatches < 0:
-		return r, fmt.Errorf("relay: Config.MaxInFlightBatches must be positive, got %d", r.MaxInFlightBatches)
-	case r.BatchSize < 0 || r.BatchSize > 100000:
-		return r, fmt.Errorf("relay: Config.BatchSize must be 1..100000, got %d", r.BatchSize)
+		return errors.New("relay: Config.Brokers (or seed brokers in Config.KafkaOpts) is required")
+	case r.BatchSize < 1 || r.BatchSize > MaxBatchSize:
+		return fmt.Errorf("relay: Config.BatchSize must be 1..%d, got %d", MaxBatchSize, r.BatchSize)
+	case r.MaxInFlightBatches < 1:
+		return fmt.Errorf("relay: Config.MaxInFlightBatches must be positive, got %d", r.MaxInFlightBatches)
 	case r.HeartbeatInterval*2 >= r.LeaseTTL:
-		return r, fmt.Errorf("relay: Config.HeartbeatInterval (%s) must be under half of LeaseTTL (%s)", r.HeartbeatInterval, r.LeaseTTL)
+		return fmt.Errorf("relay: Config.HeartbeatInterval (%s) must be under half of LeaseTTL (%s)", r.HeartbeatInterval, r.LeaseTTL)
 	case codec(r.Compression) == nil:
-		return r, fmt.Errorf("relay: Config.Compression %q: want snappy, lz4, zstd, gzip or none", r.Compression)
-	case r.PollInterval < 0 || r.Retention < 0:
-		return r, errors.New("relay: Config.PollInterval and Retention must not be negative")
+		return fmt.Errorf("relay: Config.Compression %q: want snappy, lz4, zstd, gzip or none", r.Compression)
+	case r.MaxRecordBytes < 1:
+		return fmt.Errorf("relay: Config.MaxRecordBytes must be positive, got %d", r.MaxRecordBytes)
+	case r.TopicPartitions < 1:
+		return fmt.Errorf("relay: Config.TopicPartitions must be positive, got %d", r.TopicPartitions)
 	}
-	return r, nil
+	return nil
 }
 
 // codec is the franz-go codec named by a Compression setting, or nil.

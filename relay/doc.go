@@ -6,7 +6,7 @@
 // The outbox is split into 64 shards (hash of the key, fixed by the migration). Each
 // shard is leased to one live replica at a time. For every shard it owns, a replica
 // reads the oldest unpublished rows by the (shard, id) index, resolves each row's schema
-// to a registry id (cached; registered when AutoRegister is on), frames the Avro payload
+// to a registry id (cached; registered unless DisableAutoRegister is set), frames the Avro payload
 // in the Confluent wire format, produces with franz-go's idempotent producer
 // (acks=all, record key = event key, envelope as headers), waits for the acks, and
 // deletes the acked rows in one statement (or marks them published in retention mode).

@@ -6,15 +6,6 @@ import (
 	"time"
 )
 
-// Park reasons (the prefix of last_error, and the OnParked kind).
-const (
-	ParkIncompatible  = "incompatible_schema"
-	ParkNotRegistered = "schema_not_registered"
-	ParkTooLarge      = "too_large"
-	ParkTopicMissing  = "topic_missing"
-	ParkInvalid       = "invalid"
-)
-
 type batchResult struct {
 	read, published, parked, retry int
 	stages                         BatchStages
@@ -197,7 +188,7 @@ func (r *Relay) drainLoop(s *shardRun) {
 // batch was small), have news (a NOTIFY named them since they last drained) and are
 // idle (their busy lock is free). Their own drains wait on that lock
 // meanwhile, so a shard is never in two batches at once; a commit that touched many
-// shards then costs one claim, one produce round and one delete, not one per shard.
+// shards then costs one read, one produce round and one delete, not one per shard.
 func (r *Relay) steal(s *shardRun, group []*shardRun) []*shardRun {
 	r.mu.Lock()
 	defer r.mu.Unlock()

@@ -73,7 +73,7 @@ func newFenceEnv(t *testing.T) *fenceEnv {
 }
 
 func (f *fenceEnv) config(t *testing.T, reg Registry) *Config {
-	return &Config{Schema: f.schema, Brokers: testenv.Brokers(t), Registry: reg, AutoRegister: true,
+	return &Config{Schema: f.schema, Brokers: testenv.Brokers(t), Registry: reg,
 		PollInterval: 100 * time.Millisecond, LeaseTTL: 2 * time.Second, HeartbeatInterval: 300 * time.Millisecond,
 		ShutdownGrace: time.Minute, Logger: testenv.Logger(t), BatchSize: 100, ReplicaID: "me"}
 }

@@ -21,15 +21,16 @@ func (r *Relay) checkDependencies(ctx context.Context) {
 
 // componentKafkaPing is the health component of the heartbeat's ping (its failures
 // are reported to OnError as ErrorKafka).
-const componentKafkaPing = "kafka ping"
+// It is a health component, never an OnError kind.
+const componentKafkaPing ErrorKind = "kafka ping"
 
-func (r *Relay) hookErr(kind string, err error) {
+func (r *Relay) hookErr(kind ErrorKind, err error) {
 	if r.cfg.Hooks.OnError != nil {
 		r.cfg.Hooks.OnError(ErrorEvent{Kind: kind, Err: err})
 	}
 }
 
-func (r *Relay) fail(component string, err error) {
+func (r *Relay) fail(component ErrorKind, err error) {
 	kind := component
 	if component == componentKafkaPing {
 		kind = ErrorKafka
@@ -44,7 +45,7 @@ func (r *Relay) fail(component string, err error) {
 	r.healthMu.Unlock()
 }
 
-func (r *Relay) ok(component string) {
+func (r *Relay) ok(component ErrorKind) {
 	r.healthMu.Lock()
 	if since, ok := r.failing[component]; ok {
 		r.log.Info("recovered", "component", component, "after", time.Since(since).Round(time.Millisecond))
@@ -73,7 +74,7 @@ func (r *Relay) Ready() error {
 		}
 	}
 	lastErr := func() error { // the most telling error, for the message
-		for _, c := range []string{ErrorKafka, ErrorRegistry, componentKafkaPing, ErrorPostgres} {
+		for _, c := range []ErrorKind{ErrorKafka, ErrorRegistry, componentKafkaPing, ErrorPostgres} {
 			if e := r.lastErr[c]; e != nil {
 				return e
 			}

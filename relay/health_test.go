@@ -83,7 +83,7 @@ func (r *notFoundFirst) ID(ctx context.Context, subject, schema string, register
 	return r.Registry.ID(ctx, subject, schema, register)
 }
 
-// With AutoRegister off, a 404 for a schema that is registered is retried within
+// With DisableAutoRegister, a 404 for a schema that is registered is retried within
 // SchemaNotFoundGrace instead of parking the event at once; past the grace it parks.
 func TestRelay_SchemaNotFoundIsRetriedWithinTheGraceThenParks(t *testing.T) {
 	t.Parallel()
@@ -94,7 +94,7 @@ func TestRelay_SchemaNotFoundIsRetriedWithinTheGraceThenParks(t *testing.T) {
 	reg.n.Store(3)
 	var parked atomic.Int64
 	e.relay(t, func(c *relay.Config) {
-		c.Registry, c.RegistryURL, c.AutoRegister, c.MaxBackoff = reg, "", false, 200*time.Millisecond
+		c.Registry, c.RegistryURL, c.DisableAutoRegister, c.MaxBackoff = reg, "", true, 200*time.Millisecond
 		c.Hooks.OnParked = func(relay.ParkEvent) { parked.Add(1) }
 	})
 	// Register the event's schema first, as a deploy pipeline would.

@@ -40,7 +40,7 @@ func TestRelay_SurvivesKafkaAndRegistryOutagesWithoutRestart(t *testing.T) {
 	if _, err := kadm.NewClient(cl).CreateTopics(context.Background(), 3, 1, nil, topics...); err != nil {
 		t.Fatal(err)
 	}
-	r, err := relay.New(pool, &relay.Config{Schema: schema, Brokers: []string{brokers}, RegistryURL: regURL, AutoRegister: true,
+	r, err := relay.New(pool, &relay.Config{Schema: schema, Brokers: []string{brokers}, RegistryURL: regURL,
 		PollInterval: 200 * time.Millisecond, LeaseTTL: 3 * time.Second, HeartbeatInterval: 500 * time.Millisecond,
 		UnreadyAfter: 5 * time.Second, MaxBackoff: 2 * time.Second,
 		RegistryTimeout: 2 * time.Second, Logger: testLogger(t)})

@@ -37,11 +37,21 @@ func (e *env) writeOne(t *testing.T, topic, key string, seq int64, pad int, sche
 	}
 }
 
+// admin is an Admin over e's schema.
+func (e *env) admin(t *testing.T) *relay.Admin {
+	t.Helper()
+	a, err := relay.NewAdmin(e.pool, &relay.AdminConfig{Schema: e.schema})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
 func waitParked(t *testing.T, e *env, f relay.ParkedFilter, n int) []relay.ParkedEvent {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		got, err := relay.ListParked(context.Background(), e.pool, e.schema, f, 0)
+		got, err := e.admin(t).ParkedList(context.Background(), &relay.ParkedListParams{ParkedFilter: f})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -83,7 +93,7 @@ func TestRelay_ParksIncompatibleSchemaBlocksItsKeyOnlyAndRetryPublishesInOrder(t
 	})
 	got := readBack(t, topic, 6, 30*time.Second)
 	parked := waitParked(t, e, relay.ParkedFilter{Reason: relay.ParkIncompatible}, 1)
-	if len(parked) != 1 || parked[0].Key != "bad" || !strings.HasPrefix(parked[0].Reason, relay.ParkIncompatible) {
+	if len(parked) != 1 || parked[0].Key != "bad" || parked[0].Reason != relay.ParkIncompatible || parked[0].Detail == "" {
 		t.Fatalf("parked = %+v", parked)
 	}
 	if len(got.byKey["good"]) != 5 || len(got.byKey["bad"]) != 1 {
@@ -101,7 +111,7 @@ func TestRelay_ParksIncompatibleSchemaBlocksItsKeyOnlyAndRetryPublishesInOrder(t
 	if onTopic != 6 {
 		t.Fatalf("%d records on the topic after the park, want 6 (good 1..5, bad 1): bad 3 overtook the parked bad 2", onTopic)
 	}
-	st, err := relay.ReadStatus(context.Background(), e.pool, e.schema)
+	st, err := e.admin(t).Status(context.Background())
 	if err != nil || st.Parked != 1 || st.ParkedByReason[relay.ParkIncompatible] != 1 || st.Backlog != 1 {
 		t.Fatalf("status %+v %v", st, err)
 	}
@@ -111,7 +121,7 @@ func TestRelay_ParksIncompatibleSchemaBlocksItsKeyOnlyAndRetryPublishesInOrder(t
 	if err := reg.SetCompatibility(context.Background(), subject, "FORWARD"); err != nil {
 		t.Fatal(err)
 	}
-	if n, err := relay.RetryParked(context.Background(), e.pool, e.schema, relay.ParkedFilter{Key: "bad"}); err != nil || n != 1 {
+	if n, err := e.admin(t).ParkedRetry(context.Background(), &relay.ParkedFilter{Key: "bad"}); err != nil || n != 1 {
 		t.Fatalf("retry: %d %v", n, err)
 	}
 	got = readBack(t, topic, 8, 30*time.Second)
@@ -139,19 +149,19 @@ func TestRelay_ParksOversizedAndMissingTopicThenRetryAndSkip(t *testing.T) {
 		t.Fatalf("parked too large: %+v", big)
 	}
 	lost := waitParked(t, e, relay.ParkedFilter{Reason: relay.ParkTopicMissing}, 1)
-	if lost[0].Key != "lost" || !strings.Contains(lost[0].Reason, missing) {
+	if lost[0].Key != "lost" || lost[0].Reason != relay.ParkTopicMissing || !strings.Contains(lost[0].Detail, missing) {
 		t.Fatalf("parked topic missing: %+v", lost)
 	}
-	if _, err := relay.RetryParked(context.Background(), e.pool, e.schema, relay.ParkedFilter{}); err == nil {
+	if _, err := e.admin(t).ParkedRetry(context.Background(), &relay.ParkedFilter{}); err == nil {
 		t.Fatal("an empty filter must be refused")
 	}
 	// Fix: a relay with the broker's real limit; the missing topic's event is skipped.
 	stop()
 	e.relay(t, nil)
-	if n, _ := relay.SkipParked(context.Background(), e.pool, e.schema, relay.ParkedFilter{Key: "lost"}); n != 1 {
+	if n, _ := e.admin(t).ParkedSkip(context.Background(), &relay.ParkedFilter{Key: "lost"}); n != 1 {
 		t.Fatalf("skip removed %d", n)
 	}
-	if n, _ := relay.RetryParked(context.Background(), e.pool, e.schema, relay.ParkedFilter{Reason: relay.ParkTooLarge}); n != 1 {
+	if n, _ := e.admin(t).ParkedRetry(context.Background(), &relay.ParkedFilter{Reason: relay.ParkTooLarge}); n != 1 {
 		t.Fatalf("retry unparked %d", n)
 	}
 	got = readBack(t, topic, 3, 30*time.Second)
@@ -259,7 +269,7 @@ func TestRelay_HostileSchemaNameIsQuotedEndToEnd(t *testing.T) {
 	if got := readBack(t, topic, 1, 60*time.Second); got.distinct != 1 {
 		t.Fatal("event not published from the hostile-named schema within 60s: the NOTIFY on the hostile channel did not wake the relay")
 	}
-	if _, err := relay.ReadStatus(ctx, pool, schema); err != nil {
+	if _, err := e.admin(t).Status(ctx); err != nil {
 		t.Fatal(err)
 	}
 }

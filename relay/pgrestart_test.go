@@ -81,7 +81,7 @@ func TestRelay_SurvivesPostgresRestartWithoutRestart(t *testing.T) {
 	}
 
 	var pgErrors, published atomic.Int64
-	r, err := relay.New(pool, &relay.Config{Brokers: testenv.Brokers(t), RegistryURL: testenv.RegistryURL(t), AutoRegister: true,
+	r, err := relay.New(pool, &relay.Config{Brokers: testenv.Brokers(t), RegistryURL: testenv.RegistryURL(t),
 		PollInterval: 200 * time.Millisecond, LeaseTTL: 3 * time.Second, HeartbeatInterval: 500 * time.Millisecond,
 		UnreadyAfter: 2 * time.Second, MaxBackoff: time.Second, Logger: testLogger(t),
 		BatchSize: 20, MaxInFlightBatches: 1,

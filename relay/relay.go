@@ -15,6 +15,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/plugin/kslog"
 
+	"github.com/relaybox/relaybox/internal/registry"
 	"github.com/relaybox/relaybox/migrations"
 )
 
@@ -49,8 +50,8 @@ type Relay struct {
 	schemas  map[[32]byte]string
 
 	healthMu   sync.Mutex
-	failing    map[string]time.Time // component -> failing since
-	lastErr    map[string]error
+	failing    map[ErrorKind]time.Time // component -> failing since
+	lastErr    map[ErrorKind]error
 	mixed      string // a live replica of the other mode (no claims meanwhile)
 	running    bool
 	kafkaSeen  atomic.Bool // Kafka answered since Run started
@@ -62,9 +63,15 @@ type Relay struct {
 // New returns a Relay over pool (the database holding the outbox). It builds its
 // Kafka client but does not connect until Run.
 func New(pool *pgxpool.Pool, cfg *Config) (*Relay, error) {
-	c, err := cfg.withDefaults()
-	if err != nil {
+	if pool == nil {
+		return nil, errors.New("relay: New: nil pool")
+	}
+	if err := cfg.Validate(); err != nil {
 		return nil, err
+	}
+	c := *cfg.WithDefaults()
+	if c.Registry == nil {
+		c.Registry = registry.New(c.RegistryURL, registry.Options{Username: c.RegistryUsername, Password: c.RegistryPassword, Timeout: c.RegistryTimeout})
 	}
 	opts := []kgo.Opt{
 		kgo.RequiredAcks(kgo.AllISRAcks()),
@@ -89,7 +96,7 @@ func New(pool *pgxpool.Pool, cfg *Config) (*Relay, error) {
 	return &Relay{
 		cfg: c, pool: pool, kc: kc, adm: kadm.NewClient(kc), log: c.Logger.With("replica", c.ReplicaID),
 		sql: newStatements(c.Schema), kopts: opts, shards: map[int]*shardRun{}, retired: map[int]*shardRun{}, inflight: make(chan struct{}, c.MaxInFlightBatches), releasing: map[int]bool{},
-		schemas: map[[32]byte]string{}, failing: map[string]time.Time{}, lastErr: map[string]error{},
+		schemas: map[[32]byte]string{}, failing: map[ErrorKind]time.Time{}, lastErr: map[ErrorKind]error{},
 	}, nil
 }
 
@@ -122,7 +129,7 @@ func (r *Relay) checkPostgres(ctx context.Context) error {
 	if err := r.pool.Ping(ctx); err != nil {
 		return fmt.Errorf("postgres unreachable: %w", err)
 	}
-	return migrations.Check(ctx, r.pool, r.cfg.Schema)
+	return migrations.Check(ctx, r.pool, &migrations.Options{Schema: r.cfg.Schema})
 }
 
 // Run publishes until ctx is cancelled, then drains the batches in flight, releases
@@ -173,7 +180,7 @@ func (r *Relay) Run(ctx context.Context) error {
 	r.running = true
 	r.healthMu.Unlock()
 	r.log.Info("relay starting", "schema", r.cfg.Schema, "mode", r.mode(), "batch_size", r.cfg.BatchSize, "lease_ttl", r.cfg.LeaseTTL,
-		"poll_interval", r.cfg.PollInterval, "retention", r.cfg.Retention, "auto_register", r.cfg.AutoRegister)
+		"poll_interval", r.cfg.PollInterval, "retention", r.cfg.Retention, "auto_register", !r.cfg.DisableAutoRegister)
 	var bg sync.WaitGroup
 	lctx, lcancel := context.WithCancel(context.Background())
 	bg.Add(1)

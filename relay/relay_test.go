@@ -54,7 +54,7 @@ func testLogger(t testing.TB) *slog.Logger { return testenv.Logger(t) }
 func (e *env) relay(t *testing.T, mod func(*relay.Config)) (*relay.Relay, context.CancelFunc, <-chan error) {
 	t.Helper()
 	cfg := &relay.Config{
-		Schema: e.schema, Brokers: e.brokers, RegistryURL: e.registry, AutoRegister: true,
+		Schema: e.schema, Brokers: e.brokers, RegistryURL: e.registry,
 		PollInterval: 200 * time.Millisecond, LeaseTTL: 3 * time.Second, HeartbeatInterval: 500 * time.Millisecond,
 		Logger: testLogger(t), BatchSize: 500,
 	}

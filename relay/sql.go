@@ -1,6 +1,10 @@
 package relay
 
-import "github.com/jackc/pgx/v5"
+import (
+	"github.com/jackc/pgx/v5"
+
+	"github.com/relaybox/relaybox/internal/relaysql"
+)
 
 type statements struct {
 	upsertReplica, renew, live, claim, release, releaseAll, deleteReplica, purgeReplicas, readMany, held string
@@ -53,36 +57,19 @@ func newStatements(schema string) statements {
 		releaseAll:    `UPDATE ` + l + ` SET owner = NULL, expires_at = NULL WHERE owner = $1`,
 		deleteReplica: `DELETE FROM ` + rp + ` WHERE id = $1`,
 		purgeReplicas: `DELETE FROM ` + rp + ` WHERE expires_at < now() - interval '10 minutes'`,
-		read:          readSQL(o, "o.shard = $1", "p.shard = $1", "o.id"),
+		read:          relaysql.ReadShard(schema),
 		// Several shards at once: ordered by shard then id, which keeps each key's order
 		// (a key lives in one shard) and follows the (shard, id) index.
-		readMany: readSQL(o, "o.shard = ANY($1::int[])", "p.shard = o.shard", "o.shard, o.id"),
+		readMany: relaysql.Read(o, "o.shard = ANY($1::int[])", "p.shard = o.shard", "o.shard, o.id"),
 		schemas:  `SELECT fingerprint, schema FROM ` + q("schemas") + ` WHERE fingerprint = ANY($1)`,
-		// The outcome writes: $1 the row ids, $2..$4 the fence, $5 the reasons.
+		// The outcome writes: $1 the row ids, $2..$4 the fence, $5 the errors (park:
+		// the details), $6 the park reasons.
 		delete:        f + `DELETE FROM ` + o + ` o USING held WHERE o.id = ANY($1::bigint[]) AND o.shard = held.shard`,
 		markPublished: f + `UPDATE ` + o + ` o SET published_at = now(), attempts = o.attempts + 1 FROM held WHERE o.id = ANY($1::bigint[]) AND o.shard = held.shard`,
-		park: f + `UPDATE ` + o + ` o SET parked_at = now(), last_error = u.reason, attempts = o.attempts + 1
-			FROM unnest($1::bigint[], $5::text[]) u(id, reason), held WHERE o.id = u.id AND o.shard = held.shard`,
+		park: f + `UPDATE ` + o + ` o SET parked_at = now(), park_reason = u.park_reason, last_error = u.detail, attempts = o.attempts + 1
+			FROM unnest($1::bigint[], $5::text[], $6::text[]) u(id, detail, park_reason), held WHERE o.id = u.id AND o.shard = held.shard`,
 		attempt: f + `UPDATE ` + o + ` o SET last_error = u.reason, attempts = o.attempts + 1
 			FROM unnest($1::bigint[], $5::text[]) u(id, reason), held WHERE o.id = u.id AND o.shard = held.shard`,
 		purgePublished: `DELETE FROM ` + o + ` WHERE id IN (SELECT id FROM ` + o + ` WHERE published_at < now() - $1::interval LIMIT 10000)`,
 	}
-}
-
-// ClaimSQL is the statement a batch of one shard reads its rows with, for the outbox
-// in schema: $1 is the shard, $2 the most rows (Config.BatchSize). It is exported for
-// EXPLAIN on a real database and for benchmarks that time it; the relay prepares it
-// itself.
-func ClaimSQL(schema string) string {
-	return newStatements(schema).read
-}
-
-// readSQL is a batch's claim: the oldest pending rows of the shards in where, skipping
-// keys blocked behind a parked row, LIMIT $2.
-func readSQL(outbox, where, parkedShard, order string) string {
-	return `SELECT o.id, o.event_id, o.topic, o.key, o.event_type, o.aggregate_type, o.subject, o.schema_fingerprint,
-			o.payload, o.headers, o.occurred_at, o.created_at, o.correlation_id, o.causation_id, o.source, o.traceparent, o.tracestate
-			FROM ` + outbox + ` o WHERE ` + where + ` AND o.published_at IS NULL AND o.parked_at IS NULL
-			AND NOT EXISTS (SELECT 1 FROM ` + outbox + ` p WHERE ` + parkedShard + ` AND p.key = o.key AND p.parked_at IS NOT NULL)
-			ORDER BY ` + order + ` LIMIT $2`
 }

@@ -45,7 +45,7 @@ func TestRelay_BrokerStallFailsNoRecordAndKeepsKeyOrder(t *testing.T) {
 	var recordFailures atomic.Int64
 	var firstFailure atomic.Value
 	r, err := relay.New(pool, &relay.Config{Schema: schema, Brokers: []string{brokers}, RegistryURL: testenv.RegistryURL(t),
-		AutoRegister: true, PollInterval: 100 * time.Millisecond, UnreadyAfter: 3 * time.Second, Logger: testLogger(t),
+		PollInterval: 100 * time.Millisecond, UnreadyAfter: 3 * time.Second, Logger: testLogger(t),
 		Hooks: relay.Hooks{OnError: func(ev relay.ErrorEvent) {
 			kind, err := ev.Kind, ev.Err
 			if kind == "kafka" && !strings.Contains(err.Error(), "kafka ping") {

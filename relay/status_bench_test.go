@@ -52,7 +52,7 @@ func legacyStatusSQL(schema string) string {
 			WHERE published_at IS NULL AND parked_at IS NULL GROUP BY shard) b ON b.shard = l.shard ORDER BY l.shard`
 }
 
-// BenchmarkReadStatus times relay.ReadStatus (what `relaybox status` and every
+// BenchmarkReadStatus times relay.Admin.Status (what `relaybox status` and every
 // /metrics scrape run) with RELAYBOX_STATUS_ROWS pending rows (default 5,000,000),
 // against the unbounded aggregate it replaced. `make bench-status` runs it; filling
 // takes a few minutes. The CLI's collector gives the query 5 s.
@@ -93,7 +93,7 @@ func BenchmarkReadStatus(b *testing.B) {
 	})
 	b.Run("ReadStatus", func(b *testing.B) {
 		for range b.N {
-			st, err := relay.ReadStatus(ctx, pool, schema)
+			st, err := statusOf(ctx, pool, schema)
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -114,7 +114,7 @@ func TestReadStatus_ExactBelowTheLimitEstimatedAbove(t *testing.T) {
 	ctx := context.Background()
 	check := func(schema string, want int64, estimated bool) {
 		t.Helper()
-		st, err := relay.ReadStatus(ctx, pool, schema)
+		st, err := statusOf(ctx, pool, schema)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -159,4 +159,13 @@ func TestReadStatus_ExactBelowTheLimitEstimatedAbove(t *testing.T) {
 		t.Fatal(err)
 	}
 	check(large, 300, false)
+}
+
+// statusOf is Admin.Status of the outbox in schema.
+func statusOf(ctx context.Context, pool *pgxpool.Pool, schema string) (*relay.Status, error) {
+	a, err := relay.NewAdmin(pool, &relay.AdminConfig{Schema: schema})
+	if err != nil {
+		return nil, err
+	}
+	return a.Status(ctx)
 }

@@ -188,7 +188,7 @@ func Start(t testing.TB, opts *Options) *Harness {
 	if rcfg.Registry == nil {
 		rcfg.RegistryURL = h.registry
 	}
-	rcfg.AutoRegister = true
+	rcfg.DisableAutoRegister = false
 	rcfg.AutoCreateTopics = true
 	if rcfg.TopicPartitions == 0 {
 		rcfg.TopicPartitions = o.Partitions

@@ -274,7 +274,7 @@ func demo(ctx context.Context, o *demoOpts, out, errw io.Writer) (bool, error) {
 	base := "http://" + ln.Addr().String()
 
 	// The relay.
-	r, err := relay.New(pool, &relay.Config{Schema: relaySchema, Brokers: brokers, RegistryURL: regURL, AutoRegister: true,
+	r, err := relay.New(pool, &relay.Config{Schema: relaySchema, Brokers: brokers, RegistryURL: regURL,
 		PollInterval: 500 * time.Millisecond, Logger: quiet,
 		Hooks: relay.Hooks{OnBatch: func(e relay.BatchEvent) { published.Add(int64(e.Published)) }}})
 	if err != nil {

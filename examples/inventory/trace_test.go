@@ -59,7 +59,7 @@ func TestTrace_OneTraceFromTheOrdersAPIToTheInventoryHandler(t *testing.T) {
 	api := httptest.NewServer(orders.Handler())
 	defer api.Close()
 	r, err := relay.New(pool, &relay.Config{Schema: relaySchema, Brokers: testenv.Brokers(t), RegistryURL: testenv.RegistryURL(t),
-		AutoRegister: true, PollInterval: 200 * time.Millisecond, Logger: testenv.Logger(t)})
+		PollInterval: 200 * time.Millisecond, Logger: testenv.Logger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -141,10 +142,14 @@ func runStatus(ctx context.Context, args []string, s *stdio) error {
 		return err
 	}
 	defer pool.Close()
-	if err := migrations.Check(ctx, pool, o.schema); err != nil {
+	if err := migrations.Check(ctx, pool, &migrations.Options{Schema: o.schema}); err != nil {
 		return err
 	}
-	st, err := relay.ReadStatus(ctx, pool, o.schema)
+	admin, err := relay.NewAdmin(pool, &relay.AdminConfig{Schema: o.schema})
+	if err != nil {
+		return err
+	}
+	st, err := admin.Status(ctx)
 	if err != nil {
 		return err
 	}
@@ -194,7 +199,7 @@ func runParked(ctx context.Context, args []string, s *stdio) error {
 	ids := f.String("id", "", "outbox row ids, comma-separated")
 	eventIDs := f.String("event-id", "", "event ids (UUID), comma-separated")
 	key := f.String("key", "", "event key")
-	reason := f.String("reason", "", "substring of the parking reason, e.g. too_large")
+	reason := f.String("reason", "", "parking reason: "+reasonList())
 	all := f.Bool("all", false, "every parked event (retry/skip need this or a filter)")
 	limit := f.Int("limit", 100, "list: most rows shown")
 	var channel string
@@ -215,7 +220,10 @@ func runParked(ctx context.Context, args []string, s *stdio) error {
 	if err := f.parse(args[1:]); err != nil {
 		return err
 	}
-	filter := relay.ParkedFilter{Key: *key, Reason: *reason, All: *all}
+	filter := relay.ParkedFilter{Key: *key, Reason: relay.ParkReason(*reason), All: *all}
+	if *reason != "" && !slices.Contains(relay.ParkReasons(), filter.Reason) {
+		return fmt.Errorf("--reason %q: want one of %s", *reason, reasonList())
+	}
 	for _, s := range splitList(*ids) {
 		n, err := strconv.ParseInt(s, 10, 64)
 		if err != nil {
@@ -235,9 +243,13 @@ func runParked(ctx context.Context, args []string, s *stdio) error {
 		return err
 	}
 	defer pool.Close()
+	admin, err := relay.NewAdmin(pool, &relay.AdminConfig{Schema: o.schema, Channel: channel})
+	if err != nil {
+		return err
+	}
 	switch sub {
 	case "list":
-		got, err := relay.ListParked(ctx, pool, o.schema, filter, *limit)
+		got, err := admin.ParkedList(ctx, &relay.ParkedListParams{ParkedFilter: filter, Limit: *limit})
 		if err != nil {
 			return err
 		}
@@ -245,20 +257,20 @@ func runParked(ctx context.Context, args []string, s *stdio) error {
 			return json.NewEncoder(out).Encode(got)
 		}
 		tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "ID\tEVENT ID\tTOPIC\tKEY\tTYPE\tPARKED AT\tREASON")
+		fmt.Fprintln(tw, "ID\tEVENT ID\tTOPIC\tKEY\tTYPE\tPARKED AT\tREASON\tDETAIL")
 		for _, p := range got {
-			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\n", p.ID, p.EventID, p.Topic, p.Key, p.Type, p.ParkedAt.UTC().Format(time.RFC3339), p.Reason)
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.ID, p.EventID, p.Topic, p.Key, p.Type, p.ParkedAt.UTC().Format(time.RFC3339), p.Reason, p.Detail)
 		}
 		return tw.Flush()
 	case "retry":
-		n, err := relay.RetryParkedOn(ctx, pool, o.schema, channel, filter)
+		n, err := admin.ParkedRetry(ctx, &filter)
 		if err != nil {
 			return err
 		}
 		fmt.Fprintf(out, "unparked %d event(s); the relay publishes them next, in key order\n", n)
 		return nil
 	case "skip":
-		n, err := relay.SkipParked(ctx, pool, o.schema, filter)
+		n, err := admin.ParkedSkip(ctx, &filter)
 		if err != nil {
 			return err
 		}
@@ -266,6 +278,15 @@ func runParked(ctx context.Context, args []string, s *stdio) error {
 		return nil
 	}
 	return fmt.Errorf("parked %q: say list, retry or skip", sub)
+}
+
+// reasonList is the park reasons, comma-separated.
+func reasonList() string {
+	var r []string
+	for _, p := range relay.ParkReasons() {
+		r = append(r, string(p))
+	}
+	return strings.Join(r, ", ")
 }
 
 func splitList(s string) []string {

@@ -26,7 +26,7 @@ func parkOne(t *testing.T, schema string) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := pool.Exec(ctx, `UPDATE `+pgx.Identifier{schema, "outbox"}.Sanitize()+` SET parked_at = now(), last_error = 'too_large: test'`); err != nil {
+	if _, err := pool.Exec(ctx, `UPDATE `+pgx.Identifier{schema, "outbox"}.Sanitize()+` SET parked_at = now(), park_reason = 'too_large', last_error = 'test'`); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -94,5 +94,29 @@ func TestMigrateDown_RefusesWhileEventsArePending(t *testing.T) {
 	}
 	if code, out, errs := run(t, "migrate", "down", "--force", "--database-url", db, "--schema", schema); code != 0 || !strings.Contains(out, "rolled back 001") {
 		t.Fatalf("migrate down --force: exit %d %q %q", code, out, errs)
+	}
+}
+
+// `parked list` filters by the park_reason column and shows the reason and the
+// detail apart; a reason that does not exist is refused, naming the valid ones.
+func TestParkedList_ByReasonColumn(t *testing.T) {
+	pool := testenv.Pool(t)
+	schema := testenv.Schema(t, pool)
+	db := testenv.DatabaseURL(t)
+	parkOne(t, schema)
+	code, out, errs := run(t, "parked", "list", "--reason", "too_large", "--database-url", db, "--schema", schema)
+	if code != 0 || !strings.Contains(out, "REASON") || !strings.Contains(out, "too_large") || !strings.Contains(out, "test") {
+		t.Fatalf("parked list --reason too_large: exit %d %q %q", code, out, errs)
+	}
+	if code, out, _ := run(t, "parked", "list", "--reason", "invalid", "--database-url", db, "--schema", schema); code != 0 || strings.Contains(out, "too_large") {
+		t.Fatalf("parked list --reason invalid: exit %d, listed %q; want no row", code, out)
+	}
+	code, _, errs = run(t, "parked", "list", "--reason", "large", "--database-url", db, "--schema", schema)
+	if code != 1 || !strings.Contains(errs, `--reason "large"`) || !strings.Contains(errs, "too_large") {
+		t.Fatalf("parked list --reason large: exit %d %q; want a refusal listing the reasons", code, errs)
+	}
+	code, out, errs = run(t, "status", "--json", "--database-url", db, "--schema", schema)
+	if code != 0 || !strings.Contains(out, `"ParkedByReason":{"too_large":1}`) {
+		t.Fatalf("status --json: exit %d %q %q", code, out, errs)
 	}
 }

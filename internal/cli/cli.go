@@ -25,6 +25,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/relaybox/relaybox/internal/redact"
+	"github.com/relaybox/relaybox/migrations"
 )
 
 type command struct {
@@ -257,7 +258,7 @@ type common struct {
 
 func (f *flags) common(c *common) {
 	f.conn(&c.databaseURL, "database-url", "DATABASE_URL", "Postgres URL of the database holding the outbox (TLS via sslmode in the URL: verify-full in production)")
-	f.str(&c.schema, "schema", "RELAYBOX_SCHEMA", "relaybox", "Postgres schema of relaybox's tables")
+	f.str(&c.schema, "schema", "RELAYBOX_SCHEMA", migrations.DefaultSchema, "Postgres schema of relaybox's tables")
 	f.str(&c.logFormat, "log-format", "RELAYBOX_LOG_FORMAT", "json", "log format: json or text")
 	f.str(&c.logLevel, "log-level", "RELAYBOX_LOG_LEVEL", "info", "log level: debug, info, warn, error")
 }

@@ -28,7 +28,7 @@ func runDLQ(ctx context.Context, args []string, s *stdio) error {
 	o := defineDLQ(f)
 	topic := f.String("topic", "", "dead-letter topic to redrive, e.g. orders.dlq (required)")
 	to := f.String("to", "", "topic to redrive every record to (default: the topic its header names, if this is that topic's dead-letter topic)")
-	suffix := f.String("dlq-suffix", ".dlq", "dead-letter suffix of the consumers (which topic a dead-letter topic belongs to)")
+	suffix := f.String("dlq-suffix", consumer.DefaultDeadLetterSuffix, "dead-letter suffix of the consumers (which topic a dead-letter topic belongs to)")
 	f.Usage = func() {
 		fmt.Fprintln(f.Output(), "usage: relaybox dlq redrive --topic <topic>.dlq [flags]")
 		f.PrintDefaults()

@@ -105,7 +105,7 @@ func (f *flags) registry(r *registryOpts) {
 	f.conn(&r.url, "registry-url", "SCHEMA_REGISTRY_URL", "Confluent-compatible schema registry URL (Apicurio: http://host:8080/apis/ccompat/v7)")
 	f.str(&r.user, "registry-username", "SCHEMA_REGISTRY_USERNAME", "", "registry basic-auth username")
 	f.secret(&r.password, "registry-password", "SCHEMA_REGISTRY_PASSWORD", "registry basic-auth password")
-	f.dur(&r.timeout, "registry-timeout", "SCHEMA_REGISTRY_TIMEOUT", 10*time.Second, "timeout of each registry call")
+	f.dur(&r.timeout, "registry-timeout", "SCHEMA_REGISTRY_TIMEOUT", relay.DefaultRegistryTimeout, "timeout of each registry call")
 }
 
 // check moves credentials in the URL's userinfo to user and password (so that no
@@ -141,6 +141,8 @@ type relayOpts struct {
 	pprof      bool
 	partitions int
 	ceTopics   string
+	// autoRegister is the --auto-register flag: relay.Config.DisableAutoRegister negated.
+	autoRegister bool
 }
 
 func defineRelay(f *flags) *relayOpts {
@@ -149,7 +151,7 @@ func defineRelay(f *flags) *relayOpts {
 	f.kafka(&o.kafka)
 	f.registry(&o.registry)
 	c := &o.cfg
-	f.boolean(&c.AutoRegister, "auto-register", "RELAYBOX_AUTO_REGISTER", true, "register schemas missing from the registry (else such events park)")
+	f.boolean(&o.autoRegister, "auto-register", "RELAYBOX_AUTO_REGISTER", relay.DefaultAutoRegister, "register schemas missing from the registry (else such events park)")
 	f.str(&c.ReplicaID, "replica-id", "RELAYBOX_REPLICA_ID", "", "this replica's name (default hostname-pid-random)")
 	f.num(&c.BatchSize, "batch-size", "RELAYBOX_BATCH_SIZE", relay.DefaultBatchSize, "rows read per shard per batch")
 	f.num(&c.MaxInFlightBatches, "max-inflight-batches", "RELAYBOX_MAX_INFLIGHT_BATCHES", relay.DefaultMaxInFlightBatches, "shards with a backlog reading and publishing at once (bounds memory)")
@@ -175,7 +177,7 @@ func defineRelay(f *flags) *relayOpts {
 	f.conn(&c.CloudEvents.SchemaURL, "cloudevents-schema-url", "RELAYBOX_CLOUDEVENTS_SCHEMA_URL", "registry base URL of ce_dataschema as consumers reach it (default the registry URL, credentials dropped)")
 	f.str(&o.metrics, "metrics-addr", "RELAYBOX_METRICS_ADDR", ":9090", "address for /metrics, /healthz, /readyz (empty: off)")
 	f.boolean(&o.pprof, "pprof", "RELAYBOX_PPROF", false, "also serve Go's /debug/pprof/ on the metrics address (CPU and heap profiles)")
-	f.num(&o.poolSize, "pool-size", "RELAYBOX_POOL_SIZE", 0, "Postgres connections (0: max-inflight-batches + 8, at least 16, so outcome writes and small batches do not queue behind the claims)")
+	f.num(&o.poolSize, "pool-size", "RELAYBOX_POOL_SIZE", 0, "Postgres connections (0: max-inflight-batches + 8, at least 16, so outcome writes and small batches do not queue behind the batch reads)")
 	f.BoolVar(&o.checkOnly, "check", false, "check Postgres, Kafka and the registry, then exit")
 	f.otlp(&o.otlp)
 	return o
@@ -200,6 +202,7 @@ func runRelay(ctx context.Context, args []string, s *stdio) error {
 			o.cfg.CloudEvents.Topics = append(o.cfg.CloudEvents.Topics, t)
 		}
 	}
+	o.cfg.DisableAutoRegister = !o.autoRegister
 	log, err := o.logger(s.err)
 	if err != nil {
 		return err

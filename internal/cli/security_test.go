@@ -73,7 +73,7 @@ func TestSecurity_RelayOverSCRAMAndTLS(t *testing.T) {
 	bad := good
 	bad.saslPassword = "wrong-" + sk.Password
 	bopts, _ := bad.opts()
-	rb, err := relay.New(pool, &relay.Config{Schema: schema, KafkaOpts: bopts, RegistryURL: reg, AutoRegister: true,
+	rb, err := relay.New(pool, &relay.Config{Schema: schema, KafkaOpts: bopts, RegistryURL: reg,
 		UnreadyAfter: 2 * time.Second, DeliveryTimeout: 3 * time.Second, HeartbeatInterval: 500 * time.Millisecond, LeaseTTL: 3 * time.Second,
 		Logger: newTestLogger(&logs)})
 	if err != nil {
@@ -96,7 +96,7 @@ func TestSecurity_RelayOverSCRAMAndTLS(t *testing.T) {
 	}
 
 	// Right credentials: everything published over SCRAM + TLS.
-	r, err := relay.New(pool, &relay.Config{Schema: schema, KafkaOpts: kopts, RegistryURL: reg, AutoRegister: true,
+	r, err := relay.New(pool, &relay.Config{Schema: schema, KafkaOpts: kopts, RegistryURL: reg,
 		PollInterval: 200 * time.Millisecond, Logger: newTestLogger(&logs)})
 	if err != nil {
 		t.Fatal(err)

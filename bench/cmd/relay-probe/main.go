@@ -64,7 +64,7 @@ func run() error {
 	reads := make(chan read, 1<<16)
 	r, err := relay.New(pool, &relay.Config{
 		Schema: os.Getenv("RELAYBOX_SCHEMA"), Brokers: strings.Split(os.Getenv("KAFKA_BROKERS"), ","),
-		RegistryURL: os.Getenv("SCHEMA_REGISTRY_URL"), AutoRegister: true, BatchSize: batch,
+		RegistryURL: os.Getenv("SCHEMA_REGISTRY_URL"), BatchSize: batch,
 		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
 		Hooks: relay.Hooks{OnRead: func(e relay.ReadEvent) {
 			select {
