@@ -257,7 +257,15 @@ func (r *Relay) initTxn(ctx context.Context, s *shardRun, shards []int, gens []i
 	}
 	opts := append(slices.Clone(r.kopts),
 		kgo.TransactionalID(r.txnMeta.prefix+"-g"+strconv.Itoa(groupOf(s.shard))),
-		kgo.TransactionTimeout(r.cfg.LeaseTTL),
+		// Twice the lease: a batch produces within its lease (its deadline is at most
+		// LeaseTTL after the renew that preceded the transaction's start), so the commit
+		// is asked for before half the timeout has passed and its answer, bounded by
+		// another LeaseTTL, arrives before the broker could abort the transaction as
+		// timed out. With the timeout equal to the lease, a commit sent near the lease's
+		// end raced the broker's timeout abort on a loaded machine. A frozen replica's
+		// open transaction is still aborted by the next owner's producer (fencing), or
+		// by the broker after 2×LeaseTTL if no one takes the group.
+		kgo.TransactionTimeout(2*r.cfg.LeaseTTL),
 		// A transaction's first produce right after the previous commit may be refused
 		// while the coordinator writes that commit's markers; franz-go's default retry
 		// backoff (250 ms doubling to 5 s) then holds the batch for seconds.

@@ -123,7 +123,10 @@ func TestRelay_ExactlyOnceFrozenReplicaIsFencedAndTopicStaysExact(t *testing.T) 
 	e := newEnv(t)
 	topic := testEnvTopic(t, 6)
 	eos := []string{"--exactly-once", "--transactional-id-prefix", "test-" + e.schema}
-	ps := []*proc{e.startRelayProcess(t, "r0", eos...), e.startRelayProcess(t, "r1", eos...)}
+	// r1 lingers 500 ms before each produce, so its transactions stay open most of the
+	// time: the SIGSTOP below lands inside one (with group transactions of a few ms, a
+	// freeze often caught r1 between them and the zombie had nothing to be fenced on).
+	ps := []*proc{e.startRelayProcess(t, "r0", eos...), e.startRelayProcess(t, "r1", append(eos, "--linger", "500ms")...)}
 	waitFor(t, 60*time.Second, "two replicas sharing the shards", func() bool { return balanced(e.owners(t), 2) })
 	writing := make(chan struct{})
 	go func() { defer close(writing); e.writeFlow(t, topic, 200, 60, 150*time.Millisecond) }() // ~9 s of flow
@@ -272,6 +275,24 @@ func TestRelay_ExactlyOnceResumesAfterKafkaKills(t *testing.T) {
 			s, _ := stable.Lookup(topic, o.Partition)
 			t.Logf("partition %d: end %d, last stable %d", o.Partition, o.Offset, s.Offset)
 		})
+	}
+	if got.duplicates > 0 {
+		// Where the copies are: side by side (a produce retried inside one transaction)
+		// or apart (a batch published twice).
+		at := map[string][]string{}
+		var dups []string
+		seqAt := map[string]int{}
+		for _, rec := range got.records {
+			id := string(rec.Key) + "#" + header(rec, "relaybox.event_id")
+			at[id] = append(at[id], fmt.Sprintf("p%d@%d(%s)", rec.Partition, rec.Offset, rec.Timestamp.Format("15:04:05.000")))
+			seqAt[id]++
+			if seqAt[id] == 2 && len(dups) < 8 {
+				dups = append(dups, id)
+			}
+		}
+		for _, id := range dups {
+			t.Logf("duplicate %s at %v", id, at[id])
+		}
 	}
 	exact(t, got, want)
 }
