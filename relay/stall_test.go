@@ -2,6 +2,7 @@ package relay_test
 
 import (
 	"context"
+	"errors"
 	"strconv"
 	"strings"
 	"sync"
@@ -48,7 +49,11 @@ func TestRelay_BrokerStallFailsNoRecordAndKeepsKeyOrder(t *testing.T) {
 		PollInterval: 100 * time.Millisecond, UnreadyAfter: 3 * time.Second, Logger: testLogger(t),
 		Hooks: relay.Hooks{OnError: func(ev relay.ErrorEvent) {
 			kind, err := ev.Kind, ev.Err
-			if kind == "kafka" && !strings.Contains(err.Error(), "kafka ping") {
+			// A batch is bounded by its lease (fencing): records still waiting when the
+			// lease's deadline passes fail with it and are retried, in order. What must
+			// not happen is a record failed for time within its lease (franz-go's
+			// delivery timeout: the reorder of chaos seed 1795445904955592209).
+			if kind == "kafka" && !strings.Contains(err.Error(), "kafka ping") && !errors.Is(err, context.DeadlineExceeded) {
 				recordFailures.Add(1)
 				firstFailure.CompareAndSwap(nil, err.Error())
 			}

@@ -33,9 +33,10 @@ func fillOutbox(tb testing.TB, pool *pgxpool.Pool, schema string, n, parked int)
 	}
 	if parked > 0 {
 		if _, err := pool.Exec(ctx, `INSERT INTO `+o+` (event_id, topic, key, event_type, subject, schema_fingerprint, payload,
-				parked_at, last_error)
+				parked_at, park_reason, last_error)
 			SELECT gen_random_uuid(), 'status-bench', 'parked-' || g, 'T', 'status-bench-value', decode(repeat('00', 32), 'hex'),
-				'\x01'::bytea, now(), CASE WHEN g % 2 = 0 THEN 'too_large: big' ELSE 'topic_missing: gone' END
+				'\x01'::bytea, now(), CASE WHEN g % 2 = 0 THEN 'too_large' ELSE 'topic_missing' END,
+				CASE WHEN g % 2 = 0 THEN 'big' ELSE 'gone' END
 			FROM generate_series(1, $1::int) g`, parked); err != nil {
 			tb.Fatalf("parking rows: %v", err)
 		}
