@@ -656,12 +656,20 @@ func (r *Relay) claimGroups(ctx context.Context, groups int, collect func(pgx.Ro
 	if groups <= 0 {
 		return nil
 	}
+	return r.lockedLeases(ctx, func(tx pgx.Tx) error {
+		rows, err := tx.Query(ctx, r.sql.claimGroups, r.cfg.ReplicaID, groups, interval(r.cfg.LeaseTTL), ExactlyOnceGroupShards)
+		return collect(rows, err)
+	})
+}
+
+// lockedLeases runs fn in a transaction holding the claim lock (exactly-once mode's
+// renews and claims).
+func (r *Relay) lockedLeases(ctx context.Context, fn func(pgx.Tx) error) error {
 	return pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, claimLockKey(r.cfg.Schema)); err != nil {
 			return err
 		}
-		rows, err := tx.Query(ctx, r.sql.claimGroups, r.cfg.ReplicaID, groups, interval(r.cfg.LeaseTTL), ExactlyOnceGroupShards)
-		return collect(rows, err)
+		return fn(tx)
 	})
 }
 

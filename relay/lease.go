@@ -124,12 +124,20 @@ func (r *Relay) heartbeat(ctx context.Context, claim bool) {
 		})
 		return err
 	}
-	renew := r.sql.renew
+	var err error
 	if r.cfg.ExactlyOnce {
-		renew = r.sql.renewLive
+		// Under the claim lock: a renew that brings back an expired lease (a Postgres
+		// restart longer than the lease) and a claim of the same group never interleave,
+		// so a group stays whole (all renewed, or all claimed by the other replica).
+		err = r.lockedLeases(hctx, func(tx pgx.Tx) error {
+			rows, err := tx.Query(hctx, r.sql.renew, r.cfg.ReplicaID, interval(ttl))
+			return collect(rows, err, t0)
+		})
+	} else {
+		rows, qerr := r.pool.Query(hctx, r.sql.renew, r.cfg.ReplicaID, interval(ttl))
+		err = collect(rows, qerr, t0)
 	}
-	rows, err := r.pool.Query(hctx, renew, r.cfg.ReplicaID, interval(ttl))
-	if err := collect(rows, err, t0); err != nil {
+	if err != nil {
 		r.fail(ErrorPostgres, fmt.Errorf("renewing leases: %w", err))
 		return
 	}
@@ -141,7 +149,7 @@ func (r *Relay) heartbeat(ctx context.Context, claim bool) {
 	}
 	partial := r.dropPartialGroups(held)
 
-	rows, err = r.pool.Query(hctx, r.sql.live)
+	rows, err := r.pool.Query(hctx, r.sql.live)
 	var live []string
 	other := ""
 	if err == nil {

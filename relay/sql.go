@@ -9,7 +9,7 @@ import (
 type statements struct {
 	upsertReplica, renew, live, claim, release, releaseAll, deleteReplica, purgeReplicas, readMany, held string
 	read, schemas, delete, markPublished, park, attempt, purgePublished                                  string
-	renewLive, claimGroups                                                                               string
+	claimGroups                                                                                          string
 }
 
 // fence is the head of every outcome write: the leases ($2 shards, $3 generations)
@@ -39,12 +39,9 @@ func newStatements(schema string) statements {
 		claim: `UPDATE ` + l + ` SET owner = $1, generation = generation + 1, acquired_at = now(), expires_at = now() + $3::interval
 			WHERE shard IN (SELECT shard FROM ` + l + ` WHERE owner IS NULL OR expires_at IS NULL OR expires_at < now()
 			ORDER BY shard LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING shard, generation`,
-		// Exactly-once mode: a lease that expired is not renewed (it is claimed again, with
-		// a new generation), so that the shards of a group always expire together.
-		renewLive: `UPDATE ` + l + ` SET expires_at = now() + $2::interval WHERE owner = $1 AND expires_at > now() RETURNING shard, generation`,
 		// Exactly-once mode claims whole groups ($4 shards each), $2 groups at most, and
-		// only groups whose every shard is free; the caller holds claimLock, so no other
-		// claim runs meanwhile, and renewLive cannot bring an expired lease back.
+		// only groups whose every shard is free; the caller holds the claim lock, which
+		// exactly-once renews take too, so no claim or renew interleaves with it.
 		claimGroups: `UPDATE ` + l + ` SET owner = $1, generation = generation + 1, acquired_at = now(), expires_at = now() + $3::interval
 			WHERE shard / $4 IN (SELECT shard / $4 FROM ` + l + ` GROUP BY 1
 				HAVING bool_and(owner IS NULL OR expires_at IS NULL OR expires_at < now()) ORDER BY 1 LIMIT $2)
