@@ -43,7 +43,7 @@ func newEnv(t testing.TB) *env {
 	t.Helper()
 	pool := testenv.PoolWith(t, func(c *pgxpool.Config) { c.MaxConns = 24 })
 	e := &env{pool: pool, schema: testenv.Schema(t, pool), brokers: testenv.Brokers(t), registry: testenv.RegistryURL(t)}
-	e.reg = registry.New(e.registry, registry.Options{})
+	e.reg = registry.New(e.registry, registry.Options{Timeout: time.Minute})
 	if _, err := pool.Exec(context.Background(), `CREATE TABLE `+e.table("effects")+` (
 		applied  bigserial PRIMARY KEY,
 		consumer text NOT NULL,

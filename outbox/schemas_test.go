@@ -78,7 +78,7 @@ func TestCheckSchemas_ServiceRefusesToStartWithAnIncompatibleType(t *testing.T) 
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := registry.New(url, registry.Options{}).ID(ctx, subject, v1, true); err != nil {
+	if _, err := registry.New(url, registry.Options{Timeout: time.Minute}).ID(ctx, subject, v1, true); err != nil {
 		t.Fatal(err)
 	}
 

@@ -190,7 +190,7 @@ func TestFence_BatchWhoseLeaseIsLostBeforeProduceDoesNotProduce(t *testing.T) {
 	t.Parallel()
 	f := newFenceEnv(t)
 	cfg := f.config(t, nil)
-	g := newGate(registry.New(testenv.RegistryURL(t), registry.Options{}))
+	g := newGate(registry.New(testenv.RegistryURL(t), registry.Options{Timeout: time.Minute}))
 	cfg.Registry = g
 	lost := make(chan struct{})
 	var lostOnce sync.Once
@@ -236,7 +236,7 @@ func TestFence_BatchWhoseLeaseIsLostBeforeProduceDoesNotProduce(t *testing.T) {
 func TestFence_ClaimDoesNotLengthenLeasesRenewedBeforeIt(t *testing.T) {
 	t.Parallel()
 	f := newFenceEnv(t)
-	cfg := f.config(t, registry.New(testenv.RegistryURL(t), registry.Options{}))
+	cfg := f.config(t, registry.New(testenv.RegistryURL(t), registry.Options{Timeout: time.Minute}))
 	cfg.LeaseTTL, cfg.HeartbeatInterval = 10*time.Second, 3*time.Second
 	r, err := New(f.pool, cfg)
 	if err != nil {
@@ -281,7 +281,7 @@ func TestFence_ClaimDoesNotLengthenLeasesRenewedBeforeIt(t *testing.T) {
 func TestFence_ShutdownRenewsLeasesUntilItsBatchesEnd(t *testing.T) {
 	t.Parallel()
 	f := newFenceEnv(t)
-	cfg := f.config(t, registry.New(testenv.RegistryURL(t), registry.Options{}))
+	cfg := f.config(t, registry.New(testenv.RegistryURL(t), registry.Options{Timeout: time.Minute}))
 	r, err := New(f.pool, cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -330,7 +330,7 @@ func TestFence_ShutdownRenewsLeasesUntilItsBatchesEnd(t *testing.T) {
 func TestFence_ShardClaimedBackWaitsForItsOldDrainAndRunLeavesNoGoroutine(t *testing.T) {
 	noLeaks(t)
 	f := newFenceEnv(t)
-	g := newGate(registry.New(testenv.RegistryURL(t), registry.Options{}))
+	g := newGate(registry.New(testenv.RegistryURL(t), registry.Options{Timeout: time.Minute}))
 	cfg := f.config(t, g)
 	var shard atomic.Int64
 	shard.Store(-1)
@@ -411,7 +411,7 @@ func TestFence_ExactlyOnceZombieCommitIsFencedByTheNextOwner(t *testing.T) {
 	t.Parallel()
 	f := newFenceEnv(t)
 	prefix := "fence-" + f.schema
-	reg := registry.New(testenv.RegistryURL(t), registry.Options{})
+	reg := registry.New(testenv.RegistryURL(t), registry.Options{Timeout: time.Minute})
 	zcfg := f.config(t, reg)
 	zcfg.ExactlyOnce, zcfg.TransactionalIDPrefix, zcfg.ReplicaID = true, prefix, "zombie"
 	zcfg.LeaseTTL, zcfg.HeartbeatInterval = 20*time.Second, 2*time.Second // the transaction outlives the pause
@@ -471,7 +471,7 @@ func TestFence_ExactlyOnceZombieCommitIsFencedByTheNextOwner(t *testing.T) {
 func TestFence_OutcomeWriteOfALostLeaseChangesNoRow(t *testing.T) {
 	t.Parallel()
 	f := newFenceEnv(t)
-	cfg := f.config(t, registry.New(testenv.RegistryURL(t), registry.Options{}))
+	cfg := f.config(t, registry.New(testenv.RegistryURL(t), registry.Options{Timeout: time.Minute}))
 	cfg.LeaseTTL, cfg.HeartbeatInterval = 20*time.Second, 5*time.Second // the heartbeat must not notice first
 	var fenced atomic.Pointer[FencedEvent]
 	cfg.Hooks.OnFenced = func(e FencedEvent) { fenced.Store(&e) }

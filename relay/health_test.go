@@ -37,7 +37,7 @@ func TestRelay_UnreadyWhileSomeEventsCannotMoveThoughOthersFlow(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	flowing, stuck := testEnvTopic(t, 3), testEnvTopic(t, 3)
-	reg := &refusing{Registry: registry.New(e.registry, registry.Options{}), subject: stuck + "-value"}
+	reg := &refusing{Registry: registry.New(e.registry, registry.Options{Timeout: time.Minute}), subject: stuck + "-value"}
 	reg.refuse.Store(true)
 	r, _, _ := e.relay(t, func(c *relay.Config) { c.Registry, c.RegistryURL, c.UnreadyAfter = reg, "", 3*time.Second })
 	waitFor(t, 30*time.Second, "ready", func() bool { return r.Ready() == nil })
@@ -89,7 +89,7 @@ func TestRelay_SchemaNotFoundIsRetriedWithinTheGraceThenParks(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	topic := testEnvTopic(t, 1)
-	real := registry.New(e.registry, registry.Options{})
+	real := registry.New(e.registry, registry.Options{Timeout: time.Minute})
 	reg := &notFoundFirst{Registry: real}
 	reg.n.Store(3)
 	var parked atomic.Int64

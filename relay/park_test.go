@@ -69,7 +69,7 @@ func TestRelay_ParksIncompatibleSchemaBlocksItsKeyOnlyAndRetryPublishesInOrder(t
 	t.Parallel()
 	e := newEnv(t)
 	topic := testenv.Topic(t, 3)
-	reg := registry.New(e.registry, registry.Options{})
+	reg := registry.New(e.registry, registry.Options{Timeout: time.Minute})
 	subject := topic + "-value"
 	if err := reg.SetCompatibility(context.Background(), subject, "BACKWARD"); err != nil {
 		t.Fatal(err)
@@ -204,7 +204,7 @@ func TestRelay_PublishesCompatibleSchemaEvolution(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	topic := testenv.Topic(t, 1)
-	reg := registry.New(e.registry, registry.Options{})
+	reg := registry.New(e.registry, registry.Options{Timeout: time.Minute})
 	if err := reg.SetCompatibility(context.Background(), topic+"-value", "BACKWARD"); err != nil {
 		t.Fatal(err)
 	}

@@ -144,7 +144,7 @@ func readBackFrom(t *testing.T, brokers, registryURL string, topics []string, wa
 	first := map[string]bool{}
 	last := map[string]int64{}
 	newest := map[string]int64{}
-	reg := registry.New(registryURL, registry.Options{})
+	reg := registry.New(registryURL, registry.Options{Timeout: time.Minute})
 	for s.distinct < want {
 		fs := cl.PollFetches(ctx)
 		if ctx.Err() != nil {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/relaybox/relaybox/internal/registry"
 	"github.com/relaybox/relaybox/internal/testenv"
@@ -120,7 +121,7 @@ func moreEvolutions() []evolution {
 // The registry refuses these as invalid Avro; the offline check must not pass them.
 func TestParse_RefusesWhatTheRegistryRefuses(t *testing.T) {
 	url := testenv.RegistryURL(t)
-	reg := registry.New(url, registry.Options{})
+	reg := registry.New(url, registry.Options{Timeout: time.Minute})
 	ctx := context.Background()
 	v1 := rec(`{"name":"a","type":"int"}`)
 	for name, v2 := range map[string]string{
@@ -165,7 +166,7 @@ func verdict(backward, forward bool, l schemacheck.Level) bool {
 // set to the level on a fresh subject, given v1, and asked about v2.
 func TestCompare_AgreesWithTheRegistry(t *testing.T) {
 	url := testenv.RegistryURL(t)
-	reg := registry.New(url, registry.Options{})
+	reg := registry.New(url, registry.Options{Timeout: time.Minute})
 	for _, ev := range allEvolutions(t) {
 		for _, level := range []schemacheck.Level{schemacheck.Backward, schemacheck.Forward, schemacheck.Full} {
 			t.Run(fmt.Sprintf("%s/%s", ev.name, level), func(t *testing.T) {
@@ -234,7 +235,7 @@ func TestCompare_EvolutionCases(t *testing.T) {
 // The offline check accepts a schema exactly when the registry accepts it, with one
 // known exception where it follows the Avro specification and Apicurio does not.
 func TestParse_ValidExactlyWhereTheRegistryAccepts(t *testing.T) {
-	reg := registry.New(testenv.RegistryURL(t), registry.Options{})
+	reg := registry.New(testenv.RegistryURL(t), registry.Options{Timeout: time.Minute})
 	for name, c := range map[string]struct {
 		text  string
 		valid bool

@@ -101,7 +101,7 @@ CONF
 		touch "$ENV_DIR/.pg-new"
 	fi
 	log "starting postgres $PG_VERSION/$PG_CLUSTER on 127.0.0.1:$PG_PORT"
-	as_root pg_ctlcluster "$PG_VERSION" "$PG_CLUSTER" start || die "pg_ctlcluster start failed (see $LOG_DIR/postgres.log)"
+	as_root pg_ctlcluster "$PG_VERSION" "$PG_CLUSTER" start >&2 || die "pg_ctlcluster start failed (see $LOG_DIR/postgres.log)"
 	wait_port "$PG_PORT" 30 postgres "$LOG_DIR/postgres.log"
 	# Always (idempotent): the cluster may have been created by another clone's env.sh,
 	# whose first start set the password on another data directory.
@@ -262,7 +262,7 @@ registry_up() {
 	# In-memory storage (Apicurio's default): its file-backed H2 store stalls for tens of
 	# seconds on table locks when many tests register at once right after a cold start.
 	log "starting Apicurio Registry on 127.0.0.1:$REGISTRY_PORT (in-memory, global compatibility BACKWARD)"
-	nohup java -Xmx384m -Dquarkus.http.host=127.0.0.1 -Dquarkus.http.port="$REGISTRY_PORT" \
+	nohup java -Xmx1g -Xlog:gc:file="$LOG_DIR/registry-gc.log" -Dquarkus.http.host=127.0.0.1 -Dquarkus.http.port="$REGISTRY_PORT" \
 		-Dregistry.rules.global.compatibility=BACKWARD \
 		-jar "$CACHE_DIR/registry.jar" >"$LOG_DIR/registry.log" 2>&1 </dev/null &
 	echo $! >"$rdir/registry.pid"

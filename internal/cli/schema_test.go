@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/relaybox/relaybox/internal/registry"
 	"github.com/relaybox/relaybox/internal/testenv"
@@ -131,7 +132,7 @@ func TestSchemaCheck_CIFailsTheBreakingCommitOfflineAndAgainstTheRegistry(t *tes
 	url := testenv.RegistryURL(t)
 	topic := testenv.Name(t, "orders")
 	subject := topic + "-shop.v1.Order" // topic-record strategy
-	reg := registry.New(url, registry.Options{})
+	reg := registry.New(url, registry.Options{Timeout: time.Minute})
 	ctx := context.Background()
 	if code, stdout, stderr := run(t, "schema", "compat", "--registry-url", url, subject, "FULL"); code != 0 || !strings.HasPrefix(stdout, subject+": FULL") {
 		t.Fatalf("schema compat set: exit %d %q %q", code, stdout, stderr)
@@ -223,7 +224,7 @@ func TestSchemaCompatAndList(t *testing.T) {
 	if code != 0 || !strings.HasPrefix(stdout, subject+": FULL (was ") {
 		t.Fatalf("set: exit %d %q %q", code, stdout, stderr)
 	}
-	reg := registry.New(url, registry.Options{})
+	reg := registry.New(url, registry.Options{Timeout: time.Minute})
 	if _, err := reg.ID(context.Background(), subject, orderV1, true); err != nil {
 		t.Fatal(err)
 	}

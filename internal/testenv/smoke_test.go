@@ -53,7 +53,7 @@ func TestSmoke_KafkaProducesAndConsumesKeyedRecord(t *testing.T) {
 
 func TestSmoke_RegistryEnforcesBackwardCompatibility(t *testing.T) {
 	t.Parallel()
-	c := registry.New(testenv.RegistryURL(t), registry.Options{})
+	c := registry.New(testenv.RegistryURL(t), registry.Options{Timeout: time.Minute})
 	ctx := context.Background()
 	subject := testenv.Name(t, "s") + "-value"
 	if err := c.SetCompatibility(ctx, subject, "BACKWARD"); err != nil {
@@ -64,7 +64,7 @@ func TestSmoke_RegistryEnforcesBackwardCompatibility(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fresh := registry.New(testenv.RegistryURL(t), registry.Options{}) // no cache
+	fresh := registry.New(testenv.RegistryURL(t), registry.Options{Timeout: time.Minute}) // no cache
 	if got, err := fresh.ID(ctx, subject, v1, false); err != nil || got != id {
 		t.Fatalf("lookup = %d %v, want %d", got, err, id)
 	}

@@ -180,6 +180,14 @@ func TopicNamed(t testing.TB, name string, partitions int32) {
 		cl.Close()
 		t.Fatalf("creating topic %s: %v", name, err)
 	}
+	// A created topic is not yet hosted everywhere: metadata can name a leader that
+	// still answers UNKNOWN_TOPIC_OR_PARTITION, and a loaded CI machine lets a
+	// producer's few retries run out in that window. Wait until every partition's
+	// leader answers a ListOffsets for it.
+	if err := awaitHosted(ctx, adm, name, partitions); err != nil {
+		cl.Close()
+		t.Fatalf("topic %s created but not served: %v", name, err)
+	}
 	t.Cleanup(func() {
 		defer cl.Close()
 		if os.Getenv("RELAYBOX_KEEP_TOPICS") == "1" {
@@ -189,4 +197,33 @@ func TopicNamed(t testing.TB, name string, partitions int32) {
 		defer cancel()
 		_, _ = adm.DeleteTopics(ctx, name)
 	})
+}
+
+// awaitHosted polls until every partition of topic has a leader that lists its
+// end offset without error.
+func awaitHosted(ctx context.Context, adm *kadm.Client, topic string, partitions int32) error {
+	for {
+		offs, err := adm.ListEndOffsets(ctx, topic)
+		if err == nil {
+			served := int32(0)
+			offs.Each(func(o kadm.ListedOffset) {
+				if o.Err == nil {
+					served++
+				} else {
+					err = o.Err
+				}
+			})
+			if served == partitions {
+				return nil
+			}
+			if err == nil {
+				err = fmt.Errorf("%d of %d partitions listed", served, partitions)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w (last: %v)", ctx.Err(), err)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }

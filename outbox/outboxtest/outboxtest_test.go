@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/relaybox/relaybox/internal/registry"
 	"github.com/relaybox/relaybox/internal/testenv"
@@ -128,7 +129,7 @@ func TestRequireRegistryCompatible_FailsTheUsersTestOnABreak(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := registry.New(url, registry.Options{}).ID(ctx, topic+"-value", text, true); err != nil {
+	if _, err := registry.New(url, registry.Options{Timeout: time.Minute}).ID(ctx, topic+"-value", text, true); err != nil {
 		t.Fatal(err)
 	}
 	if errs := run(t, func(tb testing.TB) { outboxtest.RequireRegistryCompatible(tb, reg, nil, v1(topic)...) }); len(errs) != 0 {
