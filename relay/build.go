@@ -269,9 +269,40 @@ func (r *Relay) classifyProduce(ctx context.Context, o *outboxRow, err error) (P
 			r.createTopic(ctx, o.topic)
 			return "", ""
 		}
+		// A broker that is starting answers UNKNOWN_TOPIC_OR_PARTITION for partitions
+		// it has not loaded yet: the row is parked only when the cluster's metadata
+		// says the topic does not exist, and retried otherwise.
+		if !r.topicAbsent(ctx, o.topic) {
+			return "", ""
+		}
 		return ParkTopicMissing, fmt.Sprintf("topic %q does not exist (create it, or run the relay with auto-create topics)", o.topic)
 	}
 	return "", ""
+}
+
+// topicAbsent reports whether Kafka's metadata says topic does not exist; false when
+// the metadata cannot be had or lists the topic. Answers are cached for a batch's
+// worth of rows: a batch of a missing topic asks once.
+func (r *Relay) topicAbsent(ctx context.Context, topic string) bool {
+	if v, ok := r.absentTopics.Load(topic); ok {
+		if at := v.(time.Time); time.Since(at) < time.Second {
+			return true
+		}
+	}
+	// Not the batch's context: its lease deadline may have passed while the produce
+	// waited, and the answer is needed to decide the row's fate.
+	mctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	td, err := r.adm.ListTopics(mctx, topic)
+	if err != nil {
+		return false
+	}
+	d, ok := td[topic]
+	absent := !ok || errors.Is(d.Err, kerr.UnknownTopicOrPartition)
+	if absent {
+		r.absentTopics.Store(topic, time.Now())
+	}
+	return absent
 }
 
 func (r *Relay) createTopic(ctx context.Context, topic string) {

@@ -3,6 +3,7 @@ package relay
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -12,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"go.uber.org/goleak"
 
@@ -495,5 +497,29 @@ func TestFence_OutcomeWriteOfALostLeaseChangesNoRow(t *testing.T) {
 	}
 	if left != 1 {
 		t.Fatalf("%d rows left, want the fenced row still there for the lease's owner", left)
+	}
+}
+
+// TestPark_UnknownTopicFromARestartingBrokerIsRetriedNotParked: a broker that is
+// starting answers UNKNOWN_TOPIC_OR_PARTITION for a partition it has not loaded yet.
+// The row is parked as topic_missing only when the metadata says the topic does not
+// exist; for a topic that exists it is retried. (Before the fix every such error
+// parked the row: the exactly-once broker-kill test lost 196-500 events that way.)
+func TestPark_UnknownTopicFromARestartingBrokerIsRetriedNotParked(t *testing.T) {
+	t.Parallel()
+	f := newFenceEnv(t)
+	r, err := New(f.pool, f.config(t, registry.New(testenv.RegistryURL(t), registry.Options{Timeout: time.Minute})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.kc.Close()
+	ctx := context.Background()
+	refused := fmt.Errorf("producing: %w", kerr.UnknownTopicOrPartition)
+	if kind, detail := r.classifyProduce(ctx, &outboxRow{topic: f.topic}, refused); kind != "" {
+		t.Errorf("existing topic %s: parked as %s (%s), want retried", f.topic, kind, detail)
+	}
+	missing := testenv.Name(t, "absent")
+	if kind, _ := r.classifyProduce(ctx, &outboxRow{topic: missing}, refused); kind != ParkTopicMissing {
+		t.Errorf("absent topic %s: got %q, want %s", missing, kind, ParkTopicMissing)
 	}
 }

@@ -56,8 +56,10 @@ type Relay struct {
 	running    bool
 	kafkaSeen  atomic.Bool // Kafka answered since Run started
 	topicsMade sync.Map
-	notFound   sync.Map // subject+fingerprint -> when the registry first said "not found"
-	closeKafka sync.Once
+	// absentTopics: topic → when Kafka's metadata last said it does not exist.
+	absentTopics sync.Map
+	notFound     sync.Map // subject+fingerprint -> when the registry first said "not found"
+	closeKafka   sync.Once
 }
 
 // New returns a Relay over pool (the database holding the outbox). It builds its
