@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
@@ -57,6 +58,9 @@ type shardTxn struct {
 	cl        *kgo.Client
 	pending   []int64      // committed to Kafka, not yet deleted from the outbox
 	openSince atomic.Int64 // unix nanos of the open transaction's start, 0 if none
+	// checked: the topics (and "" for the group's commit log partition) searched for
+	// hanging transactions of this client's producer id (see abortHanging).
+	checked map[string]bool
 }
 
 // mode is this replica's mode, as the replicas table and status show it.
@@ -295,7 +299,7 @@ func (r *Relay) initTxn(ctx context.Context, s *shardRun, shards []int, gens []i
 			cl.Close()
 			return err
 		}
-		r.log.Info("exactly-once: rows of the group's last committed transaction removed", "group", groupOf(s.shard), "rows", len(ids))
+		r.log.Info("exactly-once: rows of the group's last committed transaction removed", "group", groupOf(s.shard), "rows", len(ids), "first_id", ids[0])
 	}
 	s.setTxn(t)
 	r.ok(ErrorKafka)
@@ -370,6 +374,13 @@ func (r *Relay) drainTxn(ctx context.Context, s *shardRun, shards []int, gens []
 	for _, p := range b.items {
 		if p.rec != nil {
 			recs = append(recs, p)
+		}
+	}
+	if len(recs) > 0 {
+		if err := r.abortHanging(ctx, s, t, recs); err != nil {
+			r.fail(ErrorKafka, err)
+			r.closeTxn(s)
+			return res, err
 		}
 	}
 	if len(recs) > 0 {
@@ -456,10 +467,25 @@ func (r *Relay) produceTxn(ctx context.Context, s *shardRun, shards []int, t *sh
 		r.testPoint("commit")
 	}
 	endErr := t.cl.EndTransaction(ectx, kgo.TransactionEndTry(commit))
+	if endErr != nil {
+		// The outcome is unconfirmed (the broker may be gone mid-request): franz-go's
+		// documented remedy is an abort retry, which re-initialises the producer id at
+		// its current epoch, so that the coordinator ends whatever it still holds open
+		// before this client is closed. Closing without it left transactions of the
+		// group's producer id open on partitions (the broker-kill test: records of an
+		// aborted batch later committed by the group's next commit, or rows deleted
+		// whose records were aborted).
+		actx, acancel := context.WithTimeout(context.Background(), r.cfg.LeaseTTL)
+		if aerr := t.cl.EndTransaction(actx, kgo.TryAbort); aerr != nil {
+			r.log.Warn("exactly-once: ending a transaction whose outcome is unknown failed; the group's next producer fences it",
+				"group", groupOf(s.shard), "err", aerr)
+		}
+		acancel()
+	}
 	ev := TransactionEvent{Shard: s.shard, Shards: shards, Records: len(recs), Committed: commit && endErr == nil,
 		Duration: time.Since(start), Produce: produced}
 	r.log.Debug("exactly-once: transaction ended", "group", groupOf(s.shard), "records", len(recs), "committed", ev.Committed,
-		"produce", produced, "end", ev.Duration-produced)
+		"produce", produced, "end", ev.Duration-produced, "ids", len(ids), "first_id", ids[0], "err", errors.Join(err, endErr))
 	if !ev.Committed {
 		if err == nil {
 			err = endErr
@@ -482,6 +508,109 @@ func (r *Relay) produceTxn(ctx context.Context, s *shardRun, shards []int, t *sh
 	if !ev.Committed {
 		return err
 	}
+	return nil
+}
+
+// abortHanging aborts the hanging transactions of t's producer id on the partitions
+// its next transaction will write: every partition of each topic of recs that t has
+// not searched yet, and, once, the group's commit log partition.
+//
+// A transaction hangs when records of it were appended to a partition but the
+// coordinator never writes that partition a marker: the broker-kill test found
+// them after a broker was killed while a transaction's produce was in flight and
+// the relay aborted it. Such records stay open until a marker of the same producer
+// id lands on the partition, and the group's next commit is such a marker: it
+// commits the abandoned records with its own, which the relay republishes (each a
+// duplicate, and stale behind newer records of its key), and an abort marker
+// aborts them (a hanging commit log record then committed lists rows whose records
+// were aborted: they are deleted unpublished). So before the first
+// transaction of a new producer (whose InitProducerID ended every transaction the
+// coordinator knew), any open transaction of the same producer id at an older
+// epoch is aborted with WriteTxnMarkers (KIP-664, what kafka-transactions.sh abort
+// sends; it needs the CLUSTER_ACTION permission: without it the group publishes
+// nothing until an operator aborts the transaction).
+func (r *Relay) abortHanging(ctx context.Context, s *shardRun, t *shardTxn, recs []*pending) error {
+	pid, epoch, err := t.cl.ProducerID(ctx)
+	if err != nil {
+		return fmt.Errorf("exactly-once: producer id: %w", err)
+	}
+	set := kadm.TopicsSet{}
+	if !t.checked[""] {
+		set.Add(r.txnMeta.topic, int32(s.shard))
+	}
+	for _, p := range recs {
+		if _, ok := set[p.rec.Topic]; !ok && !t.checked[p.rec.Topic] {
+			set[p.rec.Topic] = map[int32]struct{}{} // every partition
+		}
+	}
+	if len(set) == 0 {
+		return nil
+	}
+	desc, err := r.adm.DescribeProducers(ctx, set)
+	if err != nil {
+		return fmt.Errorf("exactly-once: describing the producers of the group's partitions: %w", err)
+	}
+	type open struct {
+		epoch int16
+		coord int32
+	}
+	hanging := map[open]kadm.TopicsSet{}
+	var perr error
+	desc.EachPartition(func(p kadm.DescribedProducersPartition) {
+		if p.Err != nil {
+			perr = fmt.Errorf("exactly-once: describing the producers of %s/%d: %w", p.Topic, p.Partition, p.Err)
+			return
+		}
+		for _, d := range p.ActiveProducers {
+			if d.ProducerID == pid && d.ProducerEpoch < epoch && d.CurrentTxnStartOffset >= 0 {
+				k := open{d.ProducerEpoch, d.CoordinatorEpoch}
+				ts := hanging[k]
+				if ts == nil {
+					ts = kadm.TopicsSet{}
+				}
+				ts.Add(p.Topic, p.Partition)
+				hanging[k] = ts
+				r.log.Warn("exactly-once: a transaction of the group's producer hangs; aborting it", "group", groupOf(s.shard),
+					"topic", p.Topic, "partition", p.Partition, "producer_id", pid, "epoch", d.ProducerEpoch,
+					"current_epoch", epoch, "open_since_offset", d.CurrentTxnStartOffset)
+			}
+		}
+	})
+	if perr != nil {
+		return perr
+	}
+	markChecked := func() {
+		if t.checked == nil {
+			t.checked = map[string]bool{}
+		}
+		for topic := range set {
+			if topic == r.txnMeta.topic {
+				topic = ""
+			}
+			t.checked[topic] = true
+		}
+	}
+	if len(hanging) == 0 {
+		markChecked()
+		return nil
+	}
+	markers := make([]kadm.TxnMarkers, 0, len(hanging))
+	for k, ts := range hanging {
+		markers = append(markers, kadm.TxnMarkers{ProducerID: pid, ProducerEpoch: k.epoch, CoordinatorEpoch: k.coord, Topics: ts})
+	}
+	resp, err := r.adm.WriteTxnMarkers(ctx, markers...)
+	if err == nil {
+		resp.EachPartition(func(p kadm.TxnMarkersPartitionResponse) {
+			if p.Err != nil && err == nil {
+				err = fmt.Errorf("%s/%d: %w", p.Topic, p.Partition, p.Err)
+			}
+		})
+	}
+	if err != nil {
+		return fmt.Errorf("exactly-once: aborting a hanging transaction of producer id %d (the relay's Kafka user needs CLUSTER_ACTION, "+
+			"or abort it with kafka-transactions.sh abort): %w", pid, err)
+	}
+	markChecked()
 	return nil
 }
 

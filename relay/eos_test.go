@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -279,6 +280,15 @@ func TestRelay_ExactlyOnceResumesAfterKafkaKills(t *testing.T) {
 			}
 		}
 		t.Logf("read_uncommitted: distinct %d; of the missing, %d seen uncommitted; first missing %v", un.distinct, inUncommitted, missing)
+		if len(missing) > 0 { // the first record of the first missing key, and its transaction's fate
+			key, _, _ := strings.Cut(missing[0], "/")
+			for _, rec := range un.records {
+				if string(rec.Key) == key {
+					dumpPartition(t, brokers, topic, rec.Partition, max(0, rec.Offset-2), rec.Offset+600)
+					break
+				}
+			}
+		}
 		adm := kadm.NewClient(cl)
 		stable, _ := adm.ListCommittedOffsets(context.Background(), topic)
 		ends, _ := adm.ListEndOffsets(context.Background(), topic)
@@ -303,6 +313,22 @@ func TestRelay_ExactlyOnceResumesAfterKafkaKills(t *testing.T) {
 		}
 		for _, id := range dups {
 			t.Logf("duplicate %s at %v", id, at[id])
+		}
+		// Who wrote the first copy and what ended its transaction: every record and
+		// marker of the partition from the first copy to past the second, read
+		// uncommitted with control records (producer id, epoch, commit or abort).
+		if len(dups) > 0 {
+			var p int32
+			var from, to int64 = -1, -1
+			for _, rec := range got.records {
+				if string(rec.Key)+"#"+header(rec, "relaybox.event_id") == dups[0] {
+					if from < 0 {
+						p, from = rec.Partition, rec.Offset
+					}
+					to = rec.Offset
+				}
+			}
+			dumpPartition(t, brokers, topic, p, from, to+5)
 		}
 	}
 	exact(t, got, want)
@@ -386,4 +412,49 @@ func TestRelay_ExactlyOnceLeasesWholeGroups(t *testing.T) {
 	topic := testEnvTopic(t, 3)
 	e.write(t, topic, 200, 1, 0)
 	exact(t, readCommitted(t, topic, 200, 120*time.Second), 200)
+}
+
+// dumpPartition logs the records and transaction markers of topic's partition p in
+// [from, to): offset, producer id and epoch, and for markers commit or abort.
+func dumpPartition(t *testing.T, brokers, topic string, p int32, from, to int64) {
+	cl := testenv.Client(t, kgo.SeedBrokers(brokers), kgo.KeepControlRecords(),
+		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{topic: {p: kgo.NewOffset().At(from)}}))
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var lines []string
+	run := ""
+	flush := func() {
+		if run != "" {
+			lines = append(lines, run)
+			run = ""
+		}
+	}
+	var lastKey string
+	var runFrom int64
+	for done := false; !done && ctx.Err() == nil; {
+		cl.PollFetches(ctx).EachRecord(func(rec *kgo.Record) {
+			if rec.Offset >= to {
+				done = true
+				return
+			}
+			if rec.Attrs.IsControl() {
+				flush()
+				kind := "abort"
+				if len(rec.Key) >= 4 && rec.Key[3] == 1 {
+					kind = "commit"
+				}
+				lines = append(lines, fmt.Sprintf("@%d %s pid %d epoch %d", rec.Offset, kind, rec.ProducerID, rec.ProducerEpoch))
+				lastKey = ""
+				return
+			}
+			k := fmt.Sprintf("pid %d epoch %d", rec.ProducerID, rec.ProducerEpoch)
+			if k != lastKey {
+				flush()
+				lastKey, runFrom = k, rec.Offset
+			}
+			run = fmt.Sprintf("@%d-%d records %s (%s)", runFrom, rec.Offset, k, rec.Timestamp.Format("15:04:05.000"))
+		})
+	}
+	flush()
+	t.Logf("partition %d from %d to %d:\n%s", p, from, to, strings.Join(lines, "\n"))
 }

@@ -8,10 +8,13 @@ import (
 )
 
 // Logger logs warnings and errors to t.Log; with RELAYBOX_TEST_LOG=1, everything at
-// debug level to stderr.
+// debug level to stderr; with RELAYBOX_TEST_LOG=debug, everything to t.Log.
 func Logger(t testing.TB) *slog.Logger {
-	if os.Getenv("RELAYBOX_TEST_LOG") == "1" {
+	switch os.Getenv("RELAYBOX_TEST_LOG") {
+	case "1":
 		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	case "debug": // the test's own log, every level
+		return slog.New(slog.NewTextHandler(tbWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
 	return slog.New(slog.NewTextHandler(tbWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
 }

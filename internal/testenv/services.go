@@ -163,7 +163,15 @@ group.initial.rebalance.delay.ms=0
 		args:  []string{"-Xmx384m", "-Xms128m", "-cp", cp, "kafka.Kafka", propsPath},
 		ready: func() bool { return portOpen(port) }}
 	s.Start()
-	t.Cleanup(func() { s.Stop(true) })
+	t.Cleanup(func() {
+		s.Stop(true)
+		// RELAYBOX_KEEP_LOGS=dir keeps a failed test's broker log (the temp dir goes).
+		if keep := os.Getenv("RELAYBOX_KEEP_LOGS"); keep != "" && t.Failed() {
+			if b, err := os.ReadFile(s.logPath); err == nil {
+				_ = os.WriteFile(filepath.Join(keep, Name(t, "kafka")+".log"), b, 0o644)
+			}
+		}
+	})
 	return s, fmt.Sprintf("127.0.0.1:%d", advertised), proxy
 }
 
