@@ -43,8 +43,11 @@ type batch struct {
 	rows   []outboxRow
 	items  []*pending // the rows considered, in order (a key behind a failure is left out)
 	depErr error      // the registry failed while building
-	out    outcome
-	span   trace.Span // from the read to the outcome's record (see trace.go)
+	// keepDone: the record step leaves the acked rows in place (exactly-once mode,
+	// a commit the next producer's commit log read confirms: see verifyCommits).
+	keepDone bool
+	out      outcome
+	span     trace.Span // from the read to the outcome's record (see trace.go)
 }
 
 // outcome is the decide step's verdict, written by the record step.
@@ -248,6 +251,9 @@ func (o *outcome) park(id int64, reason ParkReason, detail string) {
 func (r *Relay) record(b *batch, extra []int64) error {
 	o := &b.out
 	done := o.done
+	if b.keepDone {
+		done = nil
+	}
 	if len(extra) > 0 {
 		done = append(append(make([]int64, 0, len(extra)+len(done)), extra...), done...)
 	}

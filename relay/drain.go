@@ -107,8 +107,12 @@ func (r *Relay) drainLoop(s *shardRun) {
 		}
 		var res batchResult
 		var err error
+		verifying := false
 		if r.cfg.ExactlyOnce {
 			res, err = r.drainTxn(ctx, s, shards, gens)
+			if errors.Is(err, errCommitToVerify) { // the next batch starts at once, with a new producer
+				verifying, err = true, nil
+			}
 		} else {
 			res, err = r.drainOnce(ctx, shards, gens)
 		}
@@ -120,7 +124,7 @@ func (r *Relay) drainLoop(s *shardRun) {
 		}
 		cancel()
 		// Readiness: rows read and none moved (published or parked) is no progress.
-		if res.read > 0 && res.published+res.parked == 0 {
+		if res.read > 0 && res.published+res.parked == 0 && !verifying {
 			s.stuckSince.CompareAndSwap(0, start.UnixNano())
 		} else if err == nil || res.published+res.parked > 0 {
 			s.stuckSince.Store(0)
@@ -144,6 +148,9 @@ func (r *Relay) drainLoop(s *shardRun) {
 		s.failing.Store(err != nil || res.retry > 0)
 		var wait time.Duration
 		switch {
+		case verifying:
+			failures = 0
+			continue
 		case err != nil && r.cfg.ExactlyOnce:
 			failures++
 			wait = r.txnBackoff(failures)

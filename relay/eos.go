@@ -48,6 +48,22 @@ var errCommitLogPartitions = errors.New("needs 64 (one per shard)")
 // errTxnAborted marks the records of an aborted transaction: they are retried.
 var errTxnAborted = errors.New("kafka transaction aborted")
 
+// errCommitToVerify: a commit Kafka acknowledged is confirmed by the group's next
+// producer (its commit log read) before its rows are deleted. Not a failure.
+var errCommitToVerify = errors.New("commit to be confirmed by the commit log")
+
+// verifyCommits is how many commits of a group are confirmed through the commit log,
+// at start and after any failure of the group's transactions, before one is trusted
+// as acknowledged. The broker-kill test found commits Kafka acknowledged that were
+// then aborted (the coordinator, starting or restarting, had lost them): their rows,
+// deleted on the acknowledgement, were lost. A commit is confirmed by closing the
+// client and letting the next one read the commit log, read_committed, after its
+// InitProducerID (which completes or aborts whatever the coordinator holds): the
+// rows are deleted only if the commit log says the transaction committed, and
+// published again otherwise. It costs a producer start per confirmed commit, only
+// in those windows.
+const verifyCommits = 3
+
 // eosMeta is resolved at Run: the transactional id prefix and the commit log topic.
 type eosMeta struct {
 	prefix, topic string
@@ -222,6 +238,7 @@ func (r *Relay) startTxn(s *shardRun) bool {
 		err := r.initTxn(ctx, s, shards, gens)
 		cancel()
 		if err == nil {
+			s.verify = verifyCommits
 			return true
 		}
 		if errors.Is(err, errFenced) {
@@ -388,6 +405,7 @@ func (r *Relay) drainTxn(ctx context.Context, s *shardRun, shards []int, gens []
 			// Aborted, fenced or unknown: nothing of it counts as published; the
 			// client is replaced and the next one reads the commit log.
 			r.closeTxn(s)
+			s.verify = verifyCommits
 			for _, p := range recs {
 				if p.err == nil {
 					p.err = fmt.Errorf("%w: %v", errTxnAborted, err)
@@ -405,6 +423,21 @@ func (r *Relay) drainTxn(ctx context.Context, s *shardRun, shards []int, gens []
 		}
 	}
 	st.lap(&res.stages.Produce)
+	if len(recs) > 0 && s.verify > 0 {
+		// Confirmed by the next producer's commit log read (initTxn), which deletes the
+		// rows if the transaction committed; else they are read and published again.
+		// Rows not produced (parked, retried) are recorded now: the log does not list them.
+		s.verify--
+		b.keepDone = true
+		r.decide(ctx, b)
+		res, err := r.finish(b, res, nil)
+		st.lap(&res.stages.Record)
+		r.closeTxn(s)
+		if err != nil {
+			return res, err
+		}
+		return res, errCommitToVerify
+	}
 	r.decide(ctx, b)
 	res, err := r.finish(b, res, t.pending)
 	st.lap(&res.stages.Record)

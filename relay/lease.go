@@ -30,6 +30,9 @@ type shardRun struct {
 	draining atomic.Bool        // a batch is draining it
 	failing  atomic.Bool        // its drain is backing off after a failure (a wake waits)
 	txn      *shardTxn          // exactly-once mode: the shard's transactional producer
+	// verify: exactly-once mode, the group leader's count of commits still to be
+	// confirmed by a new producer's commit log read (see verifyCommits).
+	verify int
 	cancel   context.CancelFunc // cancels the batch draining it (set while one runs)
 
 	stuckSince atomic.Int64 // unix nanos since its batches read rows and moved none (0: moving)
