@@ -89,7 +89,7 @@ bench-status:
 
 EOS_KILLS_COUNT ?= 3
 ## eos-kills: exactly-once under broker kills (TestRelay_ExactlyOnceResumesAfterKafkaKills), EOS_KILLS_COUNT runs;
-## not in `make test` while issue #14's defect is open (docs/fault-suite.md)
+## each run kills its own broker three times (about 100 s): its own target, not `make test` (docs/fault-suite.md)
 eos-kills:
 	@exports="$$($(ENV) up)" && eval "$$exports" && \
 	RELAYBOX_REQUIRE_SERVICES=1 RELAYBOX_EOS_KILLS=1 $(GO) test -count=$(EOS_KILLS_COUNT) -v -timeout 60m ./relay -run '^TestRelay_ExactlyOnceResumesAfterKafkaKills$$'

