@@ -13,6 +13,7 @@ import (
 	"github.com/hamba/avro/v2"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/relaybox/relaybox/internal/envelope"
@@ -64,6 +65,21 @@ func (e *env) relay(t *testing.T, mod func(*relay.Config)) (*relay.Relay, contex
 	r, err := relay.New(e.pool, cfg)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if cfg.ExactlyOnce && cfg.CommitLogTopic == "" && cfg.TransactionalIDPrefix != "" && len(e.brokers) > 0 {
+		// The commit log topic (64 partitions) is the test's: thousands of partitions
+		// left on the shared broker slow every later test and benchmark.
+		log := cfg.TransactionalIDPrefix + ".commits"
+		t.Cleanup(func() {
+			cl, err := kgo.NewClient(kgo.SeedBrokers(e.brokers...))
+			if err != nil {
+				return
+			}
+			defer cl.Close()
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			_, _ = kadm.NewClient(cl).DeleteTopics(ctx, log)
+		})
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
