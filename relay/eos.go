@@ -678,46 +678,22 @@ func (r *Relay) logOutcome(ctx context.Context, shard int, pid int64, epoch int1
 		return false, err
 	}
 	end, _ := ends.Lookup(topic, int32(shard))
-	from := max(0, end.Offset-256)
-	cl, err := kgo.NewClient(append(slices.Clone(r.kopts),
-		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{topic: {int32(shard): kgo.NewOffset().At(from)}}),
-		kgo.FetchIsolationLevel(kgo.ReadUncommitted()), kgo.KeepControlRecords(), kgo.FetchMaxWait(200*time.Millisecond))...)
-	if err != nil {
-		return false, err
-	}
-	defer cl.Close()
 	found, committed := false, false
-	for next, empty := from, 0; next < end.Offset && empty < 3; { // (compaction may leave the last offsets empty)
-		fs := cl.PollFetches(ctx)
-		if fs.NumRecords() == 0 {
-			empty++
+	err = r.scanLog(ctx, shard, max(0, end.Offset-256), end.Offset, kgo.ReadUncommitted(), 3, func(rec *kgo.Record) bool {
+		if rec.ProducerID != pid {
+			return false
 		}
-		if err := ctx.Err(); err != nil {
-			return false, err
+		switch {
+		case !rec.Attrs.IsControl() && rec.ProducerEpoch == epoch:
+			found, committed = true, false
+		case rec.Attrs.IsControl() && found && len(rec.Key) >= 4:
+			committed = rec.Key[3] == 1 // control record key: version, type (0 abort, 1 commit)
+			found = false               // decided; a later record of the epoch would start again
+			return committed
 		}
-		var ferr error
-		fs.EachError(func(_ string, _ int32, err error) { ferr = err })
-		if ferr != nil {
-			return false, ferr
-		}
-		fs.EachRecord(func(rec *kgo.Record) {
-			next = rec.Offset + 1
-			if rec.ProducerID != pid || rec.Offset >= end.Offset {
-				return
-			}
-			switch {
-			case !rec.Attrs.IsControl() && rec.ProducerEpoch == epoch:
-				found, committed = true, false
-			case rec.Attrs.IsControl() && found && len(rec.Key) >= 4:
-				committed = rec.Key[3] == 1 // control record key: version, type (0 abort, 1 commit)
-				found = false               // decided; a later record of the epoch would start again
-				if committed {
-					next = end.Offset
-				}
-			}
-		})
-	}
-	return committed, nil
+		return false
+	})
+	return committed, err
 }
 
 // isFenced reports whether err says another producer took the transactional id.
@@ -826,46 +802,55 @@ func (r *Relay) readCommitLog(ctx context.Context, shard int) ([]int64, error) {
 // readLogRange reads [from, end) of the shard's commit log partition and returns the
 // last committed record's value.
 func (r *Relay) readLogRange(ctx context.Context, shard int, from, end int64) ([]byte, bool, error) {
-	topic := r.txnMeta.topic
-	opts := append(slices.Clone(r.kopts),
-		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{topic: {int32(shard): kgo.NewOffset().At(from)}}),
-		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
-		kgo.KeepControlRecords(),
-		kgo.FetchMaxWait(500*time.Millisecond),
-	)
-	cl, err := kgo.NewClient(opts...)
-	if err != nil {
-		return nil, false, err
-	}
-	defer cl.Close()
 	var last []byte
 	found := false
-	for {
+	err := r.scanLog(ctx, shard, from, end, kgo.ReadCommitted(), 0, func(rec *kgo.Record) bool {
+		if !rec.Attrs.IsControl() {
+			last, found = rec.Value, true
+		}
+		return false
+	})
+	return last, found, err
+}
+
+// scanLog calls fn, in offset order, for each record and transaction marker of the
+// shard's commit log partition in [from, end), read at level, until fn returns true,
+// the record at end-1 has been seen, or (maxEmpty > 0) maxEmpty polls in a row
+// returned nothing (compaction may leave the last offsets empty).
+func (r *Relay) scanLog(ctx context.Context, shard int, from, end int64, level kgo.IsolationLevel, maxEmpty int, fn func(*kgo.Record) bool) error {
+	topic := r.txnMeta.topic
+	cl, err := kgo.NewClient(append(slices.Clone(r.kopts),
+		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{topic: {int32(shard): kgo.NewOffset().At(from)}}),
+		kgo.FetchIsolationLevel(level), kgo.KeepControlRecords(), kgo.FetchMaxWait(500*time.Millisecond))...)
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	for empty := 0; maxEmpty == 0 || empty < maxEmpty; {
 		fs := cl.PollFetches(ctx)
 		if err := ctx.Err(); err != nil {
-			return nil, false, err
+			return err
 		}
 		var ferr error
 		fs.EachError(func(_ string, _ int32, err error) { ferr = err })
 		if ferr != nil {
-			return nil, false, ferr
+			return ferr
 		}
-		reached := false
+		if fs.NumRecords() == 0 {
+			empty++
+		}
+		done := false
 		fs.EachRecord(func(rec *kgo.Record) {
-			if rec.Offset >= end {
+			if done || rec.Offset >= end {
 				return
 			}
-			if !rec.Attrs.IsControl() {
-				last, found = rec.Value, true
-			}
-			if rec.Offset >= end-1 {
-				reached = true
-			}
+			done = fn(rec) || rec.Offset >= end-1
 		})
-		if reached {
-			return last, found, nil
+		if done {
+			return nil
 		}
 	}
+	return nil
 }
 
 // Groups (exactly-once mode): shards are leased and drained ExactlyOnceGroupShards at a
