@@ -222,8 +222,15 @@ func (r *Relay) decide(ctx context.Context, b *batch) {
 				o.park(p.row.id, kind, reason)
 				continue
 			}
-			o.kafkaErr = p.err
-			o.retryIDs, o.retryReasons = append(o.retryIDs, p.row.id), append(o.retryReasons, "kafka: "+p.err.Error())
+			err := p.err
+			if ctx.Err() != nil && !errors.Is(err, ctx.Err()) {
+				// franz-go fails a record whose context ended with the partition's last
+				// error (a broker's closed connection), not the context's: say that the
+				// lease's deadline is what ended the wait.
+				err = fmt.Errorf("%w (waiting for Kafka past the batch's lease deadline): %w", ctx.Err(), err)
+			}
+			o.kafkaErr = err
+			o.retryIDs, o.retryReasons = append(o.retryIDs, p.row.id), append(o.retryReasons, "kafka: "+err.Error())
 		default:
 			o.done = append(o.done, p.row.id)
 			if r.cfg.Hooks.OnPublished != nil {
