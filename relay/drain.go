@@ -132,10 +132,11 @@ func (r *Relay) drainLoop(s *shardRun) {
 		for _, g := range group[1:] {
 			g.busy.Unlock()
 			if err != nil || res.read >= r.cfg.BatchSize || res.retry > 0 {
-				g.poke() // rows may be left (the LIMIT cut it, or a failure): its own drain looks
+				g.nudge() // rows may be left (the LIMIT cut it, or a failure): its own drain looks
 			}
 		}
 		s.busy.Unlock()
+		stole := !slot // a batch that could take other shards along looks for their news
 		release()
 		if errors.Is(err, errFenced) {
 			r.haltLost(shards, gens)
@@ -164,11 +165,17 @@ func (r *Relay) drainLoop(s *shardRun) {
 		case res.retry > 0:
 			failures++
 			wait = r.backoff(failures)
+		case stole && !r.cfg.ExactlyOnce && r.newsWaiting():
+			// NOTIFYs named shards while this batch ran: the next batch takes them
+			// along now (their own drains were not woken for it, see wake).
+			failures = 0
+			continue
 		default:
 			failures = 0
 			wait = r.cfg.PollInterval
 		}
 		poll.Reset(wait)
+	wait:
 		select {
 		case <-s.stop:
 			return
@@ -179,6 +186,10 @@ func (r *Relay) drainLoop(s *shardRun) {
 					return
 				case <-poll.C:
 				}
+			} else if !r.cfg.ExactlyOnce && s.sparse.Load() && !s.news.Load() {
+				// Woken for news another shard's batch has drained since: nothing to do
+				// (reading anyway made a tiny batch per wake at steady rates).
+				goto wait
 			}
 		case <-poll.C:
 		}
@@ -213,7 +224,7 @@ func (r *Relay) steal(s *shardRun, group []*shardRun) []*shardRun {
 			continue
 		}
 		if !o.busy.TryLock() {
-			o.poke() // it is draining: its own drain looks after the news
+			// A batch drains it: that batch looks for news when it ends.
 			continue
 		}
 		if !o.news.Swap(false) {
@@ -222,13 +233,25 @@ func (r *Relay) steal(s *shardRun, group []*shardRun) []*shardRun {
 		}
 		if !now.Before(o.leaseDeadline()) {
 			o.busy.Unlock()
-			o.poke()
+			o.nudge()
 			continue
 		}
 		o.draining.Store(true)
 		group = append(group, o)
 	}
 	return group
+}
+
+// newsWaiting reports whether a shard that keeps up and no batch drains has news.
+func (r *Relay) newsWaiting() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, o := range r.shards {
+		if o.sparse.Load() && o.news.Load() && !o.draining.Load() {
+			return true
+		}
+	}
+	return false
 }
 
 func minTime(a, b time.Time) time.Time {

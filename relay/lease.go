@@ -71,6 +71,13 @@ func (s *shardRun) poke() {
 	}
 }
 
+// nudge wakes s to drain whatever it may have: a wake without news is ignored by a
+// shard that keeps up (another batch took its news, see drainLoop).
+func (s *shardRun) nudge() {
+	s.news.Store(true)
+	s.poke()
+}
+
 func (s *shardRun) leaseDeadline() time.Time {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -55,8 +55,11 @@ func (r *Relay) wake(payload string) {
 		leader.poke()
 		return
 	}
-	for _, n := range shards { // all busy: each looks after its own
-		if s := r.shards[n]; s != nil && s.news.Load() {
+	// None idle: a batch that drains a shard looks for news when it ends (see
+	// drainLoop), so only the idle ones that back off after a failure are woken (their
+	// backoff holds them).
+	for _, n := range shards {
+		if s := r.shards[n]; s != nil && s.news.Load() && !s.draining.Load() {
 			s.poke()
 		}
 	}
@@ -66,7 +69,7 @@ func (r *Relay) wakeAll() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, s := range r.shards {
-		s.poke()
+		s.nudge()
 	}
 }
 

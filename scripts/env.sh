@@ -197,6 +197,11 @@ share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
 log.flush.interval.messages=9223372036854775807
+# Exactly-once mode: a transaction's first produce to a partition waits while the
+# previous transaction's markers are written; the broker retries that check after
+# this backoff (default 20 ms, which each transaction then paid; see
+# docs/operations.md#exactly-once-broker-settings).
+add.partitions.to.txn.retry.backoff.ms=1
 PROPS
 	if [ ! -f "$kdir/data/meta.properties" ]; then
 		log "formatting kafka storage in $kdir/data"
