@@ -3,6 +3,7 @@ package relay
 import (
 	"context"
 	"errors"
+	"sync"
 	"time"
 )
 
@@ -98,8 +99,18 @@ func (r *Relay) drainLoop(s *shardRun) {
 			deadline = minTime(deadline, g.leaseDeadline())
 		}
 		// The batch is bounded by its lease: past the deadline it produces nothing and
-		// waits for Kafka no longer (its outcome writes are fenced in any case).
-		ctx, cancel := context.WithDeadline(context.Background(), deadline)
+		// waits for Kafka no longer (its outcome writes are fenced in any case). An
+		// exactly-once batch follows its leases as heartbeats renew them: a producer's
+		// start (its id, the commit log, the hanging-transaction check) and a transaction
+		// take several round trips, which on a slow network outlast the deadline known
+		// when the batch began (Kafka fences a replica that lost its group in any case).
+		var ctx context.Context
+		var cancel context.CancelFunc
+		if r.cfg.ExactlyOnce {
+			ctx, cancel = leaseContext(group)
+		} else {
+			ctx, cancel = context.WithDeadline(context.Background(), deadline)
+		}
 		start := time.Now()
 		for _, g := range group {
 			g.setBatch(cancel) // a lost lease cancels the batch (shardRun.lose)
@@ -252,6 +263,43 @@ func (r *Relay) newsWaiting() bool {
 		}
 	}
 	return false
+}
+
+// leaseContext returns a context that ends when the first of group's leases ends:
+// at the earliest of their local deadlines, followed as heartbeats extend them.
+func leaseContext(group []*shardRun) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(context.Background())
+	earliest := func() time.Time {
+		d := group[0].leaseDeadline()
+		for _, g := range group[1:] {
+			d = minTime(d, g.leaseDeadline())
+		}
+		return d
+	}
+	var mu sync.Mutex
+	var timer *time.Timer
+	var check func()
+	check = func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if ctx.Err() != nil {
+			return
+		}
+		if wait := time.Until(earliest()); wait > 0 {
+			timer = time.AfterFunc(wait, check)
+			return
+		}
+		cancel()
+	}
+	check()
+	return ctx, func() {
+		cancel()
+		mu.Lock()
+		if timer != nil {
+			timer.Stop()
+		}
+		mu.Unlock()
+	}
 }
 
 func minTime(a, b time.Time) time.Time {

@@ -234,8 +234,14 @@ func (r *Relay) startTxn(s *shardRun) bool {
 			r.log.Warn("lease not renewed in time; shard drain stops until it is", "shard", s.shard)
 			return false
 		}
-		ctx, cancel := context.WithDeadline(context.Background(), deadline)
+		ctx, cancel := leaseContext(group) // see drainLoop
+		for _, g := range group {
+			g.setBatch(cancel) // a lost lease ends the start
+		}
 		err := r.initTxn(ctx, s, shards, gens)
+		for _, g := range group {
+			g.setBatch(nil)
+		}
 		cancel()
 		if err == nil {
 			s.verify = verifyCommits
