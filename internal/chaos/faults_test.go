@@ -159,6 +159,7 @@ func (h *harness) inject(f fault) (bool, string) {
 		// Harm: the consumer had work: it applied effects since it was started (its
 		// group membership and uncommitted offsets die with it), or in its last 3 s.
 		p := h.consumers[f.target%len(h.consumers)]
+		waited := h.awaitConsuming(ctx, p)
 		var life, recent int64
 		err := retry(func() error {
 			return h.pool.QueryRow(ctx, `SELECT count(*), count(*) FILTER (WHERE at > clock_timestamp() - interval '3 seconds') FROM effects WHERE consumer = $1 AND at >= $2`,
@@ -170,7 +171,7 @@ func (h *harness) inject(f fault) (bool, string) {
 		if err != nil {
 			return false, fmt.Sprintf("its work unknown: %v", err)
 		}
-		return life > 0, fmt.Sprintf("applied %d effects since it started, %d in its last 3 s", life, recent)
+		return life > 0, fmt.Sprintf("%sapplied %d effects since it started, %d in its last 3 s", waited, life, recent)
 	case "kafka_kill":
 		// Harm: events waited, i.e. the unpublished backlog grew while the broker was down.
 		b0, err0 := h.backlog(ctx)
@@ -295,6 +296,29 @@ func (h *harness) awaitPublishing() string {
 			return "began with no relay publishing for 60 s; "
 		}
 		prev = cur
+	}
+}
+
+// awaitConsuming waits, at most 30 s, until consumer p has applied an effect since it
+// was started, so that its kill lands on work in progress (uncommitted offsets, a
+// batch in its transaction) rather than on a consumer still joining its group or
+// with nothing published to read (exactly-once relays publish in bursts between
+// faults). It returns a note for the evidence when it waited.
+func (h *harness) awaitConsuming(ctx context.Context, p *process) string {
+	start := time.Now()
+	for {
+		var busy bool
+		err := h.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM effects WHERE consumer = $1 AND at >= $2)`, p.name, p.startedAt()).Scan(&busy)
+		if err == nil && busy {
+			if w := time.Since(start); w > time.Second {
+				return fmt.Sprintf("began once it applied effects, after %v; ", w.Round(time.Second))
+			}
+			return ""
+		}
+		if time.Since(start) > 30*time.Second {
+			return "began with it applying nothing for 30 s; "
+		}
+		time.Sleep(500 * time.Millisecond)
 	}
 }
 
