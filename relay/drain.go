@@ -89,7 +89,7 @@ func (r *Relay) drainLoop(s *shardRun) {
 				g.busy.Lock()
 				g.draining.Store(true)
 			}
-		case !slot:
+		case !slot && s.sparse.Load():
 			group = r.steal(s, group)
 		}
 		shards := make([]int, len(group))
@@ -141,6 +141,12 @@ func (r *Relay) drainLoop(s *shardRun) {
 			s.stuckSince.Store(0)
 		}
 		for _, g := range group[1:] {
+			if res.read >= r.cfg.BatchSize && !r.cfg.ExactlyOnce {
+				// The LIMIT cut the batch: the shards ordered last may have rows left. They
+				// drain alone next (steal skips them) rather than be taken along again and
+				// cut again behind the others' new rows.
+				g.sparse.Store(false)
+			}
 			g.busy.Unlock()
 			if err != nil || res.read >= r.cfg.BatchSize || res.retry > 0 {
 				g.nudge() // rows may be left (the LIMIT cut it, or a failure): its own drain looks
@@ -235,7 +241,10 @@ func (r *Relay) steal(s *shardRun, group []*shardRun) []*shardRun {
 			continue
 		}
 		if !o.busy.TryLock() {
-			// A batch drains it: that batch looks for news when it ends.
+			// A batch drains it: that batch looks for news when it ends, and its own
+			// drain is woken too (at high rates the two drain in parallel; the one that
+			// comes second finds no news and does nothing).
+			o.poke()
 			continue
 		}
 		if !o.news.Swap(false) {
@@ -257,8 +266,11 @@ func (r *Relay) steal(s *shardRun, group []*shardRun) []*shardRun {
 func (r *Relay) newsWaiting() bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	now := time.Now()
 	for _, o := range r.shards {
-		if o.sparse.Load() && o.news.Load() && !o.draining.Load() {
+		// (A lapsed lease's shard is left to its own drain, which stops: steal does
+		// not take it, and counting it would run batches without it in a loop.)
+		if o.sparse.Load() && o.news.Load() && !o.draining.Load() && now.Before(o.leaseDeadline()) {
 			return true
 		}
 	}

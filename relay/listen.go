@@ -48,7 +48,9 @@ func (r *Relay) wake(payload string) {
 				leader = s
 			}
 		default:
-			s.poke()
+			// Its news too: if its batch running now turns out small, it becomes a
+			// shard that keeps up, and such a shard ignores a wake without news.
+			s.nudge()
 		}
 	}
 	if leader != nil {

@@ -18,7 +18,8 @@ type statements struct {
 // before, and the row does not match, or does not take the row until this
 // transaction ends: claims lock the rows they take FOR UPDATE first (at-least-once:
 // SKIP LOCKED moves past it; exactly-once: the claim waits), which conflicts with
-// KEY SHARE. Rows of a shard not in held are not touched.
+// KEY SHARE, and so do releases (they wait). Rows of a shard not in held are not
+// touched.
 //
 // KEY SHARE, not SHARE: the heartbeat's renew (an UPDATE of expires_at, not a key
 // column) does not conflict with it. With FOR SHARE every renew waited for the
@@ -57,11 +58,17 @@ func newStatements(schema string) statements {
 				HAVING bool_and(owner IS NULL OR expires_at IS NULL OR expires_at < now()) ORDER BY 1 LIMIT $2)
 			AND (owner IS NULL OR expires_at IS NULL OR expires_at < now()) FOR UPDATE)
 			RETURNING shard, generation`,
-		release: `UPDATE ` + l + ` SET owner = NULL, expires_at = NULL WHERE shard = $1 AND owner = $2 AND generation = $3`,
+		// Releases lock the row FOR UPDATE first, as claims do: they wait for this
+		// replica's outcome writes still fenced by it (FOR KEY SHARE does not stop a
+		// plain UPDATE of non-key columns, and a release that overtook a fenced delete
+		// left it deleting rows of a shard no one held, if only until its commit).
+		release: `UPDATE ` + l + ` SET owner = NULL, expires_at = NULL
+			WHERE shard IN (SELECT shard FROM ` + l + ` WHERE shard = $1 AND owner = $2 AND generation = $3 FOR UPDATE)`,
 		// $1 shards, $2 generations, $3 owner: those still held.
 		held: `SELECT l.shard FROM ` + l + ` l JOIN unnest($1::int[], $2::bigint[]) g(shard, gen)
 			ON l.shard = g.shard AND l.generation = g.gen WHERE l.owner = $3`,
-		releaseAll:    `UPDATE ` + l + ` SET owner = NULL, expires_at = NULL WHERE owner = $1`,
+		releaseAll: `UPDATE ` + l + ` SET owner = NULL, expires_at = NULL
+			WHERE shard IN (SELECT shard FROM ` + l + ` WHERE owner = $1 FOR UPDATE)`,
 		deleteReplica: `DELETE FROM ` + rp + ` WHERE id = $1`,
 		purgeReplicas: `DELETE FROM ` + rp + ` WHERE expires_at < now() - interval '10 minutes'`,
 		read:          relaysql.ReadShard(schema),
