@@ -96,8 +96,8 @@ func (r *Relay) drainLoop(s *shardRun) {
 		gens := make([]int64, len(group))
 		for i, g := range group {
 			shards[i], gens[i] = g.shard, g.gen
-			deadline = minTime(deadline, g.leaseDeadline())
 		}
+		deadline = minTime(deadline, groupDeadline(group))
 		// The batch is bounded by its lease: past the deadline it produces nothing and
 		// waits for Kafka no longer (its outcome writes are fenced in any case). An
 		// exactly-once batch follows its leases as heartbeats renew them: a producer's
@@ -281,13 +281,6 @@ func (r *Relay) newsWaiting() bool {
 // at the earliest of their local deadlines, followed as heartbeats extend them.
 func leaseContext(group []*shardRun) (context.Context, context.CancelFunc) {
 	ctx, cancel := context.WithCancel(context.Background())
-	earliest := func() time.Time {
-		d := group[0].leaseDeadline()
-		for _, g := range group[1:] {
-			d = minTime(d, g.leaseDeadline())
-		}
-		return d
-	}
 	var mu sync.Mutex
 	var timer *time.Timer
 	var check func()
@@ -297,7 +290,7 @@ func leaseContext(group []*shardRun) (context.Context, context.CancelFunc) {
 		if ctx.Err() != nil {
 			return
 		}
-		if wait := time.Until(earliest()); wait > 0 {
+		if wait := time.Until(groupDeadline(group)); wait > 0 {
 			timer = time.AfterFunc(wait, check)
 			return
 		}
@@ -312,6 +305,15 @@ func leaseContext(group []*shardRun) (context.Context, context.CancelFunc) {
 		}
 		mu.Unlock()
 	}
+}
+
+// groupDeadline is the earliest local lease deadline of group's shards.
+func groupDeadline(group []*shardRun) time.Time {
+	d := group[0].leaseDeadline()
+	for _, g := range group[1:] {
+		d = minTime(d, g.leaseDeadline())
+	}
+	return d
 }
 
 func minTime(a, b time.Time) time.Time {

@@ -224,13 +224,11 @@ func (r *Relay) startTxn(s *shardRun) bool {
 			r.log.Warn("exactly-once: the shard's group is not held whole; its drain stops", "shard", s.shard)
 			return false
 		}
-		deadline := s.leaseDeadline()
 		shards, gens := make([]int, len(group)), make([]int64, len(group))
 		for i, g := range group {
-			deadline = minTime(deadline, g.leaseDeadline())
 			shards[i], gens[i] = g.shard, g.gen
 		}
-		if !time.Now().Before(deadline) {
+		if !time.Now().Before(groupDeadline(group)) {
 			r.log.Warn("lease not renewed in time; shard drain stops until it is", "shard", s.shard)
 			return false
 		}
@@ -675,17 +673,12 @@ func (r *Relay) endHanging(ctx context.Context, s *shardRun, t *shardTxn, recs [
 // records uncommitted, with the transaction markers, and finds that record and the
 // first marker of pid after it. No record found, or no marker after it: false.
 func (r *Relay) logOutcome(ctx context.Context, shard int, pid int64, epoch int16) (bool, error) {
-	topic := r.txnMeta.topic
-	ends, err := r.adm.ListEndOffsets(ctx, topic)
-	if err == nil {
-		err = ends.Error()
-	}
+	end, _, err := r.logOffset(ctx, shard, r.adm.ListEndOffsets)
 	if err != nil {
 		return false, err
 	}
-	end, _ := ends.Lookup(topic, int32(shard))
 	found, committed := false, false
-	err = r.scanLog(ctx, shard, max(0, end.Offset-256), end.Offset, kgo.ReadUncommitted(), 3, func(rec *kgo.Record) bool {
+	err = r.scanLog(ctx, shard, max(0, end-256), end, kgo.ReadUncommitted(), 3, func(rec *kgo.Record) bool {
 		if rec.ProducerID != pid {
 			return false
 		}
@@ -764,33 +757,24 @@ func decodeCommitLog(b []byte) (gen int64, ids []int64, err error) {
 // the partition's last stable offset: the last offset is a transaction marker or a
 // committed record, so reading stops there even when no record follows.
 func (r *Relay) readCommitLog(ctx context.Context, shard int) ([]int64, error) {
-	topic := r.txnMeta.topic
-	ends, err := r.adm.ListCommittedOffsets(ctx, topic)
-	if err == nil {
-		err = ends.Error()
-	}
+	end, ok, err := r.logOffset(ctx, shard, r.adm.ListCommittedOffsets)
 	if err != nil {
 		return nil, err
 	}
-	end, ok := ends.Lookup(topic, int32(shard))
 	if !ok {
-		return nil, fmt.Errorf("commit log topic %q has no partition %d", topic, shard)
+		return nil, fmt.Errorf("commit log topic %q has no partition %d", r.txnMeta.topic, shard)
 	}
-	starts, err := r.adm.ListStartOffsets(ctx, topic)
-	if err == nil {
-		err = starts.Error()
-	}
+	first, _, err := r.logOffset(ctx, shard, r.adm.ListStartOffsets)
 	if err != nil {
 		return nil, err
 	}
-	first, _ := starts.Lookup(topic, int32(shard))
-	if end.Offset <= first.Offset {
+	if end <= first {
 		return nil, nil
 	}
 	window := int64(64)
 	for {
-		from := max(first.Offset, end.Offset-window)
-		val, found, err := r.readLogRange(ctx, shard, from, end.Offset)
+		from := max(first, end-window)
+		val, found, err := r.readLogRange(ctx, shard, from, end)
 		if err != nil {
 			return nil, err
 		}
@@ -798,11 +782,26 @@ func (r *Relay) readCommitLog(ctx context.Context, shard int) ([]int64, error) {
 			_, ids, err := decodeCommitLog(val)
 			return ids, err
 		}
-		if from == first.Offset {
+		if from == first {
 			return nil, nil
 		}
 		window *= 4
 	}
+}
+
+// logOffset is the offset list answers for the shard's commit log partition (ok false,
+// offset 0: the answer has no such partition).
+func (r *Relay) logOffset(ctx context.Context, shard int, list func(context.Context, ...string) (kadm.ListedOffsets, error)) (int64, bool, error) {
+	topic := r.txnMeta.topic
+	offs, err := list(ctx, topic)
+	if err == nil {
+		err = offs.Error()
+	}
+	if err != nil {
+		return 0, false, err
+	}
+	o, ok := offs.Lookup(topic, int32(shard))
+	return o.Offset, ok, nil
 }
 
 // readLogRange reads [from, end) of the shard's commit log partition and returns the
