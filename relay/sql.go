@@ -72,18 +72,22 @@ func newStatements(schema string) statements {
 		deleteReplica: `DELETE FROM ` + rp + ` WHERE id = $1`,
 		purgeReplicas: `DELETE FROM ` + rp + ` WHERE expires_at < now() - interval '10 minutes'`,
 		read:          relaysql.ReadShard(schema),
-		// Several shards at once: ordered by shard then id, which keeps each key's order
-		// (a key lives in one shard) and follows the (shard, id) index.
-		readMany: relaysql.Read(o, "o.shard = ANY($1::int[])", "p.shard = o.shard", "o.shard, o.id"),
+		// Several shards at once: each shard's rows in id order, which keeps each key's
+		// order (a key lives in one shard).
+		readMany: relaysql.ReadShards(o),
 		schemas:  `SELECT fingerprint, schema FROM ` + q("schemas") + ` WHERE fingerprint = ANY($1)`,
 		// The outcome writes: $1 the row ids, $2..$4 the fence, $5 the errors (park:
-		// the details), $6 the park reasons.
-		delete:        f + `DELETE FROM ` + o + ` o USING held WHERE o.id = ANY($1::bigint[]) AND o.shard = held.shard`,
-		markPublished: f + `UPDATE ` + o + ` o SET published_at = now(), attempts = o.attempts + 1 FROM held WHERE o.id = ANY($1::bigint[]) AND o.shard = held.shard`,
+		// the details), $6 the park reasons. The held shards are one array, computed
+		// once: joined to the rows instead, a generic plan (the planner sees neither
+		// the ids' nor the held shards' count) probed every id once per held shard,
+		// 8× the index lookups of an exactly-once group's delete (163 ms for 4,000
+		// rows against 28).
+		delete:        f + `DELETE FROM ` + o + ` o WHERE o.id = ANY($1::bigint[]) AND o.shard = ANY(ARRAY(SELECT shard FROM held))`,
+		markPublished: f + `UPDATE ` + o + ` o SET published_at = now(), attempts = o.attempts + 1 WHERE o.id = ANY($1::bigint[]) AND o.shard = ANY(ARRAY(SELECT shard FROM held))`,
 		park: f + `UPDATE ` + o + ` o SET parked_at = now(), park_reason = u.park_reason, last_error = u.detail, attempts = o.attempts + 1
-			FROM unnest($1::bigint[], $5::text[], $6::text[]) u(id, detail, park_reason), held WHERE o.id = u.id AND o.shard = held.shard`,
+			FROM unnest($1::bigint[], $5::text[], $6::text[]) u(id, detail, park_reason) WHERE o.id = u.id AND o.shard = ANY(ARRAY(SELECT shard FROM held))`,
 		attempt: f + `UPDATE ` + o + ` o SET last_error = u.reason, attempts = o.attempts + 1
-			FROM unnest($1::bigint[], $5::text[]) u(id, reason), held WHERE o.id = u.id AND o.shard = held.shard`,
+			FROM unnest($1::bigint[], $5::text[]) u(id, reason) WHERE o.id = u.id AND o.shard = ANY(ARRAY(SELECT shard FROM held))`,
 		purgePublished: `DELETE FROM ` + o + ` WHERE id IN (SELECT id FROM ` + o + ` WHERE published_at < now() - $1::interval LIMIT 10000)`,
 	}
 }

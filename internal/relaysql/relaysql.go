@@ -16,6 +16,21 @@ func Read(outbox, where, parkedShard, order string) string {
 			ORDER BY ` + order + ` LIMIT $2`
 }
 
+// ReadShards is the statement a batch of several shards reads its rows with: $1 the
+// shards (an int array), $2 the most rows in all. Each shard's rows come as the
+// single-shard read finds them (equality on the leading column of the (shard, id)
+// index: an ordered index scan, whatever the statistics say), in the array's order
+// of shards, and the LIMIT stops the scans once $2 rows are found. The earlier form,
+// shard = ANY($1) ORDER BY shard, id, let the planner sort every pending row of the
+// shards when its statistics were stale (a backlog written since the last ANALYZE:
+// a bitmap scan of all 25,700 rows of 8 shards and an on-disk sort, 187 ms, to
+// return 4,000; 15 ms in this form). Rows of one shard are a prefix of that shard's
+// pending rows in id order, which is all a batch needs: a key lives in one shard.
+func ReadShards(outbox string) string {
+	return `SELECT o.* FROM unnest($1::int[]) s(shard) CROSS JOIN LATERAL (` +
+		Read(outbox, "o.shard = s.shard", "p.shard = s.shard", "o.id") + `) o LIMIT $2`
+}
+
 // ReadShard is the statement a batch of one shard reads its rows with, for the outbox
 // in schema: $1 is the shard, $2 the most rows (relay.Config.BatchSize).
 func ReadShard(schema string) string {
