@@ -44,7 +44,7 @@ type batch struct {
 	items  []*pending // the rows considered, in order (a key behind a failure is left out)
 	depErr error      // the registry failed while building
 	// keepDone: the record step leaves the acked rows in place (exactly-once mode,
-	// a commit the next producer's commit log read confirms: see verifyCommits).
+	// a commit the next producer's commit log read confirms: see commitConfirmWait).
 	keepDone bool
 	out      outcome
 	span     trace.Span // from the read to the outcome's record (see trace.go)

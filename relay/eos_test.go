@@ -132,9 +132,8 @@ func TestRelay_ExactlyOnceFrozenReplicaIsFencedAndTopicStaysExact(t *testing.T) 
 	waitFor(t, 60*time.Second, "two replicas sharing the shards", func() bool { return balanced(e.owners(t), 2) })
 	writing := make(chan struct{})
 	go func() { defer close(writing); e.writeFlow(t, topic, 200, 60, 150*time.Millisecond) }() // ~9 s of flow
-	// Frozen once r1's groups are past their first commits, which are confirmed by a
-	// new producer each (relay.verifyCommits): a freeze between producers finds no
-	// transaction to fence.
+	// Frozen once r1's groups are past their first commits (a producer's start: a
+	// freeze between producers finds no transaction to fence).
 	waitFor(t, 30*time.Second, "events flowing", func() bool { return published(t, topic) > 5000 })
 	if err := ps[1].cmd.Process.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)

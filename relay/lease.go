@@ -24,16 +24,13 @@ type shardRun struct {
 	done     chan struct{}
 	wake     chan struct{}
 	stopOnce sync.Once
-	busy     sync.Mutex  // held while a batch drains this shard (its own or a group's)
-	sparse   atomic.Bool // its last batch was small: it may join another shard's batch
-	news     atomic.Bool // a NOTIFY named it and it has not drained since
-	draining atomic.Bool // a batch is draining it
-	failing  atomic.Bool // its drain is backing off after a failure (a wake waits)
-	txn      *shardTxn   // exactly-once mode: the shard's transactional producer
-	// verify: exactly-once mode, the group leader's count of commits still to be
-	// confirmed by a new producer's commit log read (see verifyCommits).
-	verify int
-	cancel context.CancelFunc // cancels the batch draining it (set while one runs)
+	busy     sync.Mutex         // held while a batch drains this shard (its own or a group's)
+	sparse   atomic.Bool        // its last batch was small: it may join another shard's batch
+	news     atomic.Bool        // a NOTIFY named it and it has not drained since
+	draining atomic.Bool        // a batch is draining it
+	failing  atomic.Bool        // its drain is backing off after a failure (a wake waits)
+	txn      *shardTxn          // exactly-once mode: the shard's transactional producer
+	cancel   context.CancelFunc // cancels the batch draining it (set while one runs)
 
 	stuckSince atomic.Int64 // unix nanos since its batches read rows and moved none (0: moving)
 	batchSince atomic.Int64 // unix nanos the running batch started (0: none)
