@@ -574,21 +574,10 @@ func (r *Relay) produceTxn(ctx context.Context, s *shardRun, shards []int, t *sh
 func (r *Relay) commitVisible(ctx context.Context, shard int, off int64) bool {
 	ctx, cancel := context.WithTimeout(ctx, commitConfirmWait)
 	defer cancel()
-	req := kmsg.NewPtrListOffsetsRequest()
-	req.IsolationLevel = 1 // read_committed: the answer is the last stable offset
-	rt := kmsg.NewListOffsetsRequestTopic()
-	rt.Topic = r.txnMeta.topic
-	rp := kmsg.NewListOffsetsRequestTopicPartition()
-	rp.Partition, rp.Timestamp = int32(shard), -1
-	rt.Partitions = append(rt.Partitions, rp)
-	req.Topics = append(req.Topics, rt)
 	for wait := time.Millisecond; ; wait = min(2*wait, 50*time.Millisecond) {
-		resp, err := req.RequestWith(ctx, r.kc)
-		if err == nil && len(resp.Topics) == 1 && len(resp.Topics[0].Partitions) == 1 {
-			p := resp.Topics[0].Partitions[0]
-			if p.ErrorCode == 0 && p.Offset > off {
-				return true
-			}
+		lso, err := r.logOffset(ctx, shard, offsetEnd, true)
+		if err == nil && lso > off {
+			return true
 		}
 		if sleep(ctx, wait); ctx.Err() != nil {
 			r.log.Warn("exactly-once: a commit Kafka acknowledged is not visible in the commit log yet; the group's next producer confirms it",
@@ -723,7 +712,7 @@ func (r *Relay) endHanging(ctx context.Context, s *shardRun, t *shardTxn, recs [
 // records uncommitted, with the transaction markers, and finds that record and the
 // first marker of pid after it. No record found, or no marker after it: false.
 func (r *Relay) logOutcome(ctx context.Context, shard int, pid int64, epoch int16) (bool, error) {
-	end, _, err := r.logOffset(ctx, shard, r.adm.ListEndOffsets)
+	end, err := r.logOffset(ctx, shard, offsetEnd, false)
 	if err != nil {
 		return false, err
 	}
@@ -807,14 +796,11 @@ func decodeCommitLog(b []byte) (gen int64, ids []int64, err error) {
 // the partition's last stable offset: the last offset is a transaction marker or a
 // committed record, so reading stops there even when no record follows.
 func (r *Relay) readCommitLog(ctx context.Context, shard int) ([]int64, error) {
-	end, ok, err := r.logOffset(ctx, shard, r.adm.ListCommittedOffsets)
+	end, err := r.logOffset(ctx, shard, offsetEnd, true)
 	if err != nil {
 		return nil, err
 	}
-	if !ok {
-		return nil, fmt.Errorf("commit log topic %q has no partition %d", r.txnMeta.topic, shard)
-	}
-	first, _, err := r.logOffset(ctx, shard, r.adm.ListStartOffsets)
+	first, err := r.logOffset(ctx, shard, offsetStart, false)
 	if err != nil {
 		return nil, err
 	}
@@ -839,19 +825,37 @@ func (r *Relay) readCommitLog(ctx context.Context, shard int) ([]int64, error) {
 	}
 }
 
-// logOffset is the offset list answers for the shard's commit log partition (ok false,
-// offset 0: the answer has no such partition).
-func (r *Relay) logOffset(ctx context.Context, shard int, list func(context.Context, ...string) (kadm.ListedOffsets, error)) (int64, bool, error) {
-	topic := r.txnMeta.topic
-	offs, err := list(ctx, topic)
-	if err == nil {
-		err = offs.Error()
+// Offsets logOffset asks for (ListOffsets timestamps).
+const (
+	offsetStart = -2 // the log start offset
+	offsetEnd   = -1 // the end offset, or at read_committed the last stable offset
+)
+
+// logOffset asks the leader of the shard's commit log partition for one offset of
+// that partition alone: ts offsetStart or offsetEnd, read_committed if committed.
+func (r *Relay) logOffset(ctx context.Context, shard int, ts int64, committed bool) (int64, error) {
+	req := kmsg.NewPtrListOffsetsRequest()
+	if committed {
+		req.IsolationLevel = 1
 	}
+	rt := kmsg.NewListOffsetsRequestTopic()
+	rt.Topic = r.txnMeta.topic
+	rp := kmsg.NewListOffsetsRequestTopicPartition()
+	rp.Partition, rp.Timestamp = int32(shard), ts
+	rt.Partitions = append(rt.Partitions, rp)
+	req.Topics = append(req.Topics, rt)
+	resp, err := req.RequestWith(ctx, r.kc)
 	if err != nil {
-		return 0, false, err
+		return 0, err
 	}
-	o, ok := offs.Lookup(topic, int32(shard))
-	return o.Offset, ok, nil
+	if len(resp.Topics) != 1 || len(resp.Topics[0].Partitions) != 1 {
+		return 0, fmt.Errorf("commit log topic %q: no answer for partition %d", r.txnMeta.topic, shard)
+	}
+	p := resp.Topics[0].Partitions[0]
+	if err := kerr.ErrorForCode(p.ErrorCode); err != nil {
+		return 0, fmt.Errorf("commit log topic %q partition %d: %w", r.txnMeta.topic, shard, err)
+	}
+	return p.Offset, nil
 }
 
 // readLogRange reads [from, end) of the shard's commit log partition and returns the
