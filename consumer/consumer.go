@@ -171,7 +171,10 @@ func (c *Consumer) Run(ctx context.Context) error {
 		if err == nil {
 			break
 		}
-		if errors.Is(err, migrations.ErrNotMigrated) || ctx.Err() != nil {
+		if ctx.Err() != nil {
+			return nil // stopped before it started, as in the wait below
+		}
+		if errors.Is(err, migrations.ErrNotMigrated) {
 			return fmt.Errorf("consumer: %w", err)
 		}
 		c.log.Warn("waiting for postgres", "err", err)
