@@ -35,7 +35,7 @@ type ShardStatus struct {
 // ReplicaStatus is one live replica as it last reported itself.
 type ReplicaStatus struct {
 	ID   string
-	Mode string // ModeAtLeastOnce or ModeExactlyOnce
+	Mode string // ModeAtLeastOnce, or ModeExactlyOnce and its group size ("exactly-once/16")
 	// OpenTxnAge is the age of its oldest open Kafka transaction at its last
 	// heartbeat (exactly-once mode; 0 when none).
 	OpenTxnAge   time.Duration

@@ -185,11 +185,20 @@ const (
 )
 
 // ExactlyOnceGroupShards is how many consecutive shards exactly-once mode leases and
-// publishes together (64/8 = 8 groups, so at most 8 replicas share the work). A group
+// publishes together (64/16 = 4 groups, so at most 4 replicas share the work). A group
 // is the unit of the lease and of the transactional id: one transaction per group
 // batch, not one per shard, keeps the transaction rate (and so the broker's commit
-// markers) low at steady rates.
-const ExactlyOnceGroupShards = 8
+// markers) low at steady rates. Each transaction costs the broker ~1.5 ms of CPU
+// whatever it carries, and a group runs them back to back while events flow: groups of
+// 8 (8 producers, the releases before this one) spent most of a 2-core machine at
+// 5,000 events/s on transactions of ~9 events (docs/benchmarks.md, session 9).
+const ExactlyOnceGroupShards = 16
+
+// legacyGroupShards is the group size of the releases before groups of 16: their
+// transactional ids (<prefix>-g<group>) are fenced, and their commit log records read,
+// by the group that now holds their shards (see initTxn), so that a replica of such a
+// release frozen across an upgrade publishes nothing and its last commits are honoured.
+const legacyGroupShards = 8
 
 // Defaults of Config (the CLI's too). DefaultBatchSize × DefaultMaxInFlightBatches:
 // 16000 rows in flight at most.
@@ -316,10 +325,11 @@ type Config struct {
 	// Shards are leased and published in groups of ExactlyOnceGroupShards, one
 	// transactional id per group: a transaction carries the rows of all the shards of
 	// its group. Every replica sharing the outbox must run in the same mode: a replica
-	// does not claim shards while one of the other mode is live. Defaults to false
-	// (at-least-once).
+	// does not claim shards while one of the other mode (or an exactly-once replica
+	// grouping shards by another size, such as a release before groups of 16) is live.
+	// Defaults to false (at-least-once).
 	ExactlyOnce bool
-	// TransactionalIDPrefix names the groups' transactional ids (prefix-g<group>) in
+	// TransactionalIDPrefix names the groups' transactional ids (prefix-g<group>of4) in
 	// exactly-once mode. Two relays with the same prefix fence each other: it must
 	// be unique per outbox. Defaults to relaybox-<database system identifier>-<Schema>.
 	TransactionalIDPrefix string

@@ -32,12 +32,7 @@ func TestExactlyOnce_RowsWaitForTheirCommitToBeVisible(t *testing.T) {
 	}
 	// The commit log topic as the relay creates it, and an open transaction on the
 	// group's partition.
-	logTopic := topicSafe(prefix) + ".commits"
-	adm := kadm.NewClient(testenv.Client(t))
-	if _, err := adm.CreateTopic(ctx, 64, -1, map[string]*string{"cleanup.policy": strPtr("compact")}, logTopic); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _, _ = adm.DeleteTopics(context.Background(), logTopic) })
+	logTopic := commitLogTopic(t, prefix)
 	holder := testenv.Client(t, kgo.TransactionalID("holder-"+f.schema), kgo.RecordPartitioner(kgo.ManualPartitioner()))
 	if err := holder.BeginTransaction(); err != nil {
 		t.Fatal(err)
@@ -93,4 +88,17 @@ func TestExactlyOnce_RowsWaitForTheirCommitToBeVisible(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// commitLogTopic creates the commit log topic of prefix as the relay would, for this
+// test only.
+func commitLogTopic(t *testing.T, prefix string) string {
+	t.Helper()
+	topic := topicSafe(prefix) + ".commits"
+	adm := kadm.NewClient(testenv.Client(t))
+	if _, err := adm.CreateTopic(context.Background(), 64, -1, map[string]*string{"cleanup.policy": strPtr("compact")}, topic); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _, _ = adm.DeleteTopics(context.Background(), topic) })
+	return topic
 }

@@ -89,12 +89,64 @@ type shardTxn struct {
 	checked map[string]bool
 }
 
-// mode is this replica's mode, as the replicas table and status show it.
+// mode is this replica's mode (the metrics' label).
 func (r *Relay) mode() string {
 	if r.cfg.ExactlyOnce {
 		return ModeExactlyOnce
 	}
 	return ModeAtLeastOnce
+}
+
+// storedMode is this replica's mode as the replicas table and status show it: in
+// exactly-once mode with the group size ("exactly-once/16"). Replicas whose stored
+// modes differ do not share the shards (heartbeat): releases grouping by 8 stored
+// "exactly-once", and see this as another mode as well.
+func (r *Relay) storedMode() string {
+	if r.cfg.ExactlyOnce {
+		return ModeExactlyOnce + "/" + strconv.Itoa(ExactlyOnceGroupShards)
+	}
+	return ModeAtLeastOnce
+}
+
+// txnID is the transactional id of shard's group: <prefix>-g<group>of<groups>,
+// never one of the legacy groups' <prefix>-g<group>.
+func (r *Relay) txnID(shard int) string {
+	return r.txnMeta.prefix + "-g" + strconv.Itoa(groupOf(shard)) + "of" + strconv.Itoa(64/ExactlyOnceGroupShards)
+}
+
+// fenceLegacy fences, once per process and group, the transactional ids that
+// releases grouping shards by legacyGroupShards used for shard's group's shards:
+// InitProducerID bumps their epoch, which aborts a transaction such a replica (a
+// zombie frozen across the upgrade) still has open, and fails its later produce or
+// commit. Its rows are the group's now; its Postgres writes are fenced by the leases.
+func (r *Relay) fenceLegacy(ctx context.Context, shard int) error {
+	g := groupOf(shard)
+	r.commitLogMu.Lock()
+	done := r.legacyFenced[g]
+	r.commitLogMu.Unlock()
+	if done {
+		return nil
+	}
+	for s := g * ExactlyOnceGroupShards; s < (g+1)*ExactlyOnceGroupShards; s += legacyGroupShards {
+		cl, err := kgo.NewClient(append(slices.Clone(r.kopts),
+			kgo.TransactionalID(r.txnMeta.prefix+"-g"+strconv.Itoa(s/legacyGroupShards)),
+			kgo.TransactionTimeout(2*r.cfg.LeaseTTL))...)
+		if err != nil {
+			return err
+		}
+		_, _, err = cl.ProducerID(ctx)
+		cl.Close()
+		if err != nil {
+			return fmt.Errorf("fencing the transactional id of legacy group %d: %w", s/legacyGroupShards, err)
+		}
+	}
+	r.commitLogMu.Lock()
+	if r.legacyFenced == nil {
+		r.legacyFenced = map[int]bool{}
+	}
+	r.legacyFenced[g] = true
+	r.commitLogMu.Unlock()
+	return nil
 }
 
 // txnOpenSince is the start of the oldest open transaction, or nil.
@@ -290,7 +342,7 @@ func (r *Relay) initTxn(ctx context.Context, s *shardRun, shards []int, gens []i
 		return err
 	}
 	opts := append(slices.Clone(r.kopts),
-		kgo.TransactionalID(r.txnMeta.prefix+"-g"+strconv.Itoa(groupOf(s.shard))),
+		kgo.TransactionalID(r.txnID(s.shard)),
 		// Twice the lease: a batch produces within its lease (its deadline is at most
 		// LeaseTTL after the renew that preceded the transaction's start), so the commit
 		// is asked for before half the timeout has passed and its answer, bounded by
@@ -326,10 +378,20 @@ func (r *Relay) initTxn(ctx context.Context, s *shardRun, shards []int, gens []i
 		cl.Close()
 		return err
 	}
-	ids, err := r.readCommitLog(ctx, s.shard)
-	if err != nil {
+	if err := r.fenceLegacy(ctx, s.shard); err != nil {
 		cl.Close()
-		return fmt.Errorf("reading the commit log: %w", err)
+		return err
+	}
+	// The group's last commit, and those of the legacy groups its shards made up
+	// (their commit log partitions are those of their first shards).
+	var ids []int64
+	for p := s.shard; p < s.shard+ExactlyOnceGroupShards; p += legacyGroupShards {
+		got, err := r.readCommitLog(ctx, p)
+		if err != nil {
+			cl.Close()
+			return fmt.Errorf("reading the commit log: %w", err)
+		}
+		ids = append(ids, got...)
 	}
 	if len(ids) > 0 {
 		b := &batch{shards: shards, gens: gens}
@@ -503,6 +565,12 @@ func (r *Relay) produceTxn(ctx context.Context, s *shardRun, shards []int, t *sh
 		logErr, logOff = err, rec.Offset
 		wg.Done()
 	})
+	if r.cfg.Linger <= DefaultLinger {
+		// Every record of the transaction is buffered: send them now. The linger
+		// batches records across the at-least-once mode's concurrent batches; here it
+		// only delays the commit (a longer Linger, set on purpose, still applies).
+		t.cl.Flush(ctx)
+	}
 	wg.Wait()
 	produced := time.Since(start)
 	err := logErr

@@ -111,7 +111,7 @@ func (r *Relay) heartbeat(ctx context.Context, claim bool) {
 	hctx, cancel := context.WithTimeout(ctx, r.cfg.HeartbeatInterval)
 	defer cancel()
 	host, _ := os.Hostname()
-	if _, err := r.pool.Exec(hctx, r.sql.upsertReplica, r.cfg.ReplicaID, host, interval(ttl), r.mode(),
+	if _, err := r.pool.Exec(hctx, r.sql.upsertReplica, r.cfg.ReplicaID, host, interval(ttl), r.storedMode(),
 		r.txnOpenSince(), r.fenced.Load(), r.aborted.Load()); err != nil {
 		r.fail(ErrorPostgres, fmt.Errorf("heartbeat: %w", err))
 		return
@@ -163,7 +163,7 @@ func (r *Relay) heartbeat(ctx context.Context, claim bool) {
 		var id, mode string
 		_, err = pgx.ForEachRow(rows, []any{&id, &mode}, func() error {
 			live = append(live, id)
-			if mode != r.mode() && id != r.cfg.ReplicaID {
+			if mode != r.storedMode() && id != r.cfg.ReplicaID {
 				other = id
 			}
 			return nil

@@ -27,6 +27,9 @@ PG_CLUSTER="${RELAYBOX_PG_CLUSTER:-relaybox${PG_PORT}}"
 KAFKA_PORT="${RELAYBOX_KAFKA_PORT:-19092}"
 KAFKA_CONTROLLER_PORT="$((KAFKA_PORT + 1))"
 REGISTRY_PORT="${RELAYBOX_REGISTRY_PORT:-18081}"
+# The broker's JVM heap and collector (its collections are logged to logs/kafka-gc.log).
+KAFKA_HEAP_OPTS="${RELAYBOX_KAFKA_HEAP_OPTS:--Xmx768m -Xms256m}"
+KAFKA_GC_OPTS="${RELAYBOX_KAFKA_GC_OPTS:--XX:+UseG1GC -XX:MaxGCPauseMillis=20}"
 LOG_DIR="$ENV_DIR/logs"
 CACHE_DIR="${RELAYBOX_CACHE_DIR:-$HOME/.cache/relaybox}"
 
@@ -212,7 +215,7 @@ PROPS
 			die "kafka storage format failed (see $LOG_DIR/kafka-format.log)"
 	fi
 	log "starting kafka on 127.0.0.1:$KAFKA_PORT"
-	nohup java -Xmx768m -Xms256m -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true \
+	nohup java $KAFKA_HEAP_OPTS $KAFKA_GC_OPTS -Xlog:gc:file="$LOG_DIR/kafka-gc.log" -Djava.awt.headless=true \
 		-Dlog4j2.configurationFile="$here/kafka/log4j2.xml" \
 		-cp "$lib/*" kafka.Kafka "$kdir/server.properties" >"$LOG_DIR/kafka.log" 2>&1 </dev/null &
 	echo $! >"$kdir/kafka.pid"
