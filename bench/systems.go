@@ -223,6 +223,12 @@ func withApplicationName(dsn, app string) (string, error) {
 func (i *relayboxInstance) teardown(ctx context.Context) {
 	i.h.exec(ctx, `DROP SCHEMA IF EXISTS `+pgx.Identifier{i.schema}.Sanitize()+` CASCADE`)
 	i.h.deleteTopic(ctx, i.t)
+	if i.s.eos { // the relay's commit log topic (its default name: docs/configuration.md)
+		var sysid int64
+		if err := i.h.pool.QueryRow(ctx, `SELECT system_identifier FROM pg_control_system()`).Scan(&sysid); err == nil {
+			i.h.deleteTopic(ctx, "relaybox-"+strconv.FormatInt(sysid, 10)+"-"+i.schema+".commits")
+		}
+	}
 }
 
 // pollReady marks p ready when url answers 200.
