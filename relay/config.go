@@ -196,7 +196,7 @@ const ExactlyOnceGroupShards = 16
 
 // legacyGroupShards is the group size of the releases before groups of 16: their
 // transactional ids (<prefix>-g<group>) are fenced, and their commit log records read,
-// by the group that now holds their shards (see initTxn), so that a replica of such a
+// by the group that now holds their shards (see endLegacy), so that a replica of such a
 // release frozen across an upgrade publishes nothing and its last commits are honoured.
 const legacyGroupShards = 8
 

@@ -18,6 +18,8 @@ import (
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/relaybox/relaybox/outbox"
 )
 
 // Exactly-once mode (Config.ExactlyOnce).
@@ -111,22 +113,25 @@ func (r *Relay) storedMode() string {
 // txnID is the transactional id of shard's group: <prefix>-g<group>of<groups>,
 // never one of the legacy groups' <prefix>-g<group>.
 func (r *Relay) txnID(shard int) string {
-	return r.txnMeta.prefix + "-g" + strconv.Itoa(groupOf(shard)) + "of" + strconv.Itoa(64/ExactlyOnceGroupShards)
+	return r.txnMeta.prefix + "-g" + strconv.Itoa(groupOf(shard)) + "of" + strconv.Itoa(outbox.Shards/ExactlyOnceGroupShards)
 }
 
-// fenceLegacy fences, once per process and group, the transactional ids that
-// releases grouping shards by legacyGroupShards used for shard's group's shards:
-// InitProducerID bumps their epoch, which aborts a transaction such a replica (a
-// zombie frozen across the upgrade) still has open, and fails its later produce or
-// commit. Its rows are the group's now; its Postgres writes are fenced by the leases.
-func (r *Relay) fenceLegacy(ctx context.Context, shard int) error {
+// endLegacy ends, once per process and group, what releases grouping shards by
+// legacyGroupShards left on shard's group's shards. It initialises their
+// transactional ids: InitProducerID bumps the epoch, which aborts a transaction such
+// a replica (a zombie frozen across the upgrade) still has open and fails its later
+// produce or commit (its Postgres writes are fenced by the leases). Then it deletes
+// the rows their last commits listed on the commit log partitions of their first
+// shards; the group's own partition (its first legacy group's) is read by initTxn.
+func (r *Relay) endLegacy(ctx context.Context, shard int, shards []int, gens []int64) error {
 	g := groupOf(shard)
 	r.commitLogMu.Lock()
-	done := r.legacyFenced[g]
+	done := r.legacyDone[g]
 	r.commitLogMu.Unlock()
 	if done {
 		return nil
 	}
+	var ids []int64
 	for s := g * ExactlyOnceGroupShards; s < (g+1)*ExactlyOnceGroupShards; s += legacyGroupShards {
 		cl, err := kgo.NewClient(append(slices.Clone(r.kopts),
 			kgo.TransactionalID(r.txnMeta.prefix+"-g"+strconv.Itoa(s/legacyGroupShards)),
@@ -139,12 +144,26 @@ func (r *Relay) fenceLegacy(ctx context.Context, shard int) error {
 		if err != nil {
 			return fmt.Errorf("fencing the transactional id of legacy group %d: %w", s/legacyGroupShards, err)
 		}
+		if s == shard {
+			continue
+		}
+		got, err := r.readCommitLog(ctx, s)
+		if err != nil {
+			return fmt.Errorf("reading the commit log of legacy group %d: %w", s/legacyGroupShards, err)
+		}
+		ids = append(ids, got...)
+	}
+	if len(ids) > 0 {
+		if err := r.record(&batch{shards: shards, gens: gens}, ids); err != nil {
+			return err
+		}
+		r.log.Info("exactly-once: rows of legacy groups' last committed transactions removed", "group", g, "rows", len(ids))
 	}
 	r.commitLogMu.Lock()
-	if r.legacyFenced == nil {
-		r.legacyFenced = map[int]bool{}
+	if r.legacyDone == nil {
+		r.legacyDone = map[int]bool{}
 	}
-	r.legacyFenced[g] = true
+	r.legacyDone[g] = true
 	r.commitLogMu.Unlock()
 	return nil
 }
@@ -378,20 +397,14 @@ func (r *Relay) initTxn(ctx context.Context, s *shardRun, shards []int, gens []i
 		cl.Close()
 		return err
 	}
-	if err := r.fenceLegacy(ctx, s.shard); err != nil {
+	if err := r.endLegacy(ctx, s.shard, shards, gens); err != nil {
 		cl.Close()
 		return err
 	}
-	// The group's last commit, and those of the legacy groups its shards made up
-	// (their commit log partitions are those of their first shards).
-	var ids []int64
-	for p := s.shard; p < s.shard+ExactlyOnceGroupShards; p += legacyGroupShards {
-		got, err := r.readCommitLog(ctx, p)
-		if err != nil {
-			cl.Close()
-			return fmt.Errorf("reading the commit log: %w", err)
-		}
-		ids = append(ids, got...)
+	ids, err := r.readCommitLog(ctx, s.shard)
+	if err != nil {
+		cl.Close()
+		return fmt.Errorf("reading the commit log: %w", err)
 	}
 	if len(ids) > 0 {
 		b := &batch{shards: shards, gens: gens}

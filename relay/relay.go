@@ -60,7 +60,7 @@ type Relay struct {
 	absentTopics sync.Map
 	notFound     sync.Map // subject+fingerprint -> when the registry first said "not found"
 	closeKafka   sync.Once
-	legacyFenced map[int]bool // groups whose legacy transactional ids are fenced (guarded by commitLogMu)
+	legacyDone   map[int]bool // groups whose legacy groups are ended (endLegacy; guarded by commitLogMu)
 }
 
 // New returns a Relay over pool (the database holding the outbox). It builds its
