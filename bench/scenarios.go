@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -258,6 +259,19 @@ func (h *harness) drain(ctx context.Context, sys system, run int) (*drainResult,
 	wctx, cancel := context.WithTimeout(ctx, h.cfg.DrainTimeout)
 	done := make(chan bool, 1)
 	go func() { done <- waitDistinct(wctx, t, n, 0) }()
+	if rb, ok := inst.(*relayboxInstance); ok && os.Getenv("BENCH_RELAY_PPROF") != "" {
+		// BENCH_RELAY_PPROF=file: a CPU profile of the relay over BENCH_RELAY_PPROF_S
+		// seconds (default 5) from the first record received.
+		go func() {
+			for t.firstRecv.Load() == 0 && wctx.Err() == nil {
+				time.Sleep(5 * time.Millisecond)
+			}
+			secs, _ := strconv.Atoi(os.Getenv("BENCH_RELAY_PPROF_S"))
+			if err := rb.profile(wctx, time.Duration(cmp.Or(secs, 5))*time.Second); err != nil {
+				h.logf("relay profile: %v", err)
+			}
+		}()
+	}
 	var complete bool
 	select {
 	case complete = <-done:

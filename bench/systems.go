@@ -175,6 +175,9 @@ func (i *relayboxInstance) start(ctx context.Context) (*proc, error) {
 	if i.s.eos {
 		env = append(env, i.h.rc.exactlyOnceEnv+"=true")
 	}
+	if os.Getenv("BENCH_RELAY_PPROF") != "" {
+		env = append(env, "RELAYBOX_PPROF=true")
+	}
 	// The settings are the binary's own reading of this environment.
 	rc, err := readRelayConf(ctx, i.h.relayBin, env)
 	if err != nil {
@@ -193,6 +196,37 @@ func (i *relayboxInstance) start(ctx context.Context) (*proc, error) {
 	i.metricsURL = "http://127.0.0.1:" + strconv.Itoa(port) + "/metrics"
 	go pollReady(p, "http://127.0.0.1:"+strconv.Itoa(port)+"/readyz")
 	return p, nil
+}
+
+// profile writes a CPU profile of the relay over d to BENCH_RELAY_PPROF (a file
+// name; the system's name and the schema are prepended to its base name).
+func (i *relayboxInstance) profile(ctx context.Context, d time.Duration) error {
+	out := os.Getenv("BENCH_RELAY_PPROF")
+	if out == "" || i.metricsURL == "" {
+		return nil
+	}
+	u := strings.TrimSuffix(i.metricsURL, "/metrics") + "/debug/pprof/profile?seconds=" + strconv.Itoa(int(d.Seconds()))
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("profile: %s", resp.Status)
+	}
+	f, err := os.Create(filepath.Join(filepath.Dir(out), i.s.name()+"-"+i.schema+"-"+filepath.Base(out)))
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 // countConns samples the relay's Postgres connections while it runs.

@@ -16,7 +16,9 @@ import (
 	"github.com/twmb/franz-go/pkg/kmsg"
 	"github.com/twmb/franz-go/plugin/kslog"
 	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 
+	"github.com/relaybox/relaybox/internal/otelx"
 	"github.com/relaybox/relaybox/internal/registry"
 	"github.com/relaybox/relaybox/migrations"
 )
@@ -34,6 +36,7 @@ type Consumer struct {
 	insertSQL, cleanSQL string
 	bulkInsertSQL       string
 	cleanCommittedSQL   string
+	tr                  trace.Tracer
 
 	mu         sync.Mutex
 	started    bool
@@ -83,6 +86,7 @@ func New(pool *pgxpool.Pool, cfg *Config) (*Consumer, error) {
 		dec:    newDecoder(c.Registry, c.SchemaNotFoundGrace),
 		log:    c.Logger.With("group", c.Group),
 		prop:   propagation.TraceContext{},
+		tr:     otelx.Tracer(c.TracerProvider),
 		routes: map[string]route{},
 		parts:  map[topicPartition]*partition{},
 	}

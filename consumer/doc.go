@@ -120,7 +120,10 @@
 // know, a body that does not decode, a writer schema the Go type cannot read) is
 // dead-lettered at once; so is an event type without a handler under
 // [DeadLetterUnknown] (the default, [SkipUnknown], records it in processed_events and
-// moves on).
+// moves on). A body is decoded only once processed_events says its event is new: a
+// duplicate is never decoded (a redelivered backlog costs no Avro decode), so a
+// duplicate whose body does not decode, or that the Go type cannot read, is counted
+// as a duplicate, not dead-lettered.
 //
 // A dead letter is the original record (key, value, headers) with headers added:
 // relaybox.dlq.error, .reason, .attempts, .group, .topic, .partition, .offset and

@@ -18,6 +18,7 @@ import (
 	"github.com/relaybox/relaybox/consumer"
 	"github.com/relaybox/relaybox/internal/envelope"
 	"github.com/relaybox/relaybox/internal/testenv"
+	"github.com/relaybox/relaybox/internal/wire"
 )
 
 // appliedKeys returns the keys in the effects table, in the order applied.
@@ -498,5 +499,51 @@ func TestConsumer_CommittedOffsetsNeverRewindAcrossRebalancesUnderLoad(t *testin
 	}
 	if got := e.count(t, `SELECT count(*) FROM `+e.table("effects")); got != total {
 		t.Errorf("effects: %d rows for %d events; each must be applied once", got, total)
+	}
+}
+
+// A record whose event id was already applied is a duplicate whatever its body: it
+// is never decoded (a redelivery costs no Avro decode), so a body that would not
+// decode is not dead-lettered either. A fresh record whose body does not decode is
+// still dead-lettered, with no processed_events row. In both modes.
+func TestConsumer_DuplicatesAreNotDecoded(t *testing.T) {
+	t.Parallel()
+	for _, batch := range []bool{false, true} {
+		t.Run(fmt.Sprintf("batch=%v", batch), func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t)
+			topic := e.topic(t, 1)
+			recs := keyed(t, e, topic, "a", "bad-dup", "bad", "b")
+			id, _ := e.schemaID(t, topic+"-value", schemaText[Seq](t))
+			undecodable := wire.Frame(uint32(id), []byte{0x80}) // a string length cut short
+			recs[1].Value, recs[1].Headers[0].Value = undecodable, []byte("e-a")
+			recs[2].Value = undecodable
+			produceTo(t, recs...)
+			var n counters
+			cfg := e.config(t, topic)
+			cfg.BatchMode, cfg.Hooks = batch, n.hooks()
+			c := e.newConsumer(t, cfg)
+			consumer.Handle(c, "Seq", e.applySeq("c", nil))
+			run(t, c)
+			waitFor(t, 60*time.Second, "b applied", func() bool {
+				return e.count(t, `SELECT count(*) FROM `+e.table("effects")+` WHERE key = 'b'`) == 1
+			})
+			if got := strings.Join(e.appliedKeys(t), ","); got != "a,b" {
+				t.Errorf("applied %s, want a,b", got)
+			}
+			if d, dl := n.duplicate.Load(), n.dead.Load(); d != 1 || dl != 1 {
+				t.Errorf("%d duplicates and %d dead letters, want 1 (e-a again) and 1 (e-bad)", d, dl)
+			}
+			n.mu.Lock()
+			for _, ev := range n.deadEvents {
+				if ev.EventID != "e-bad" || ev.Reason != consumer.ReasonBadBody {
+					t.Errorf("dead letter %s (%s), want e-bad (%s)", ev.EventID, ev.Reason, consumer.ReasonBadBody)
+				}
+			}
+			n.mu.Unlock()
+			if k := e.count(t, `SELECT count(*) FROM `+e.table("processed_events")+` WHERE event_id = 'e-bad'`); k != 0 {
+				t.Errorf("%d processed_events rows for the dead-lettered e-bad, want 0", k)
+			}
+		})
 	}
 }

@@ -17,6 +17,8 @@ type partition struct {
 	topic string
 	n     int32
 
+	spanName string // of its records' spans: "process <topic>"
+
 	mu     sync.Mutex
 	queue  []*kgo.Record
 	paused bool
@@ -39,7 +41,7 @@ type partition struct {
 func newPartition(c *Consumer, kc *kgo.Client, topic string, n int32) *partition {
 	ctx, cancel := context.WithCancel(context.Background())
 	return &partition{
-		c: c, kc: kc, topic: topic, n: n,
+		c: c, kc: kc, topic: topic, n: n, spanName: "process " + topic,
 		wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{}),
 		stopCtx: ctx, cancel: cancel,
 		committed: kgo.EpochOffset{Epoch: -1, Offset: -1},

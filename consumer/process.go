@@ -19,8 +19,8 @@ import (
 	"github.com/relaybox/relaybox/internal/envelope"
 )
 
-// item is a record made ready for its transaction: decoded (or found undecodable)
-// and routed.
+// item is a record made ready for its transaction: routed, its writer schema known,
+// its body decoded once it is known to be needed (decodeBody).
 type item struct {
 	rec   *kgo.Record
 	m     *Message
@@ -28,6 +28,10 @@ type item struct {
 	route route
 	skip  bool        // no handler, SkipUnknown
 	dead  *deadLetter // dead-letter without running a handler
+	// undecoded: the body is still to be decoded into route.t (decodeBody). A
+	// batch decodes only the records processed_events does not hold: a duplicate
+	// is never decoded.
+	undecoded bool
 	// sent: the record is on its dead-letter topic. A batch that rolls back after
 	// it was produced must not run it again: a record is dead-lettered or applied,
 	// never both.
@@ -68,8 +72,9 @@ func (c *Consumer) message(rec *kgo.Record) *Message {
 	return m
 }
 
-// prepare decodes and routes rec. Registry outages are retried here, before any
-// transaction; it returns false only if the partition was stopped meanwhile.
+// prepare routes rec and fetches its writer schema; decodeBody decodes it. Registry
+// outages are retried here, before any transaction; it returns false only if the
+// partition was stopped meanwhile.
 func (p *partition) prepare(rec *kgo.Record) (_ *item, ok bool) {
 	c := p.c
 	m := c.message(rec)
@@ -130,20 +135,29 @@ func (p *partition) prepare(rec *kgo.Record) (_ *item, ok bool) {
 		}
 	}
 	it.route = r
-	if r.t != nil {
-		ptr := reflect.New(r.t).Interface()
-		if err := c.dec.into(id, w, body, ptr); err != nil {
-			reason := ReasonBadBody
-			var de *DecodeError
-			if errors.As(err, &de) {
-				reason = de.Reason
-			}
-			it.dead = &deadLetter{reason: reason, err: err}
-			return it, true
-		}
-		m.decoded = ptr
-	}
+	it.undecoded = r.t != nil
 	return it, true
+}
+
+// decodeBody decodes it's body into its route's type, once; a body that does not
+// decode makes it a dead letter. It needs no network: the writer schema is known.
+func (p *partition) decodeBody(it *item) {
+	if !it.undecoded {
+		return
+	}
+	it.undecoded = false
+	m := it.m
+	ptr := reflect.New(it.route.t).Interface()
+	if err := p.c.dec.into(m.SchemaID, m.writer, m.Body, ptr); err != nil {
+		reason := ReasonBadBody
+		var de *DecodeError
+		if errors.As(err, &de) {
+			reason = de.Reason
+		}
+		it.dead = &deadLetter{reason: reason, err: err}
+		return
+	}
+	m.decoded = ptr
 }
 
 // unknown applies the UnknownType policy to it.
@@ -242,6 +256,9 @@ func (p *partition) attempt(it *item) (dup bool, herr, err error) {
 	if !fresh {
 		return true, nil, nil
 	}
+	if p.decodeBody(it); it.dead != nil {
+		return false, nil, nil // rolled back: the caller dead-letters it
+	}
 	if it.skip {
 		return false, nil, tx.Commit(ctx)
 	}
@@ -294,6 +311,8 @@ func (p *partition) processOne(it *item) (ok bool) {
 		case dup:
 			p.hook(c.cfg.Hooks.OnDuplicate, it)
 			return true
+		case it.dead != nil: // its body did not decode (the transaction rolled back)
+			return p.deadLetter(it, it.dead)
 		case herr == nil && it.skip:
 			p.hook(c.cfg.Hooks.OnSkipped, it)
 			return true
@@ -468,6 +487,9 @@ func (p *partition) batchFast(items []*item) (int, bool, error) {
 			continue
 		}
 		delete(fresh, it.m.ID) // a later record with the same id is a duplicate
+		if p.decodeBody(it); it.dead != nil {
+			return 0, false, nil // the savepoint path dead-letters it
+		}
 		if herr := p.call(it.ctx, htx, it); herr != nil {
 			if isHandlerInfra(herr, tx) {
 				return 0, false, herr
@@ -554,6 +576,12 @@ func (p *partition) batchItem(tx pgx.Tx, it *item, open *bool) (after func(), ok
 			return func() { p.hook(c.cfg.Hooks.OnDuplicate, it) }, true, nil
 		case it.skip:
 			return func() { p.hook(c.cfg.Hooks.OnSkipped, it) }, true, nil
+		}
+		if p.decodeBody(it); it.dead != nil {
+			if _, err := tx.Exec(ctx, "ROLLBACK TO SAVEPOINT "+savepoint); err != nil {
+				return nil, false, fmt.Errorf("rolling back to savepoint: %w", err)
+			}
+			return nil, p.deadLetter(it, it.dead), nil
 		}
 		herr := p.call(ctx, handlerTx{Tx: tx}, it)
 		if herr == nil {

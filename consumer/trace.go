@@ -50,24 +50,31 @@ const (
 	BatchSplit     = "split"     // the records not committed ran one per transaction
 )
 
-func (c *Consumer) tracer() trace.Tracer { return otelx.Tracer(c.cfg.TracerProvider) }
+// tracer is the configured provider's tracer, or the global provider's (which
+// delegates to a provider set later).
+func (c *Consumer) tracer() trace.Tracer { return c.tr }
 
 // startRecordSpan starts it's span, a child of the trace context in the record's
 // headers (it.ctx), and makes it.ctx carry it: the handler's spans nest under it.
+//
+// The attributes are set once the span is known to record: with no tracer
+// provider (or a sampler that drops it) a record pays for no attribute at all.
 func (p *partition) startRecordSpan(it *item) {
 	m := it.m
-	it.ctx, it.span = p.c.tracer().Start(it.ctx, "process "+m.Topic,
-		trace.WithSpanKind(trace.SpanKindConsumer),
-		trace.WithAttributes(
-			semconv.MessagingSystemKafka,
-			semconv.MessagingOperationTypeProcess,
-			semconv.MessagingOperationName("process"),
-			semconv.MessagingDestinationName(m.Topic),
-			semconv.MessagingDestinationPartitionID(strconv.Itoa(int(m.Partition))),
-			semconv.MessagingKafkaOffset(int(m.Offset)),
-			semconv.MessagingMessageID(m.ID),
-			semconv.MessagingConsumerGroupName(p.c.cfg.Group),
-		))
+	it.ctx, it.span = p.c.tracer().Start(it.ctx, p.spanName, trace.WithSpanKind(trace.SpanKindConsumer))
+	if !it.span.IsRecording() {
+		return
+	}
+	it.span.SetAttributes(
+		semconv.MessagingSystemKafka,
+		semconv.MessagingOperationTypeProcess,
+		semconv.MessagingOperationName("process"),
+		semconv.MessagingDestinationName(m.Topic),
+		semconv.MessagingDestinationPartitionID(strconv.Itoa(int(m.Partition))),
+		semconv.MessagingKafkaOffset(int(m.Offset)),
+		semconv.MessagingMessageID(m.ID),
+		semconv.MessagingConsumerGroupName(p.c.cfg.Group),
+	)
 }
 
 // deduped notes what the dedup insert of it's current attempt said.
@@ -96,6 +103,10 @@ func endRecordSpan(it *item, done bool) {
 		return
 	}
 	it.span = nil
+	if !span.IsRecording() {
+		span.End()
+		return
+	}
 	outcome := OutcomeInterrupted
 	if done {
 		outcome = it.outcome()
