@@ -199,13 +199,23 @@ func (i *relayboxInstance) start(ctx context.Context) (*proc, error) {
 }
 
 // profile writes a CPU profile of the relay over d to BENCH_RELAY_PPROF (a file
-// name; the system's name and the schema are prepended to its base name).
+// name; the system's name and the schema are prepended to its base name), then the
+// relay's allocation profile since it started (the same name, .allocs added).
 func (i *relayboxInstance) profile(ctx context.Context, d time.Duration) error {
 	out := os.Getenv("BENCH_RELAY_PPROF")
 	if out == "" || i.metricsURL == "" {
 		return nil
 	}
-	u := strings.TrimSuffix(i.metricsURL, "/metrics") + "/debug/pprof/profile?seconds=" + strconv.Itoa(int(d.Seconds()))
+	base := strings.TrimSuffix(i.metricsURL, "/metrics") + "/debug/pprof/"
+	name := filepath.Join(filepath.Dir(out), i.s.name()+"-"+i.schema+"-"+filepath.Base(out))
+	if err := fetchTo(ctx, base+"profile?seconds="+strconv.Itoa(int(d.Seconds())), name); err != nil {
+		return err
+	}
+	return fetchTo(ctx, base+"allocs", name+".allocs")
+}
+
+// fetchTo writes the body of a GET of u to the file name.
+func fetchTo(ctx context.Context, u, name string) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
 		return err
@@ -216,9 +226,9 @@ func (i *relayboxInstance) profile(ctx context.Context, d time.Duration) error {
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("profile: %s", resp.Status)
+		return fmt.Errorf("%s: %s", u, resp.Status)
 	}
-	f, err := os.Create(filepath.Join(filepath.Dir(out), i.s.name()+"-"+i.schema+"-"+filepath.Base(out)))
+	f, err := os.Create(name)
 	if err != nil {
 		return err
 	}

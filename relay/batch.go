@@ -41,6 +41,7 @@ type batch struct {
 	shards []int
 	gens   []int64
 	rows   []outboxRow
+	mem    *batchMem  // where rows and their payloads live (at-least-once mode), or nil
 	items  []*pending // the rows considered, in order (a key behind a failure is left out)
 	depErr error      // the registry failed while building
 	// keepDone: the record step leaves the acked rows in place (exactly-once mode,
@@ -64,7 +65,10 @@ type outcome struct {
 // batch could not run at all (Postgres), a dependency failed (Kafka, registry) so
 // the caller backs off, or the batch was fenced.
 func (r *Relay) drainOnce(ctx context.Context, shards []int, gens []int64) (batchResult, error) {
-	b := &batch{shards: shards, gens: gens}
+	// Every record of the batch is done with when drainOnce returns: produceBatch
+	// waits for each one's promise; a batch that stops before it produced nothing.
+	b := &batch{shards: shards, gens: gens, mem: batchMems.Get().(*batchMem)}
+	defer b.mem.release()
 	var res batchResult
 	st := newStopwatch()
 	if err := r.readBatch(ctx, b); err != nil || len(b.rows) == 0 {
@@ -121,12 +125,15 @@ func (r *Relay) finish(b *batch, res batchResult, extra []int64) (batchResult, e
 // readBatch reads the oldest pending rows of b's shards and the schemas they need.
 func (r *Relay) readBatch(ctx context.Context, b *batch) error {
 	start := time.Now()
-	rows, err := r.read(ctx, b.shards)
+	rows, err := r.read(ctx, b.shards, b.mem)
 	if err != nil {
 		r.fail(ErrorPostgres, err)
 		return err
 	}
 	b.rows = rows
+	if b.mem != nil {
+		b.mem.rows = rows // grown, perhaps: kept for the next batch
+	}
 	if len(rows) == 0 {
 		r.ok(ErrorPostgres)
 		return nil

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -27,7 +28,8 @@ type outboxRow struct {
 	corr, caus, source, traceparent, tracestate string
 }
 
-func (r *Relay) read(ctx context.Context, shards []int) ([]outboxRow, error) {
+// read reads the oldest pending rows of shards into mem (nil: memory of their own).
+func (r *Relay) read(ctx context.Context, shards []int, mem *batchMem) ([]outboxRow, error) {
 	shard := shards[0]
 	conn, err := r.pool.Acquire(ctx)
 	if err != nil {
@@ -46,8 +48,13 @@ func (r *Relay) read(ctx context.Context, shards []int) ([]outboxRow, error) {
 	}
 	defer rows.Close()
 	var out []outboxRow
+	var sl *slab
+	if mem != nil {
+		out, sl = mem.rows[:0], &mem.slab
+	}
 	for rows.Next() {
 		var o outboxRow
+		o.framed.slab = sl
 		if err := rows.Scan(&o.id, &o.eventID, &o.topic, &o.key, &o.typ, &o.aggType, &o.subject, &o.fp, &o.framed,
 			&o.headers, &o.occurred, &o.created, &o.corr, &o.caus, &o.source, &o.traceparent, &o.tracestate); err != nil {
 			return nil, fmt.Errorf("reading shard %d: %w", shard, err)
@@ -77,18 +84,77 @@ func appendUUID(dst []byte, u uuid.UUID) []byte {
 
 // framedPayload scans the payload column into a buffer with room for the wire
 // header in front, so framing the record writes 5 bytes instead of copying the
-// payload again.
-type framedPayload []byte
+// payload again. The buffer comes from slab when set.
+type framedPayload struct {
+	b    []byte
+	slab *slab
+}
 
 // ScanBytes implements pgtype.BytesScanner; src is driver memory, copied once here.
 func (f *framedPayload) ScanBytes(src []byte) error {
 	if src == nil {
 		return errors.New("payload is NULL")
 	}
-	b := make([]byte, wire.HeaderLen+len(src))
+	b := f.slab.alloc(wire.HeaderLen + len(src))
 	copy(b[wire.HeaderLen:], src)
-	*f = b
+	f.b = b
 	return nil
+}
+
+// batchMem is the memory of an at-least-once batch's rows and payloads, used again by
+// a later batch once every record of this one is acknowledged or failed: franz-go
+// holds a record's value only until its promise is called (produceBatch waits for
+// them all). A drain of 1 KiB events otherwise allocates ~2.4 KB a row for the GC
+// to collect: the payload, and the rows slice growing by doubling.
+type batchMem struct {
+	rows []outboxRow
+	slab slab
+}
+
+var batchMems = sync.Pool{New: func() any { return new(batchMem) }}
+
+// release returns m for another batch; rows and records built from it must be done.
+func (m *batchMem) release() {
+	clear(m.rows[:cap(m.rows)])
+	m.rows = m.rows[:0]
+	m.slab.release()
+	batchMems.Put(m)
+}
+
+// slab hands out byte slices from chunks that release makes reusable.
+type slab struct {
+	chunks []*[]byte // every chunk handed out from, for release
+	free   []byte    // the unused end of the last one
+}
+
+// slabChunk is the size of a slab's chunks; a payload above a quarter of it gets
+// memory of its own.
+const slabChunk = 256 << 10
+
+var slabChunks = sync.Pool{New: func() any { c := make([]byte, slabChunk); return &c }}
+
+// alloc returns n bytes (not zeroed) that s owns, or fresh ones when s is nil.
+func (s *slab) alloc(n int) []byte {
+	if s == nil || n > slabChunk/4 {
+		return make([]byte, n)
+	}
+	if len(s.free) < n {
+		c := slabChunks.Get().(*[]byte)
+		s.chunks = append(s.chunks, c)
+		s.free = *c
+	}
+	b := s.free[:n:n]
+	s.free = s.free[n:]
+	return b
+}
+
+// release makes every chunk of s reusable: nothing handed out may be used after.
+func (s *slab) release() {
+	for i, c := range s.chunks {
+		slabChunks.Put(c)
+		s.chunks[i] = nil
+	}
+	s.chunks, s.free = s.chunks[:0], nil
 }
 
 // headerScan scans the headers column (jsonb) straight from driver memory: the
@@ -191,7 +257,7 @@ func (r *Relay) build(ctx context.Context, o *outboxRow) (*kgo.Record, ParkReaso
 	default:
 		return nil, "", "", err
 	}
-	value := []byte(o.framed)
+	value := o.framed.b
 	wire.PutHeader(value, uint32(id))
 	// The key and the header values share one allocation: they live as long as the
 	// record. A slice handed out stays valid if a later append moves the arena.
@@ -211,7 +277,18 @@ func (r *Relay) build(ctx context.Context, o *outboxRow) (*kgo.Record, ParkReaso
 		mark = len(arena)
 		return v
 	}
-	hs := make([]kgo.RecordHeader, 0, 18+len(o.headers))
+	// Exactly the headers the record gets (at most): a header is 40 bytes of
+	// pointers for the GC to scan, and most optional ones are empty.
+	nh := 3 + len(o.headers) // event id, type, occurred-at
+	for _, v := range [...]string{o.aggType, o.corr, o.caus, o.source, o.subject, o.traceparent, o.tracestate} {
+		if v != "" {
+			nh++
+		}
+	}
+	if ce {
+		nh += cloudEventsHeaders
+	}
+	hs := make([]kgo.RecordHeader, 0, nh)
 	add := func(k, v string) {
 		if v != "" {
 			arena = append(arena, v...)
@@ -253,7 +330,7 @@ func (r *Relay) build(ctx context.Context, o *outboxRow) (*kgo.Record, ParkReaso
 	if size > r.cfg.MaxRecordBytes {
 		return nil, ParkTooLarge, fmt.Sprintf("record is %d bytes, limit %d (MaxRecordBytes)", size, r.cfg.MaxRecordBytes), nil
 	}
-	o.framed = nil // the record holds it now
+	o.framed.b = nil // the record holds it now
 	return &kgo.Record{Topic: o.topic, Key: key, Value: value, Headers: hs}, "", "", nil
 }
 

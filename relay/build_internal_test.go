@@ -26,8 +26,8 @@ func TestFramedPayload_LeavesRoomForTheWireHeader(t *testing.T) {
 		t.Fatal(err)
 	}
 	src[0] = 'X' // driver memory is reused after the scan: the payload must be a copy
-	if len(f) != 5+len("avro body") || string(f[wire.HeaderLen:]) != "avro body" {
-		t.Fatalf("framed = %q", f)
+	if len(f.b) != 5+len("avro body") || string(f.b[wire.HeaderLen:]) != "avro body" {
+		t.Fatalf("framed = %q", f.b)
 	}
 	if err := f.ScanBytes(nil); err == nil {
 		t.Fatal("NULL payload scanned without error")

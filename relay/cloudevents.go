@@ -108,7 +108,8 @@ func (c *CloudEvents) withDefaults(schema, registryURL string) error {
 
 // headers appends the CloudEvents headers of o to hs. The values that
 // relaybox headers carry already (id, type, time) and the record key are shared with
-// them; arena grows by the source (when defaulted) and the schema URL.
+// them; arena grows by the source (when defaulted) and the schema URL. It adds at
+// most cloudEventsHeaders.
 func (c *CloudEvents) headers(hs []kgo.RecordHeader, arena []byte, o *outboxRow, id, typ, occurred, key []byte, schemaID int) ([]kgo.RecordHeader, []byte) {
 	hs = append(hs,
 		kgo.RecordHeader{Key: envelope.CloudEventsSpecVersion, Value: specVersion},
@@ -135,6 +136,9 @@ func (c *CloudEvents) headers(hs []kgo.RecordHeader, arena []byte, o *outboxRow,
 	}
 	return hs, arena
 }
+
+// cloudEventsHeaders is the most headers CloudEvents.headers adds.
+const cloudEventsHeaders = 8
 
 // Shared, never written to: franz-go does not modify header values.
 var (

@@ -45,7 +45,7 @@ type Client struct {
 
 	flight  singleflight.Group
 	mu      sync.RWMutex
-	ids     map[string]int
+	ids     map[idKey]int
 	schemas map[int]avro.Schema
 }
 
@@ -60,7 +60,7 @@ func New(url string, o Options) *Client {
 		base = http.DefaultTransport
 	}
 	return &Client{url: strings.TrimRight(url, "/"), shown: redact.URL(url), timeout: o.Timeout, transport: normalizer{base},
-		user: o.Username, pass: o.Password, ids: map[string]int{}, schemas: map[int]avro.Schema{}}
+		user: o.Username, pass: o.Password, ids: map[idKey]int{}, schemas: map[int]avro.Schema{}}
 }
 
 // sr returns an srclient whose requests carry ctx: srclient v0.7.4 builds its requests
@@ -199,7 +199,9 @@ func classify(ctx context.Context, op, subject string, err error) error {
 	return fmt.Errorf("%w: %s: %w", ErrUnavailable, op, err)
 }
 
-func key(subject, schema string) string { return subject + "\x00" + schema }
+// idKey is the cache key of an id: a struct, so that a lookup (once per record the
+// relay publishes) builds no string.
+type idKey struct{ subject, schema string }
 
 // ID returns the registry id of schema under subject: from the cache, else by lookup,
 // else (when register is true) by registering it.
@@ -208,7 +210,7 @@ func key(subject, schema string) string { return subject + "\x00" + schema }
 // wrapping ctx's error. Concurrent calls for the same subject and schema share one
 // request (and so the first caller's context).
 func (c *Client) ID(ctx context.Context, subject, schema string, register bool) (int, error) {
-	k := key(subject, schema)
+	k := idKey{subject, schema}
 	c.mu.RLock()
 	id, ok := c.ids[k]
 	c.mu.RUnlock()
@@ -217,7 +219,7 @@ func (c *Client) ID(ctx context.Context, subject, schema string, register bool) 
 	}
 	// One call per subject and schema at a time: concurrent first registrations of
 	// the same subject race inside some registries (Apicurio answers "already exists").
-	v, err, _ := c.flight.Do(fmt.Sprint(register)+k, func() (any, error) {
+	v, err, _ := c.flight.Do(fmt.Sprint(register)+subject+"\x00"+schema, func() (any, error) {
 		sr := c.sr(ctx)
 		if !register {
 			s, err := retry(ctx, func() (*srclient.Schema, error) { return sr.LookupSchema(subject, schema, srclient.Avro) })
