@@ -67,8 +67,8 @@ type outcome struct {
 func (r *Relay) drainOnce(ctx context.Context, shards []int, gens []int64) (batchResult, error) {
 	// Every record of the batch is done with when drainOnce returns: produceBatch
 	// waits for each one's promise; a batch that stops before it produced nothing.
-	b := &batch{shards: shards, gens: gens, mem: batchMems.Get().(*batchMem)}
-	defer b.mem.release()
+	b := &batch{shards: shards, gens: gens, mem: r.getMem()}
+	defer r.putMem(b.mem)
 	var res batchResult
 	st := newStopwatch()
 	if err := r.readBatch(ctx, b); err != nil || len(b.rows) == 0 {

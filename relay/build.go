@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -105,56 +104,73 @@ func (f *framedPayload) ScanBytes(src []byte) error {
 // a later batch once every record of this one is acknowledged or failed: franz-go
 // holds a record's value only until its promise is called (produceBatch waits for
 // them all). A drain of 1 KiB events otherwise allocates ~2.4 KB a row for the GC
-// to collect: the payload, and the rows slice growing by doubling.
+// to collect: the payload, and the rows slice growing by doubling. The relay keeps
+// at most MaxInFlightBatches of them (Relay.mems).
 type batchMem struct {
 	rows []outboxRow
 	slab slab
 }
 
-var batchMems = sync.Pool{New: func() any { return new(batchMem) }}
-
-// release returns m for another batch; rows and records built from it must be done.
-func (m *batchMem) release() {
-	clear(m.rows[:cap(m.rows)])
-	m.rows = m.rows[:0]
-	m.slab.release()
-	batchMems.Put(m)
+// getMem returns a batchMem for a batch: a kept one if there is one.
+func (r *Relay) getMem() *batchMem {
+	select {
+	case m := <-r.mems:
+		return m
+	default:
+		return new(batchMem)
+	}
 }
 
-// slab hands out byte slices from chunks that release makes reusable.
+// putMem keeps m for another batch (or leaves it to the GC when enough are kept);
+// rows and records built from it must be done with.
+func (r *Relay) putMem(m *batchMem) {
+	clear(m.rows[:cap(m.rows)])
+	m.rows = m.rows[:0]
+	m.slab.reset()
+	select {
+	case r.mems <- m:
+	default:
+	}
+}
+
+// slab hands out byte slices from chunks that reset makes reusable.
 type slab struct {
-	chunks []*[]byte // every chunk handed out from, for release
-	free   []byte    // the unused end of the last one
+	chunks    [][]byte
+	cur, used int // the chunk handed out from, and how much of it is handed out
 }
 
 // slabChunk is the size of a slab's chunks; a payload above a quarter of it gets
-// memory of its own.
-const slabChunk = 256 << 10
-
-var slabChunks = sync.Pool{New: func() any { c := make([]byte, slabChunk); return &c }}
+// memory of its own. A slab keeps at most slabKeep chunks across a reset.
+const (
+	slabChunk = 256 << 10
+	slabKeep  = 16
+)
 
 // alloc returns n bytes (not zeroed) that s owns, or fresh ones when s is nil.
 func (s *slab) alloc(n int) []byte {
 	if s == nil || n > slabChunk/4 {
 		return make([]byte, n)
 	}
-	if len(s.free) < n {
-		c := slabChunks.Get().(*[]byte)
-		s.chunks = append(s.chunks, c)
-		s.free = *c
+	for s.cur >= len(s.chunks) || s.used+n > slabChunk {
+		if s.cur < len(s.chunks) {
+			s.cur++
+			s.used = 0
+			continue
+		}
+		s.chunks = append(s.chunks, make([]byte, slabChunk))
 	}
-	b := s.free[:n:n]
-	s.free = s.free[n:]
+	b := s.chunks[s.cur][s.used : s.used+n : s.used+n]
+	s.used += n
 	return b
 }
 
-// release makes every chunk of s reusable: nothing handed out may be used after.
-func (s *slab) release() {
-	for i, c := range s.chunks {
-		slabChunks.Put(c)
-		s.chunks[i] = nil
+// reset makes every chunk of s reusable: nothing handed out may be used after.
+func (s *slab) reset() {
+	if len(s.chunks) > slabKeep {
+		clear(s.chunks[slabKeep:])
+		s.chunks = s.chunks[:slabKeep]
 	}
-	s.chunks, s.free = s.chunks[:0], nil
+	s.cur, s.used = 0, 0
 }
 
 // headerScan scans the headers column (jsonb) straight from driver memory: the

@@ -51,3 +51,40 @@ func TestConfig_CompressionIsCheckedAndDefaultsToSnappy(t *testing.T) {
 		t.Fatalf("compression brotli: err %v, want a clear refusal", err)
 	}
 }
+
+func TestSlab_HandsOutDisjointSlicesAndReusesItsChunks(t *testing.T) {
+	var s slab
+	var got [][]byte
+	for i := range 1000 {
+		b := s.alloc(1 + i%1500)
+		if len(b) != 1+i%1500 || cap(b) != len(b) {
+			t.Fatalf("alloc(%d): len %d cap %d", 1+i%1500, len(b), cap(b))
+		}
+		for j := range b {
+			b[j] = byte(i)
+		}
+		got = append(got, b)
+	}
+	for i, b := range got { // no slice overlaps another
+		for _, c := range b {
+			if c != byte(i) {
+				t.Fatalf("slice %d overwritten", i)
+			}
+		}
+	}
+	n := len(s.chunks)
+	s.reset()
+	for i := range 1000 {
+		s.alloc(1 + i%1500)
+	}
+	if len(s.chunks) != n {
+		t.Fatalf("%d chunks after a reset and the same allocations, want %d", len(s.chunks), n)
+	}
+	if big := s.alloc(slabChunk); len(big) != slabChunk || len(s.chunks) != n {
+		t.Fatalf("a large alloc took slab memory: %d chunks", len(s.chunks))
+	}
+	var none *slab
+	if b := none.alloc(10); len(b) != 10 {
+		t.Fatal("nil slab")
+	}
+}
