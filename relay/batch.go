@@ -41,7 +41,7 @@ type batch struct {
 	shards []int
 	gens   []int64
 	rows   []outboxRow
-	mem    *batchMem  // where rows and their payloads live (at-least-once mode), or nil
+	mem    *batchMem  // where rows and their payloads live (nil: memory of their own)
 	items  []*pending // the rows considered, in order (a key behind a failure is left out)
 	depErr error      // the registry failed while building
 	// keepDone: the record step leaves the acked rows in place (exactly-once mode,

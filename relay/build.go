@@ -100,12 +100,12 @@ func (f *framedPayload) ScanBytes(src []byte) error {
 	return nil
 }
 
-// batchMem is the memory of an at-least-once batch's rows and payloads, used again by
-// a later batch once every record of this one is acknowledged or failed: franz-go
-// holds a record's value only until its promise is called (produceBatch waits for
-// them all). A drain of 1 KiB events otherwise allocates ~2.4 KB a row for the GC
-// to collect: the payload, and the rows slice growing by doubling. The relay keeps
-// at most MaxInFlightBatches of them (Relay.mems).
+// batchMem is the memory of a batch's rows and payloads, used again by a later
+// batch once every record of this one is acknowledged or failed: franz-go holds a
+// record's value only until its promise is called (produceBatch waits for them all,
+// produceTxn too). A drain of 1 KiB events otherwise allocates ~2.4 KB a row for the
+// GC to collect: the payload, and the rows slice growing by doubling. The relay
+// keeps at most MaxInFlightBatches of them (Relay.mems).
 type batchMem struct {
 	rows []outboxRow
 	slab slab

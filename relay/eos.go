@@ -460,7 +460,10 @@ func (r *Relay) drainTxn(ctx context.Context, s *shardRun, shards []int, gens []
 		}
 		t = s.txnRef()
 	}
-	b := &batch{shards: shards, gens: gens}
+	// produceTxn waits for every record's promise: once drainTxn returns, no record
+	// built from b.mem is held by Kafka's client.
+	b := &batch{shards: shards, gens: gens, mem: r.getMem()}
+	defer r.putMem(b.mem)
 	st := newStopwatch()
 	if len(t.pending) > 0 {
 		// Rows committed to Kafka whose delete failed: nothing is read (it would read

@@ -34,7 +34,7 @@ type Relay struct {
 	shards    map[int]*shardRun
 	retired   map[int]*shardRun // halted runs whose batch may still be finishing, by shard
 	inflight  chan struct{}     // one slot per shard batch being read and published
-	mems      chan *batchMem    // batch memory kept for the next batches (at-least-once)
+	mems      chan *batchMem    // batch memory kept for the next batches
 	releasing map[int]bool
 	drains    sync.WaitGroup // every drain and release goroutine
 
