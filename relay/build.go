@@ -36,12 +36,26 @@ func (r *Relay) read(ctx context.Context, shards []int, mem *batchMem) ([]outbox
 	}
 	defer conn.Release()
 	start := time.Now()
-	var rows pgx.Rows
+	// One round trip: the read in a transaction of its own whose planner may not
+	// sort (pinReadPlan). A connection left in the transaction by a failure is
+	// closed by the pool on release.
+	b := &pgx.Batch{}
+	b.Queue("BEGIN")
+	b.Queue(pinReadPlan)
 	if len(shards) == 1 {
-		rows, err = conn.Query(ctx, r.sql.read, shard, r.cfg.BatchSize)
+		b.Queue(r.sql.read, shard, r.cfg.BatchSize)
 	} else {
-		rows, err = conn.Query(ctx, r.sql.readMany, shards, r.cfg.BatchSize)
+		b.Queue(r.sql.readMany, shards, r.cfg.BatchSize)
 	}
+	b.Queue("COMMIT")
+	br := conn.SendBatch(ctx, b)
+	defer br.Close()
+	for range 2 {
+		if _, err := br.Exec(); err != nil {
+			return nil, fmt.Errorf("reading shard %d: %w", shard, err)
+		}
+	}
+	rows, err := br.Query()
 	if err != nil {
 		return nil, fmt.Errorf("reading shard %d: %w", shard, err)
 	}
@@ -60,7 +74,11 @@ func (r *Relay) read(ctx context.Context, shards []int, mem *batchMem) ([]outbox
 		}
 		out = append(out, o)
 	}
+	rows.Close()
 	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("reading shard %d: %w", shard, err)
+	}
+	if _, err := br.Exec(); err != nil {
 		return nil, fmt.Errorf("reading shard %d: %w", shard, err)
 	}
 	if r.cfg.Hooks.OnRead != nil {
