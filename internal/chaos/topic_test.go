@@ -26,7 +26,8 @@ type topicRead struct {
 	// undecodable: records that do not parse as Confluent-framed Avro against the
 	// registry's schema of their id, or whose value's key is not the record key.
 	undecodable int64
-	examples    []string // a few undecodable or stale records, for the log
+	examples    []string          // a few undecodable, stale or duplicate records, for the log
+	at          map[string]string // "key/seq" -> where it was first read, partition/offset
 }
 
 // readTopic reads a topic from its start to the end offsets listed when it begins,
@@ -63,7 +64,7 @@ func readTopic(ctx context.Context, brokers, regURL, name string, committed bool
 		}
 	})
 	schemas := newSchemaSource(regURL)
-	tr := &topicRead{seen: map[string]bool{}}
+	tr := &topicRead{seen: map[string]bool{}, at: map[string]string{}}
 	first := map[string]int64{} // key -> seq of its last first occurrence
 	newest := map[string]int64{}
 	lso := map[int32]int64{}
@@ -117,9 +118,14 @@ func readTopic(ctx context.Context, brokers, regURL, name string, committed bool
 				newest[key] = max(newest[key], seq)
 				if tr.seen[k] {
 					tr.dups++
+					if len(tr.examples) < 12 {
+						tr.examples = append(tr.examples, fmt.Sprintf("duplicate %s at %d/%d, first at %s (event id %s)",
+							k, r.Partition, r.Offset, tr.at[k], recordHeader(r, "relaybox.event_id")))
+					}
 					continue
 				}
 				tr.seen[k] = true
+				tr.at[k] = fmt.Sprintf("%d/%d", r.Partition, r.Offset)
 				if seq <= first[key] {
 					tr.violations++
 				}
@@ -217,4 +223,14 @@ func (s *schemaSource) get(ctx context.Context, id uint32) (avro.Schema, error) 
 	}
 	s.cache[id] = sc
 	return sc, nil
+}
+
+// recordHeader is the value of r's header k, or "".
+func recordHeader(r *kgo.Record, k string) string {
+	for _, h := range r.Headers {
+		if h.Key == k {
+			return string(h.Value)
+		}
+	}
+	return ""
 }
