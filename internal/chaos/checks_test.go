@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -227,5 +228,25 @@ func TestRegistryProxy_PauseHoldsRequests(t *testing.T) {
 	}
 	if win.arrived.Load() != 2 || win.refused.Load() != 1 || reached.Load() != 1 {
 		t.Errorf("arrived %d refused %d reached the registry %d, want 2 1 1", win.arrived.Load(), win.refused.Load(), reached.Load())
+	}
+}
+
+// Every fault kind gets a moment in the first third of the writing window, whatever
+// the seed: a kind drawn only late can queue behind faults on its target past the
+// writers and never bite.
+func TestSchedule_EveryKindEarly(t *testing.T) {
+	const writeFor = 133 * time.Second
+	for seed := range uint64(300) {
+		first := map[string]time.Duration{}
+		for _, f := range schedule(rand.New(rand.NewPCG(seed, seed)), 60, writeFor) {
+			if at, ok := first[f.kind]; !ok || f.at < at {
+				first[f.kind] = f.at
+			}
+		}
+		for _, k := range kinds {
+			if at, ok := first[k]; !ok || at > writeFor/3 {
+				t.Fatalf("seed %d: %s first at %v, want within %v", seed, k, at, writeFor/3)
+			}
+		}
 	}
 }
