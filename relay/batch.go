@@ -131,9 +131,6 @@ func (r *Relay) readBatch(ctx context.Context, b *batch) error {
 		return err
 	}
 	b.rows = rows
-	if b.mem != nil {
-		b.mem.rows = rows // grown, perhaps: kept for the next batch
-	}
 	if len(rows) == 0 {
 		r.ok(ErrorPostgres)
 		return nil
