@@ -173,12 +173,10 @@ func (s *slab) alloc(n int) []byte {
 	if s == nil || n > slabChunk/4 {
 		return make([]byte, n)
 	}
-	for s.cur >= len(s.chunks) || s.used+n > slabChunk {
-		if s.cur < len(s.chunks) {
-			s.cur++
-			s.used = 0
-			continue
-		}
+	if s.cur < len(s.chunks) && s.used+n > slabChunk { // the chunk is full: the next
+		s.cur, s.used = s.cur+1, 0
+	}
+	if s.cur == len(s.chunks) {
 		s.chunks = append(s.chunks, make([]byte, slabChunk))
 	}
 	b := s.chunks[s.cur][s.used : s.used+n : s.used+n]

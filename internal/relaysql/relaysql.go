@@ -24,7 +24,9 @@ func Read(outbox, where, parkedShard, order string) string {
 // shard = ANY($1) ORDER BY shard, id, let the planner sort every pending row of the
 // shards when its statistics were stale (a backlog written since the last ANALYZE:
 // a bitmap scan of all 25,700 rows of 8 shards and an on-disk sort, 187 ms, to
-// return 4,000; 15 ms in this form). Rows of one shard are a prefix of that shard's
+// return 4,000; 15 ms in this form). This form alone still flips at 400,000 rows
+// without statistics: the relay runs both reads after turning off sorts and bitmap
+// scans for them (relay's pinReadPlan). Rows of one shard are a prefix of that shard's
 // pending rows in id order, which is all a batch needs: a key lives in one shard.
 func ReadShards(outbox string) string {
 	return `SELECT o.* FROM unnest($1::int[]) s(shard) CROSS JOIN LATERAL (` +
