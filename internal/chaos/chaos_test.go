@@ -105,6 +105,9 @@ type Report struct {
 	// did observed harm (FaultLog says what was observed for each).
 	Faults          map[string]int `json:"faults"`
 	FaultsEffective map[string]int `json:"faults_effective"`
+	// FaultsSkipped counts, by kind, the faults not injected because their target
+	// stayed busy with earlier faults for maxQueued.
+	FaultsSkipped   map[string]int `json:"faults_skipped,omitempty"`
 	FaultsTotal     int            `json:"faults_total"`
 	Lost            int64          `json:"lost"`
 	OrderViolations int64          `json:"order_violations"`
@@ -292,7 +295,7 @@ func runChaos(t *testing.T, pl plan) {
 		p.start(t)
 		defer p.stop()
 	}
-	for _, k := range kinds {
+	for _, k := range []string{"kafka", "postgres", "registry"} {
 		h.locks[k] = &sync.Mutex{}
 	}
 	supervising := make(chan struct{})
@@ -386,10 +389,11 @@ func runChaos(t *testing.T, pl plan) {
 
 	// Faults, at uniform random moments over the writing period, each in its own
 	// goroutine: faults on different targets overlap (Kafka down while a relay is a
-	// zombie...); faults on one target wait for each other. Besides the registry
+	// zombie...); faults on one target wait for each other, at most maxQueued (then
+	// the later one is skipped and reported). Besides the registry
 	// pauses (which switch schema version themselves), writers switch to a new schema
 	// version at 8 moments of the writing period.
-	rep := &Report{Mode: pl.mode, Seed: pl.seed, Keys: pl.keys, Faults: map[string]int{}, FaultsEffective: map[string]int{},
+	rep := &Report{Mode: pl.mode, Seed: pl.seed, Keys: pl.keys, Faults: map[string]int{}, FaultsEffective: map[string]int{}, FaultsSkipped: map[string]int{},
 		NotDone: []string{"slow_network uses a user-space delay proxy in front of the broker: this kernel has no netem qdisc"}}
 	writeFor := time.Duration(float64(pl.events) / float64(pl.rate) * float64(time.Second))
 	writersDone := make(chan struct{})
@@ -418,10 +422,22 @@ func runChaos(t *testing.T, pl plan) {
 		fwg.Add(1)
 		go func() {
 			defer fwg.Done()
-			m.Lock()
-			defer m.Unlock()
+			waited, ok := acquire(m)
 			at := time.Since(begin)
+			if !ok {
+				t.Logf("fault %d/%d %s %s: skipped: its target was busy for %v", i+1, pl.faults, f.kind, target, waited.Round(time.Second))
+				repMu.Lock()
+				defer repMu.Unlock()
+				rep.FaultsSkipped[f.kind]++
+				rep.FaultLog = append(rep.FaultLog, FaultRecord{At: at.Round(time.Millisecond).Seconds(), Kind: f.kind, Target: target, Skipped: true,
+					Evidence: fmt.Sprintf("not injected: its target was busy with earlier faults for %v", waited.Round(time.Second))})
+				return
+			}
+			defer m.Unlock()
 			effective, evidence := h.inject(f)
+			if waited > time.Second {
+				evidence = fmt.Sprintf("queued %v behind earlier faults on its target; %s", waited.Round(time.Second), evidence)
+			}
 			t.Logf("fault %d/%d %s %s: effective %v: %s", i+1, pl.faults, f.kind, target, effective, evidence)
 			repMu.Lock()
 			defer repMu.Unlock()
@@ -538,7 +554,7 @@ func verdict(rep *Report, pl plan) []string {
 	if pl.requireEveryKind {
 		for _, k := range kinds {
 			if rep.Faults[k] == 0 {
-				out = append(out, fmt.Sprintf("fault kind %s never injected", k))
+				out = append(out, fmt.Sprintf("fault kind %s never injected (%d skipped: target busy)", k, rep.FaultsSkipped[k]))
 			} else if rep.FaultsEffective[k] == 0 {
 				out = append(out, fmt.Sprintf("fault kind %s injected %d times, never effective", k, rep.Faults[k]))
 			}
