@@ -135,6 +135,7 @@ type progress struct {
 	n                   int64
 	applied, duplicates atomic.Int64
 	first, last         atomic.Int64 // unix ns
+	batches, batched    atomic.Int64 // relaybox batch mode: batches, and their records
 	done                chan struct{}
 	once                sync.Once
 	out                 sync.Mutex
@@ -175,6 +176,9 @@ func (p *progress) report(ctx context.Context) bool {
 		case <-ctx.Done():
 			return false
 		case <-p.done:
+			if b := p.batches.Load(); b > 0 {
+				fmt.Fprintf(os.Stderr, "consume-child: %d batches, %.0f records each on average\n", b, float64(p.batched.Load())/float64(b))
+			}
 			p.println("DONE %d %d %d %d", p.applied.Load(), p.duplicates.Load(), p.first.Load(), p.last.Load())
 			return true
 		case <-t.C:
@@ -243,6 +247,7 @@ func runRelaybox(ctx context.Context, s childSettings, pool *pgxpool.Pool, p *pr
 		Hooks: rbc.Hooks{
 			OnProcessed: func(rbc.RecordEvent) { p.add(1, 0) },
 			OnDuplicate: func(rbc.RecordEvent) { p.add(0, 1) },
+			OnBatch:     func(b rbc.BatchEvent) { p.batches.Add(1); p.batched.Add(int64(b.Records)) },
 		},
 	})
 	if err != nil {

@@ -35,6 +35,7 @@ type Consumer struct {
 
 	insertSQL, cleanSQL string
 	bulkInsertSQL       string
+	bulkInsertAllSQL    string // bulkInsertSQL for a batch expected to be all new: no ON CONFLICT, no RETURNING
 	cleanCommittedSQL   string
 	tr                  trace.Tracer
 
@@ -93,6 +94,8 @@ func New(pool *pgxpool.Pool, cfg *Config) (*Consumer, error) {
 	table := pgx.Identifier{c.Schema, "processed_events"}.Sanitize()
 	co.bulkInsertSQL = `INSERT INTO ` + table + ` (consumer_group, event_id, topic, "partition", "offset")
 		SELECT $1, * FROM unnest($2::text[], $3::text[], $4::int[], $5::bigint[]) ON CONFLICT DO NOTHING RETURNING event_id`
+	co.bulkInsertAllSQL = `INSERT INTO ` + table + ` (consumer_group, event_id, topic, "partition", "offset")
+		SELECT $1, * FROM unnest($2::text[], $3::text[], $4::int[], $5::bigint[])`
 	co.insertSQL = `INSERT INTO ` + table + ` (consumer_group, event_id, topic, "partition", "offset")
 		VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING`
 	co.cleanSQL = `DELETE FROM ` + table + ` WHERE consumer_group = $1 AND event_id IN (

@@ -152,6 +152,15 @@
 // retries. If the commit itself fails, the batch runs again (dead letters already
 // produced for it may then be produced twice).
 //
+// The savepoints are the slow path. A batch first records all its event ids in one
+// statement and runs the handlers of the new ones without savepoints; it falls back
+// to the savepoints when a record fails. After a batch whose events were all new (the
+// steady state), the next one is recorded with a plain multi-row INSERT, cheaper for
+// Postgres than ON CONFLICT DO NOTHING RETURNING; an event already recorded then
+// fails that INSERT, the transaction starts again with ON CONFLICT DO NOTHING
+// RETURNING (which says which events are new) and the partition keeps that statement
+// until a batch is all new again. A redelivery costs that one restart, not an error.
+//
 // A handler statement whose result the handler does not need can go through
 // [ExecDeferred] instead of tx.Exec: batch mode then sends the whole batch's deferred
 // statements in one round trip before its commit (single-record mode sends them with

@@ -547,3 +547,50 @@ func TestConsumer_DuplicatesAreNotDecoded(t *testing.T) {
 		})
 	}
 }
+
+// After a batch of new events only, the next batch is recorded with a plain INSERT;
+// an event redelivered in it (the relay published it again, at a later offset) makes
+// the batch start again with ON CONFLICT ... RETURNING: the redelivery is a duplicate,
+// the rest applied, and no failure is reported. So is an event repeated within a
+// batch recorded as new.
+func TestConsumer_RedeliveryInABatchRecordedAsNew(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	topic := e.topic(t, 1)
+	var n counters
+	var failures atomic.Int64
+	cfg := e.config(t, topic)
+	cfg.BatchMode, cfg.Hooks = true, n.hooks()
+	cfg.Hooks.OnError = func(ev consumer.ErrorEvent) {
+		failures.Add(1)
+		t.Logf("OnError %s: %v", ev.Kind, ev.Err)
+	}
+	c := e.newConsumer(t, cfg)
+	consumer.Handle(c, "Seq", e.applySeq("c", nil))
+	run(t, c)
+	applied := func(k string) func() bool {
+		return func() bool {
+			return e.count(t, `SELECT count(*) FROM `+e.table("effects")+` WHERE key = '`+k+`'`) == 1
+		}
+	}
+	produceTo(t, keyed(t, e, topic, "a", "b")...)
+	waitFor(t, 60*time.Second, "b applied", applied("b"))
+	// The second batch: c, a again (its event id e-a), d; the third: e twice.
+	second := keyed(t, e, topic, "c", "a", "d")
+	produceTo(t, second...)
+	waitFor(t, 60*time.Second, "d applied", applied("d"))
+	produceTo(t, keyed(t, e, topic, "e", "e")...)
+	waitFor(t, 60*time.Second, "e applied", applied("e"))
+	if got := strings.Join(e.appliedKeys(t), ","); got != "a,b,c,d,e" {
+		t.Errorf("applied %s, want a,b,c,d,e", got)
+	}
+	if p, d, dl := n.processed.Load(), n.duplicate.Load(), n.dead.Load(); p != 5 || d != 2 || dl != 0 {
+		t.Errorf("%d processed, %d duplicates, %d dead letters; want 5, 2 (e-a, e-e again) and 0", p, d, dl)
+	}
+	if f := failures.Load(); f != 0 {
+		t.Errorf("%d failures reported, want 0: a redelivery is not a failure", f)
+	}
+	if k := e.count(t, `SELECT count(*) FROM `+e.table("processed_events")); k != 5 {
+		t.Errorf("%d processed_events rows, want 5", k)
+	}
+}

@@ -19,6 +19,11 @@ type partition struct {
 
 	spanName string // of its records' spans: "process <topic>"
 
+	// expectNew: the partition's last batch held no event processed_events already
+	// had, so the next one records its events with a plain INSERT (batchFast). Only
+	// its goroutine touches it; false on assignment, when redeliveries are likely.
+	expectNew bool
+
 	mu     sync.Mutex
 	queue  []*kgo.Record
 	paused bool
