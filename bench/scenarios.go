@@ -259,7 +259,7 @@ func (h *harness) drain(ctx context.Context, sys system, run int) (*drainResult,
 	wctx, cancel := context.WithTimeout(ctx, h.cfg.DrainTimeout)
 	done := make(chan bool, 1)
 	go func() { done <- waitDistinct(wctx, t, n, 0) }()
-	if rb, ok := inst.(*relayboxInstance); ok && os.Getenv("BENCH_RELAY_PPROF") != "" {
+	if rb, ok := inst.(*relayboxInstance); ok && os.Getenv("BENCH_RELAY_PPROF") != "" && os.Getenv("BENCH_RELAY_PPROF_RATE") == "" {
 		// BENCH_RELAY_PPROF=file: a CPU profile of the relay over BENCH_RELAY_PPROF_S
 		// seconds (default 5) from the first record received.
 		go func() {
@@ -409,6 +409,16 @@ func (h *harness) steady(ctx context.Context, sys system, rate int) (steadyResul
 			_, cpuStart = p.stats()
 			if ms, ok := inst.(metricser); ok {
 				mStart = ms.relayMetrics()
+			}
+			if rb, ok := inst.(*relayboxInstance); ok && os.Getenv("BENCH_RELAY_PPROF") != "" && os.Getenv("BENCH_RELAY_PPROF_RATE") == strconv.Itoa(rate) {
+				// BENCH_RELAY_PPROF_RATE=rate: the profile is of the steady run at that
+				// rate, from the start of its measured window.
+				go func() {
+					secs, _ := strconv.Atoi(os.Getenv("BENCH_RELAY_PPROF_S"))
+					if err := rb.profile(gctx, time.Duration(cmp.Or(secs, 5))*time.Second); err != nil {
+						h.logf("relay profile: %v", err)
+					}
+				}()
 			}
 			p.resetMaxRSS()
 		}
