@@ -38,6 +38,7 @@ func (r *Relay) drainLoop(s *shardRun) {
 	defer poll.Stop()
 	failures := 0
 	lastRead := r.cfg.BatchSize
+	why := readFirst
 	for {
 		select {
 		case <-s.stop:
@@ -66,7 +67,7 @@ func (r *Relay) drainLoop(s *shardRun) {
 		}
 		s.busy.Lock()
 		s.draining.Store(true)
-		s.news.Store(false)
+		ownNews := s.news.Swap(false)
 		deadline := s.leaseDeadline()
 		if !time.Now().Before(deadline) {
 			s.draining.Store(false)
@@ -91,6 +92,26 @@ func (r *Relay) drainLoop(s *shardRun) {
 			}
 		case !slot && s.sparse.Load():
 			group = r.steal(s, group)
+			if len(group) == 1 && !ownNews && (why == readWoken || why == readNews) {
+				// Woken for news that a batch which took this shard along has
+				// drained meanwhile (whoever clears a shard's news reads it after),
+				// and no other shard has any: nothing to read. At 5,000 events/s
+				// such reads were 40 % of all, 94 % of them empty.
+				s.draining.Store(false)
+				s.busy.Unlock()
+				release()
+				var ok bool
+				if why, ok = r.await(s, poll, false); !ok {
+					return
+				}
+				continue
+			}
+		}
+		if !poll.Stop() { // a batch runs: the next wait sets its own
+			select {
+			case <-poll.C:
+			default:
+			}
 		}
 		shards := make([]int, len(group))
 		gens := make([]int64, len(group))
@@ -168,6 +189,7 @@ func (r *Relay) drainLoop(s *shardRun) {
 		switch {
 		case verifying:
 			failures = 0
+			why = readMore
 			continue
 		case err != nil && r.cfg.ExactlyOnce:
 			failures++
@@ -178,6 +200,7 @@ func (r *Relay) drainLoop(s *shardRun) {
 			r.log.Debug("batch failed; backing off", "shard", s.shard, "err", err, "backoff", wait)
 		case res.read >= r.cfg.BatchSize && res.retry == 0:
 			failures = 0
+			why = readMore
 			continue // more waiting
 		case res.retry > 0:
 			failures++
@@ -186,35 +209,54 @@ func (r *Relay) drainLoop(s *shardRun) {
 			// NOTIFYs named shards while this batch ran: the next batch takes them
 			// along now (their own drains were not woken for it, see wake).
 			failures = 0
+			why = readNews
 			continue
 		default:
 			failures = 0
 			wait = r.cfg.PollInterval
 		}
 		poll.Reset(wait)
-	wait:
+		var ok bool
+		if why, ok = r.await(s, poll, err != nil || res.retry > 0); !ok {
+			return
+		}
+	}
+}
+
+// Why a shard's drain reads (drainLoop).
+const (
+	readFirst = iota // its first batch
+	readMore         // its last batch was cut by the LIMIT, or a commit to verify
+	readWoken        // a NOTIFY named it, or another batch left it work
+	readNews         // its batch took other shards along and more news came meanwhile
+	readPoll         // PollInterval passed, or a failure's backoff
+)
+
+// await waits for s's next batch: a wake, or poll (reset by the caller, stopped
+// when a batch runs). After a failure (backingOff) a wake does not cut the backoff
+// short. It returns why the batch is to run, and false if s stopped.
+func (r *Relay) await(s *shardRun, poll *time.Timer, backingOff bool) (int, bool) {
+	for {
 		select {
 		case <-s.stop:
-			return
+			return 0, false
 		case <-s.wake:
-			if err != nil || res.retry > 0 { // a failure's backoff is not cut short by a NOTIFY
+			if backingOff {
 				select {
 				case <-s.stop:
-					return
+					return 0, false
 				case <-poll.C:
+					return readPoll, true
 				}
-			} else if !r.cfg.ExactlyOnce && s.sparse.Load() && !s.news.Load() {
+			}
+			if !r.cfg.ExactlyOnce && s.sparse.Load() && !s.news.Load() {
 				// Woken for news another shard's batch has drained since: nothing to do
 				// (reading anyway made a tiny batch per wake at steady rates).
-				goto wait
+				continue
 			}
+			return readWoken, true
 		case <-poll.C:
-		}
-		if !poll.Stop() {
-			select {
-			case <-poll.C:
-			default:
-			}
+			return readPoll, true
 		}
 	}
 }
