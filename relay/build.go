@@ -37,23 +37,20 @@ func (r *Relay) read(ctx context.Context, shards []int, mem *batchMem) ([]outbox
 	defer conn.Release()
 	start := time.Now()
 	// One round trip: the read in a transaction of its own whose planner may not
-	// sort (pinReadPlan). A connection left in the transaction by a failure is
-	// closed by the pool on release.
+	// sort (pinReadPlan). No BEGIN and COMMIT: a batch's statements run in one
+	// implicit transaction, up to the Sync pgx sends after the last, and the pin
+	// (set_config(..., true)) lasts until it ends.
 	b := &pgx.Batch{}
-	b.Queue("BEGIN")
 	b.Queue(pinReadPlan)
 	if len(shards) == 1 {
 		b.Queue(r.sql.read, shard, r.cfg.BatchSize)
 	} else {
 		b.Queue(r.sql.readMany, shards, r.cfg.BatchSize)
 	}
-	b.Queue("COMMIT")
 	br := conn.SendBatch(ctx, b)
 	defer br.Close()
-	for range 2 {
-		if _, err := br.Exec(); err != nil {
-			return nil, fmt.Errorf("reading shard %d: %w", shard, err)
-		}
+	if _, err := br.Exec(); err != nil {
+		return nil, fmt.Errorf("reading shard %d: %w", shard, err)
 	}
 	rows, err := br.Query()
 	if err != nil {
@@ -79,7 +76,7 @@ func (r *Relay) read(ctx context.Context, shards []int, mem *batchMem) ([]outbox
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("reading shard %d: %w", shard, err)
 	}
-	if _, err := br.Exec(); err != nil {
+	if err := br.Close(); err != nil { // the end of its transaction
 		return nil, fmt.Errorf("reading shard %d: %w", shard, err)
 	}
 	if r.cfg.Hooks.OnRead != nil {

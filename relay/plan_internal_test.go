@@ -217,3 +217,51 @@ func literal(a any) string {
 		return fmt.Sprint(v)
 	}
 }
+
+// Relay.read and the outcome writes send their statements without BEGIN and COMMIT:
+// a pgx batch runs in one implicit transaction, up to the Sync after its last
+// statement, so set_config(..., true) in its first statement holds for the others
+// (the read's plan pin; the writes' commit without waiting for the WAL flush) and
+// ends with it.
+func TestBatchStatements_SettingsHoldForTheirBatchOnly(t *testing.T) {
+	ctx := context.Background()
+	conn, err := testenv.Pool(t).Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Release()
+	const show = `SELECT current_setting('enable_sort') || current_setting('enable_bitmapscan') || current_setting('synchronous_commit'), txid_current()`
+	b := &pgx.Batch{}
+	b.Queue(pinReadPlan)
+	b.Queue(asyncCommit)
+	b.Queue(show)
+	b.Queue(show)
+	br := conn.SendBatch(ctx, b)
+	for range 2 {
+		if _, err := br.Exec(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var in1, in2 string
+	var x1, x2 int64
+	if err := br.QueryRow().Scan(&in1, &x1); err != nil {
+		t.Fatal(err)
+	}
+	if err := br.QueryRow().Scan(&in2, &x2); err != nil {
+		t.Fatal(err)
+	}
+	if err := br.Close(); err != nil {
+		t.Fatal(err)
+	}
+	var after string
+	var x3 int64
+	if err := conn.QueryRow(ctx, show).Scan(&after, &x3); err != nil {
+		t.Fatal(err)
+	}
+	if in1 != "offoffoff" || in2 != in1 || x1 != x2 {
+		t.Errorf("in the batch: settings %q then %q, transactions %d and %d; want offoffoff twice, one transaction", in1, in2, x1, x2)
+	}
+	if after == in1 || x3 == x1 {
+		t.Errorf("after the batch: settings %q in transaction %d; want the defaults in another", after, x3)
+	}
+}
