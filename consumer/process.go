@@ -50,24 +50,51 @@ type deadLetter struct {
 
 // message builds the Message of rec from its headers.
 func (c *Consumer) message(rec *kgo.Record) *Message {
+	// The key and the header values are copied into one string (one allocation, not
+	// one each; they live and die together with the message).
+	n := len(rec.Key)
+	for _, h := range rec.Headers {
+		n += len(h.Value)
+	}
+	var sb strings.Builder
+	sb.Grow(n)
+	sb.Write(rec.Key)
+	for _, h := range rec.Headers {
+		sb.Write(h.Value)
+	}
+	all := sb.String()
 	m := &Message{Envelope: Envelope{
-		Key: string(rec.Key), Topic: rec.Topic, Partition: rec.Partition, Offset: rec.Offset,
+		Key: all[:len(rec.Key)], Topic: rec.Topic, Partition: rec.Partition, Offset: rec.Offset,
 		Headers: make(map[string]string, len(rec.Headers)),
 	}, Record: rec}
-	for _, h := range rec.Headers {
-		m.Headers[h.Key] = string(h.Value)
+	at := len(rec.Key)
+	var occurred string
+	for _, h := range rec.Headers { // for a repeated name, the last value
+		v := all[at : at+len(h.Value)]
+		at += len(h.Value)
+		m.Headers[h.Key] = v
+		switch h.Key {
+		case envelope.EventID:
+			m.ID = v
+		case envelope.EventType:
+			m.Type = v
+		case envelope.AggregateType:
+			m.AggregateType = v
+		case envelope.CorrelationID:
+			m.CorrelationID = v
+		case envelope.CausationID:
+			m.CausationID = v
+		case envelope.Source:
+			m.Source = v
+		case envelope.OccurredAt:
+			occurred = v
+		}
 	}
-	m.ID = m.Headers[envelope.EventID]
 	if m.ID == "" {
 		m.ID = c.cfg.DedupKey(rec)
 	}
-	m.Type = m.Headers[envelope.EventType]
-	m.AggregateType = m.Headers[envelope.AggregateType]
-	m.CorrelationID = m.Headers[envelope.CorrelationID]
-	m.CausationID = m.Headers[envelope.CausationID]
-	m.Source = m.Headers[envelope.Source]
-	if s := m.Headers[envelope.OccurredAt]; s != "" {
-		m.OccurredAt, _ = time.Parse(time.RFC3339Nano, s)
+	if occurred != "" {
+		m.OccurredAt, _ = time.Parse(time.RFC3339Nano, occurred)
 	}
 	return m
 }
