@@ -34,6 +34,7 @@ type Relay struct {
 	shards    map[int]*shardRun
 	retired   map[int]*shardRun // halted runs whose batch may still be finishing, by shard
 	inflight  chan struct{}     // one slot per shard batch being read and published
+	keepUp    chan struct{}     // one slot per batch of shards that keep up (keepUpBatches)
 	mems      chan *batchMem    // batch memory kept for the next batches
 	releasing map[int]bool
 	drains    sync.WaitGroup // every drain and release goroutine
@@ -99,7 +100,7 @@ func New(pool *pgxpool.Pool, cfg *Config) (*Relay, error) {
 	}
 	return &Relay{
 		cfg: c, pool: pool, kc: kc, adm: kadm.NewClient(kc), log: c.Logger.With("replica", c.ReplicaID),
-		sql: newStatements(c.Schema), kopts: opts, shards: map[int]*shardRun{}, retired: map[int]*shardRun{}, inflight: make(chan struct{}, c.MaxInFlightBatches), mems: make(chan *batchMem, c.MaxInFlightBatches), releasing: map[int]bool{},
+		sql: newStatements(c.Schema), kopts: opts, shards: map[int]*shardRun{}, retired: map[int]*shardRun{}, inflight: make(chan struct{}, c.MaxInFlightBatches), keepUp: make(chan struct{}, keepUpBatches), mems: make(chan *batchMem, c.MaxInFlightBatches), releasing: map[int]bool{},
 		schemas: map[[32]byte]string{}, failing: map[ErrorKind]time.Time{}, lastErr: map[ErrorKind]error{},
 	}, nil
 }
