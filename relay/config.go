@@ -66,8 +66,9 @@ type BatchEvent struct {
 	Stages BatchStages
 }
 
-// BatchStages is a batch's time by step: waiting for one of MaxInFlightBatches slots
-// (only shards with a backlog take one), the read query, framing the records (registry
+// BatchStages is a batch's time by step: waiting for a slot (one of
+// MaxInFlightBatches for a shard with a backlog, one of 4 for shards that keep up;
+// exactly-once groups take none), the read query, framing the records (registry
 // lookups included), producing until the last ack (in exactly-once mode, until the
 // transaction's end), and recording the outcome in Postgres.
 type BatchStages struct {
@@ -272,7 +273,8 @@ type Config struct {
 	// MaxInFlightBatches bounds how many shards with a backlog (last batch at least a
 	// quarter of BatchSize) read and publish at once, across all shards this replica
 	// owns: the relay's memory is about this times BatchSize rows, however large the
-	// backlog. Shards that keep up run their small batches without waiting for a slot.
+	// backlog. Shards that keep up run their small batches on 4 slots of their own:
+	// while those run, the next batch gathers the news of every other shard.
 	// Defaults to 4: with the default BatchSize, 16000 rows. Fewer, larger batches
 	// drain faster than many small ones on the same cores, as Postgres does less per
 	// row (docs/benchmarks.md, "Against the targets").
