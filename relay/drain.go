@@ -48,8 +48,8 @@ func (r *Relay) drainLoop(s *shardRun) {
 		// A shard with a backlog (its last batch had at least a quarter of BatchSize
 		// rows; at start every shard counts as one) takes one of MaxInFlightBatches
 		// slots first: that bounds the relay's memory however large the backlog. A shard
-		// that keeps up takes one of keepUpBatches slots of its own (queued behind
-		// backlog batches, its small batches waited: latency at steady rates).
+		// that keeps up takes one of keepUpBatches slots of its own (behind the
+		// backlog's slots, small batches once waited: latency at steady rates).
 		slot := lastRead >= max(1, r.cfg.BatchSize/4)
 		keepsUp := !slot && !r.cfg.ExactlyOnce && s.sparse.Load()
 		waitStart := time.Now()
@@ -108,6 +108,9 @@ func (r *Relay) drainLoop(s *shardRun) {
 				s.draining.Store(false)
 				s.busy.Unlock()
 				release()
+				// Polled PollInterval after its last wake at the latest (after a batch
+				// that took news along, nothing set the timer since that batch ran).
+				poll.Reset(r.cfg.PollInterval)
 				var ok bool
 				if why, ok = r.await(s, poll, false); !ok {
 					return
@@ -247,8 +250,8 @@ const (
 	readPoll         // PollInterval passed, or a failure's backoff
 )
 
-// await waits for s's next batch: a wake, or poll (reset by the caller, stopped
-// when a batch runs). After a failure (backingOff) a wake does not cut the backoff
+// await waits for s's next batch: a wake, or poll (set by the caller, stopped when
+// a batch runs). After a failure (backingOff) a wake does not cut the backoff
 // short. It returns why the batch is to run, and false if s stopped.
 func (r *Relay) await(s *shardRun, poll *time.Timer, backingOff bool) (int, bool) {
 	for {
