@@ -276,7 +276,7 @@ func (h *harness) pgLimitOnce(ctx context.Context, schema string, conns, batch i
 						break
 					}
 					b := &pgx.Batch{}
-					b.Queue(`SELECT set_config('synchronous_commit', 'off', true)`)
+					b.Queue(relaysql.AsyncCommit)
 					b.Queue(del, ids)
 					if err := c.SendBatch(ctx, b).Close(); err != nil {
 						errs <- err

@@ -11,6 +11,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/relaybox/relaybox/internal/relaysql"
 )
 
 // A batch goes through five steps, each a method below: read (the oldest pending rows
@@ -284,7 +286,7 @@ func (r *Relay) record(b *batch, extra []int64) error {
 	// to the Sync pgx sends after the last (as in the read, two statements fewer per
 	// batch for Postgres to run); set_config(..., true) lasts until its commit.
 	pb := &pgx.Batch{}
-	pb.Queue(asyncCommit)
+	pb.Queue(relaysql.AsyncCommit)
 	type write struct {
 		op   string
 		rows int

@@ -10,6 +10,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/relaybox/relaybox/internal/relaysql"
 	"github.com/relaybox/relaybox/internal/testenv"
 )
 
@@ -233,7 +234,7 @@ func TestBatchStatements_SettingsHoldForTheirBatchOnly(t *testing.T) {
 	const show = `SELECT current_setting('enable_sort') || current_setting('enable_bitmapscan') || current_setting('synchronous_commit'), txid_current()`
 	b := &pgx.Batch{}
 	b.Queue(pinReadPlan)
-	b.Queue(asyncCommit)
+	b.Queue(relaysql.AsyncCommit)
 	b.Queue(show)
 	b.Queue(show)
 	br := conn.SendBatch(ctx, b)

@@ -41,10 +41,6 @@ func fence(leases string) string {
 // sort nor a bitmap scan: the index is in (shard, id) order.
 const pinReadPlan = `SELECT set_config('enable_sort', 'off', true), set_config('enable_bitmapscan', 'off', true)`
 
-// asyncCommit makes the transaction it runs in (a batch's outcome writes) commit
-// without waiting for the WAL flush (SET LOCAL synchronous_commit TO off).
-const asyncCommit = `SELECT set_config('synchronous_commit', 'off', true)`
-
 func newStatements(schema string) statements {
 	q := func(t string) string { return pgx.Identifier{schema, t}.Sanitize() }
 	o, l, rp := q("outbox"), q("shard_leases"), q("replicas")

@@ -1,9 +1,15 @@
-// Package relaysql holds the relay's batch read statement, shared by package relay,
-// which prepares it, and the benchmarks under bench/, which time it alone (EXPLAIN
-// and latency on a real database). It is internal: the statement is not an API.
+// Package relaysql holds the relay's batch read statement and the head of its outcome
+// writes, shared by package relay, which prepares them, and the benchmarks under
+// bench/, which time them alone (EXPLAIN, latency and the Postgres limit on a real
+// database). It is internal: the statements are not an API.
 package relaysql
 
 import "github.com/jackc/pgx/v5"
+
+// AsyncCommit makes the transaction it runs in (a batch's outcome writes, sent
+// with it in one pgx batch: one implicit transaction, no BEGIN or COMMIT) commit
+// without waiting for the WAL flush, as SET LOCAL synchronous_commit TO off would.
+const AsyncCommit = `SELECT set_config('synchronous_commit', 'off', true)`
 
 // Read is a batch's read of the outbox table (quoted): the oldest pending rows of
 // the shards in where, skipping keys blocked behind a parked row (parkedShard
