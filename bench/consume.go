@@ -115,6 +115,7 @@ type consumeSettings struct {
 	Conns    int
 	Repeat   int
 	Variants []string
+	Effect   string // BENCH_CONSUME_EFFECT: how the relaybox consumer's handler applies its effect
 }
 
 var allConsumeVariants = []string{variantLimit, variantBatch, "redelivery", variantBatchNoDup, variantSingle, variantHandwritten, "rss"}
@@ -147,6 +148,13 @@ func consumeSettingsFromEnv(cfg config) (consumeSettings, error) {
 			return s, errors.New("BENCH_CONSUME_VARIANTS: redelivery is the second pass of batch: list batch too")
 		}
 	}
+	switch s.Effect = os.Getenv("BENCH_CONSUME_EFFECT"); s.Effect {
+	case "":
+		s.Effect = effectInsert
+	case effectInsert, effectExec:
+	default:
+		return s, fmt.Errorf("BENCH_CONSUME_EFFECT: want %s or %s, got %q", effectInsert, effectExec, s.Effect)
+	}
 	if s.RSSN == 0 {
 		s.Variants = slices.DeleteFunc(slices.Clone(s.Variants), func(v string) bool { return v == "rss" })
 	}
@@ -169,7 +177,7 @@ func (h *harness) consume(ctx context.Context) *consumeResult {
 	res.Settings = map[string]any{"events": cs.N, "rss_backlog_events": cs.RSSN, "postgres_connections": cs.Conns, "repeat": cs.Repeat,
 		"variants": cs.Variants, "keys": h.cfg.Keys, "event_bytes": h.cfg.EventBytes, "partitions": h.cfg.Partitions,
 		"relaybox_consumer": "defaults: MaxBatch 500, MaxPollRecords 1000, MaxBufferedPerPartition 2000, read_committed",
-		"limit_copy_rows":   limitBatch}
+		"limit_copy_rows":   limitBatch, "relaybox_effect": cs.Effect}
 	schema := "bench_consume_" + h.runID
 	if err := h.consumeSchema(ctx, schema); err != nil {
 		res.SkippedReason = err.Error()

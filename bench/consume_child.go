@@ -46,6 +46,12 @@ const (
 	variantLimit       = "limit"         // franz-go + COPY in large batches, no dedup
 )
 
+// How the relaybox consumer's handler applies its effect (BENCH_CONSUME_EFFECT).
+const (
+	effectInsert = "insert" // consumer.InsertDeferred (the default)
+	effectExec   = "exec"   // consumer.ExecDeferred of an INSERT statement
+)
+
 // childSettings is what the harness passes to a child, as environment variables.
 type childSettings struct {
 	Variant  string
@@ -253,12 +259,21 @@ func runRelaybox(ctx context.Context, s childSettings, pool *pgxpool.Pool, p *pr
 	if err != nil {
 		return err
 	}
-	ins := effectSQL(s.Schema)
-	// The effect's outcome is not looked at: ExecDeferred lets batch mode send the
-	// batch's effects in one round trip (in single mode it is tx.Exec).
-	rbc.Handle(c, "BenchEvent", func(ctx context.Context, tx pgx.Tx, ev rbc.Event[BenchEvent]) error {
-		return rbc.ExecDeferred(ctx, tx, ins, ev.ID, ev.Value.Key, ev.Value.Seq)
-	})
+	// The effect is an insert whose outcome the handler does not look at:
+	// InsertDeferred lets batch mode send a batch's effect rows as one COPY (in
+	// single mode an INSERT with the COMMIT); BENCH_CONSUME_EFFECT=exec sends an
+	// INSERT statement per event with ExecDeferred instead (one round trip a batch).
+	if os.Getenv("BENCH_CONSUME_EFFECT") == effectExec {
+		ins := effectSQL(s.Schema)
+		rbc.Handle(c, "BenchEvent", func(ctx context.Context, tx pgx.Tx, ev rbc.Event[BenchEvent]) error {
+			return rbc.ExecDeferred(ctx, tx, ins, ev.ID, ev.Value.Key, ev.Value.Seq)
+		})
+	} else {
+		table, cols := pgx.Identifier{s.Schema, "consume_effects"}, []string{"event_id", "k", "seq"}
+		rbc.Handle(c, "BenchEvent", func(ctx context.Context, tx pgx.Tx, ev rbc.Event[BenchEvent]) error {
+			return rbc.InsertDeferred(ctx, tx, table, cols, ev.ID, ev.Value.Key, ev.Value.Seq)
+		})
+	}
 	return c.Run(ctx)
 }
 

@@ -56,6 +56,36 @@ func Example() {
 	}
 }
 
+// A projection whose effect is one row per event: in batch mode InsertDeferred sends
+// the rows of a whole batch as one COPY, in the transaction that records the events
+// in processed_events. (Needs Postgres, Kafka and a schema registry, so it is not run
+// as a test.)
+func ExampleInsertDeferred() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	pool, err := pgxpool.New(ctx, os.Getenv("DATABASE_URL"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	c, err := consumer.New(pool, &consumer.Config{
+		Group:       "order-history",
+		Topics:      []string{"orders"},
+		Brokers:     []string{"localhost:9092"},
+		RegistryURL: "http://localhost:8081",
+		BatchMode:   true,
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	table, columns := pgx.Identifier{"order_lines"}, []string{"event_id", "order_id", "sku", "quantity"}
+	consumer.Handle(c, "OrderCreated", func(ctx context.Context, tx pgx.Tx, ev consumer.Event[OrderCreated]) error {
+		return consumer.InsertDeferred(ctx, tx, table, columns, ev.ID, ev.Value.OrderID, ev.Value.SKU, ev.Value.Quantity)
+	})
+	if err := c.Run(ctx); err != nil {
+		log.Fatal(err)
+	}
+}
+
 // Permanent marks an error that retrying cannot fix: the record is dead-lettered at
 // once.
 func ExamplePermanent() {

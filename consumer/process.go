@@ -289,14 +289,14 @@ func (p *partition) attempt(it *item) (dup bool, herr, err error) {
 	if it.skip {
 		return false, nil, tx.Commit(ctx)
 	}
-	htx := handlerTx{Tx: tx, q: &pgx.Batch{}} // ExecDeferred's statements go with the COMMIT
+	htx := handlerTx{Tx: tx, q: &deferredQueue{}} // the deferred statements and rows go with the COMMIT
 	if herr := p.call(ctx, htx, it); herr != nil {
 		if isHandlerInfra(herr, tx) {
 			return false, nil, herr
 		}
 		return false, herr, nil
 	}
-	serr, err := tx.commitAfter(ctx, htx.q)
+	serr, err := tx.commitAfter(ctx, htx.q.statements())
 	if serr != nil { // a deferred statement: the handler's failure
 		if isHandlerInfra(serr, tx) {
 			return false, nil, serr
@@ -491,7 +491,7 @@ func (p *partition) batchFast(items []*item) (int, bool, error) {
 		}
 	}
 	var after []func()
-	htx := handlerTx{Tx: tx, q: &pgx.Batch{}} // ExecDeferred queues, flushed before the commit
+	htx := handlerTx{Tx: tx, q: &deferredQueue{copyRows: true}} // the deferred work, flushed before the commit
 	for _, it := range items {
 		it.deduped(fresh[it.m.ID])
 		if p.stopped() {
@@ -701,10 +701,11 @@ func (p *partition) openSavepoint(ctx context.Context, tx pgx.Tx, m *Message, op
 
 // handlerTx is the transaction as a handler sees it: everything but ending it,
 // which is the consumer's (the dedup row must commit or roll back with the effects).
-// q, when set, holds the statements of ExecDeferred (deferred.go) until flushed.
+// q, when set, holds what ExecDeferred and InsertDeferred deferred (deferred.go)
+// until flushed.
 type handlerTx struct {
 	pgx.Tx
-	q *pgx.Batch
+	q *deferredQueue
 }
 
 var errHandlerEndsTx = errors.New("consumer: a handler must not commit or roll back its transaction; return nil or an error")
