@@ -261,20 +261,35 @@ func (h *harness) inject(f fault) (bool, string) {
 		m0 := h.scrapeAll()
 		h.proxy.SetDelay(d)
 		rtt, perr := h.probeRTT(time.Now().Add(f.pause + 3*time.Second))
-		m1 := h.scrapeAll()
-		h.proxy.SetDelay(0)
+		// A fault on another target in the same window (a Postgres restart, relay
+		// kills) can stop every relay while the network is slow: the delay then holds,
+		// at most 30 s more, until relay batches have completed over it.
 		var batches float64
-		for i := range h.relays {
-			a, ok0 := m0[i]
-			b, ok1 := m1[i]
-			if ok0 && ok1 && b.batches >= a.batches { // else not scraped, or restarted in between
-				batches += b.batches - a.batches
+		held, hold := "", time.Now().Add(30*time.Second)
+		for {
+			m1 := h.scrapeAll()
+			batches = 0
+			for i := range h.relays {
+				a, ok0 := m0[i]
+				b, ok1 := m1[i]
+				switch {
+				case ok0 && ok1 && b.batches >= a.batches:
+					batches += b.batches - a.batches
+				case ok1: // restarted in between, or not scraped before: counted from now
+					m0[i] = b
+				}
 			}
+			if batches > 0 || perr != nil || time.Now().After(hold) {
+				break
+			}
+			held = "held until relay batches completed; "
+			time.Sleep(500 * time.Millisecond)
 		}
+		h.proxy.SetDelay(0)
 		if perr != nil {
 			return false, fmt.Sprintf("%s%v per chunk: the probe's request failed (%v); %.0f relay batches completed", waited, d, perr, batches)
 		}
-		return rtt >= 2*d && batches > 0, fmt.Sprintf("%s%v per chunk: a Kafka request through it took %v; %.0f relay batches completed over it", waited, d, rtt.Round(time.Millisecond), batches)
+		return rtt >= 2*d && batches > 0, fmt.Sprintf("%s%s%v per chunk: a Kafka request through it took %v; %.0f relay batches completed over it", waited, held, d, rtt.Round(time.Millisecond), batches)
 	}
 	panic("unknown fault kind " + f.kind)
 }
