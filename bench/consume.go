@@ -206,7 +206,7 @@ func (h *harness) consume(ctx context.Context) *consumeResult {
 			childVariant = variantBatch
 		}
 		r := h.consumeRun(ctx, self, childSettings{Variant: childVariant, Topic: topic, Group: group, Schema: schema,
-			N: int64(cs.N), Conns: cs.Conns}, schema)
+			N: int64(cs.N), Conns: cs.Conns, Effect: cs.Effect}, schema)
 		r.Variant = variant
 		all[variant] = append(all[variant], r)
 		if r.Error != "" {
@@ -488,7 +488,7 @@ func (h *harness) consumeRSSRun(ctx context.Context, self, schema string, cs con
 		return out
 	}
 	r := h.consumeRun(ctx, self, childSettings{Variant: variantBatch, Topic: topic, Group: "bench-consume-" + h.runID + "-rss",
-		Schema: schema, N: int64(cs.RSSN), Conns: cs.Conns}, schema)
+		Schema: schema, N: int64(cs.RSSN), Conns: cs.Conns, Effect: cs.Effect}, schema)
 	r.Variant = "rss"
 	out.Run = r
 	out.BacklogMB = mb(int64(cs.RSSN) * int64(h.cfg.EventBytes))

@@ -61,6 +61,7 @@ type childSettings struct {
 	N        int64
 	Conns    int    // Postgres connections
 	App      string // their application_name, by which the harness finds their backends
+	Effect   string // how relaybox's handler applies its effect: effectInsert ("" too) or effectExec
 	Brokers  []string
 	DB       string
 	Registry string
@@ -70,7 +71,7 @@ func (s childSettings) env() []string {
 	return []string{
 		"BENCH_CONSUME_VARIANT=" + s.Variant, "BENCH_CONSUME_TOPIC=" + s.Topic, "BENCH_CONSUME_GROUP=" + s.Group,
 		"BENCH_CONSUME_SCHEMA=" + s.Schema, "BENCH_CONSUME_N=" + strconv.FormatInt(s.N, 10),
-		"BENCH_CONSUME_CONNS=" + strconv.Itoa(s.Conns), "BENCH_CONSUME_APP=" + s.App,
+		"BENCH_CONSUME_CONNS=" + strconv.Itoa(s.Conns), "BENCH_CONSUME_APP=" + s.App, "BENCH_CONSUME_EFFECT=" + s.Effect,
 	}
 }
 
@@ -78,6 +79,7 @@ func childSettingsFromEnv() (childSettings, error) {
 	s := childSettings{
 		Variant: os.Getenv("BENCH_CONSUME_VARIANT"), Topic: os.Getenv("BENCH_CONSUME_TOPIC"),
 		Group: os.Getenv("BENCH_CONSUME_GROUP"), Schema: os.Getenv("BENCH_CONSUME_SCHEMA"), App: os.Getenv("BENCH_CONSUME_APP"),
+		Effect:  os.Getenv("BENCH_CONSUME_EFFECT"),
 		Brokers: splitList(os.Getenv("KAFKA_BROKERS")), DB: os.Getenv("DATABASE_URL"), Registry: os.Getenv("SCHEMA_REGISTRY_URL"),
 	}
 	var err error
@@ -263,7 +265,7 @@ func runRelaybox(ctx context.Context, s childSettings, pool *pgxpool.Pool, p *pr
 	// InsertDeferred lets batch mode send a batch's effect rows as one COPY (in
 	// single mode an INSERT with the COMMIT); BENCH_CONSUME_EFFECT=exec sends an
 	// INSERT statement per event with ExecDeferred instead (one round trip a batch).
-	if os.Getenv("BENCH_CONSUME_EFFECT") == effectExec {
+	if s.Effect == effectExec {
 		ins := effectSQL(s.Schema)
 		rbc.Handle(c, "BenchEvent", func(ctx context.Context, tx pgx.Tx, ev rbc.Event[BenchEvent]) error {
 			return rbc.ExecDeferred(ctx, tx, ins, ev.ID, ev.Value.Key, ev.Value.Seq)

@@ -76,10 +76,10 @@ func consumerChild() int {
 	name := os.Getenv("CHAOS_NAME")
 	// consumer-0 applies its effect with a statement of its own, consumer-1 with
 	// InsertDeferred (one COPY a batch): both paths under the same faults.
-	cols := []string{"event_id", "key", "seq", "consumer"}
+	table, cols := pgx.Identifier{"effects"}, []string{"event_id", "key", "seq", "consumer"}
 	consumer.Handle(c, "Tick", func(ctx context.Context, tx pgx.Tx, ev consumer.Event[Tick]) error {
 		if name == "consumer-1" {
-			return consumer.InsertDeferred(ctx, tx, pgx.Identifier{"effects"}, cols, ev.ID, ev.Value.Key, ev.Value.Seq, name)
+			return consumer.InsertDeferred(ctx, tx, table, cols, ev.ID, ev.Value.Key, ev.Value.Seq, name)
 		}
 		_, err := tx.Exec(ctx, `INSERT INTO effects (event_id, key, seq, consumer) VALUES ($1, $2, $3, $4)`, ev.ID, ev.Value.Key, ev.Value.Seq, name)
 		return err
